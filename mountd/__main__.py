@@ -1,0 +1,5 @@
+import sys
+
+from mountd.server import main
+
+sys.exit(main())

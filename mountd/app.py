@@ -1,0 +1,308 @@
+"""The HTTP API (FastAPI on trio): a thin skin over the PFS engine.
+
+Every engine call runs in a worker thread; bodies stream both ways in pieces
+of a few MiB, so no request holds a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+
+import trio
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mountd import models, wire
+from pfsfuse import __version__
+from pfsfuse.errors import InvalidArgument, NoSpace, PfsError
+from pfsfuse.files import WriteSession
+from pfsfuse.pfs import PFS
+
+BATCH = 4 << 20  # bytes handed to a worker thread at a time
+SMALL_FILE = 1 << 20
+
+
+async def run(fn: Callable, *args):
+    return await trio.to_thread.run_sync(fn, *args)
+
+
+async def pump(request: Request, feed: Callable[[bytearray], None]) -> None:
+    """Receive the body on the event loop while a worker thread consumes it."""
+    send, recv = trio.open_memory_channel(1)
+
+    async def produce() -> None:
+        async with send:
+            buf = bytearray()
+            async for piece in request.stream():
+                buf += piece
+                if len(buf) >= BATCH:
+                    await send.send(buf)
+                    buf = bytearray()
+            if buf:
+                await send.send(buf)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        async with recv:
+            async for data in recv:
+                await run(feed, data)
+
+
+class BatchIngest:
+    """Applies a wire stream of puts/mkdirs/deletes to a write session (in a thread)."""
+
+    def __init__(self, session: WriteSession):
+        self.session = session
+        self.decoder = wire.Decoder(self._start, self._data, self._end)
+        self._path = ""
+        self._overwrite = False
+        self._small: bytearray | None = None
+        self._stream = None
+
+    def _start(self, tag: bytes, header: dict) -> None:
+        path = header.get("path", "")
+        if tag == wire.PUT:
+            self._path, self._overwrite = path, bool(header.get("overwrite"))
+            self.session.put_stream(path)  # validates the path before any bytes arrive
+            self._small, self._stream = bytearray(), None
+        elif tag == wire.MKDIR:
+            self.session.mkdir(path)
+        else:
+            self.session.delete(path)
+
+    def _data(self, data: memoryview) -> None:
+        if self._stream is None and len(self._small) + len(data) <= SMALL_FILE:
+            self._small += data
+            return
+        if self._stream is None:
+            self._stream = self.session.put_stream(self._path)
+            self._stream.write(self._small)
+            self._small = None
+        self._stream.write(data)
+
+    def _end(self) -> None:
+        if self._stream is None:
+            self.session.put_bytes(self._path, bytes(self._small), self._overwrite)
+        else:
+            refs = self._stream.finish()
+            self.session.add(self._path, refs, self._stream.size, self._overwrite)
+        self._small = self._stream = None
+
+    def feed(self, data: bytearray) -> None:
+        try:
+            self.decoder.feed(data)
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed upload stream: {exc}") from None
+
+    def close(self) -> models.PutResult:
+        try:
+            self.decoder.close()
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed upload stream: {exc}") from None
+        self.session.commit()
+        return _put_result(self.session)
+
+
+def _put_result(session: WriteSession) -> models.PutResult:
+    return models.PutResult(files=session.files, bytes=session.bytes, stored=session.sink.packs.bytes_written)
+
+
+def _commit(info) -> models.Commit:
+    return models.Commit(**info.to_dict())
+
+
+def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="pachy mountd",
+        version=__version__,
+        description="Version control for data: repos, commits, branches and files (PFS).",
+    )
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if token is not None and request.url.path not in ("/openapi.json", "/docs"):
+            if request.headers.get("authorization") != f"Bearer {token}":
+                return JSONResponse(
+                    {"error": "missing or wrong token; set PACHY_TOKEN to the daemon's token", "kind": "unauthorized"},
+                    status_code=401,
+                )
+        return await call_next(request)
+
+    @app.exception_handler(PfsError)
+    async def pfs_error(_request: Request, exc: PfsError):
+        return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def sqlite_error(_request: Request, exc: sqlite3.OperationalError):
+        if "full" in str(exc):
+            e = NoSpace(f"no space left on device for the metadata database in {pfs.home}")
+            return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.http_status)
+        traceback.print_exc()
+        return JSONResponse({"error": f"internal error: {exc}", "kind": "error"}, status_code=500)
+
+    @app.exception_handler(OSError)
+    async def os_error(_request: Request, exc: OSError):
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            e = NoSpace(f"no space left on device under {pfs.home}; free some space and retry")
+            return JSONResponse({"error": e.message, "kind": e.kind}, status_code=e.http_status)
+        traceback.print_exc()
+        return JSONResponse({"error": f"internal error: {exc}", "kind": "error"}, status_code=500)
+
+    # -- general ------------------------------------------------------------
+
+    @app.get("/v1/version", response_model=models.Version)
+    async def version():
+        return models.Version(version=__version__, store=pfs.store.describe(), home=pfs.home, pid=os.getpid())
+
+    @app.post("/v1/delete-all")
+    async def delete_all():
+        await run(pfs.delete_all)
+        return {}
+
+    @app.post("/v1/archive-all")
+    async def archive_all():
+        return {"archived": await run(pfs.archive_all)}
+
+    @app.post("/v1/fsck", response_model=models.FsckReport)
+    async def fsck():
+        return models.FsckReport(**await run(pfs.fsck))
+
+    @app.post("/v1/gc", response_model=models.GcReport)
+    async def gc():
+        return models.GcReport(**await run(pfs.gc))
+
+    # -- repos --------------------------------------------------------------
+
+    @app.get("/v1/repos", response_model=list[models.Repo])
+    async def list_repos():
+        return [models.Repo(**asdict(r)) for r in await run(pfs.list_repos)]
+
+    @app.post("/v1/repos", response_model=models.Repo, status_code=201)
+    async def create_repo(body: models.CreateRepo):
+        return models.Repo(**asdict(await run(pfs.create_repo, body.name, body.description)))
+
+    @app.get("/v1/repos/{repo}", response_model=models.Repo)
+    async def inspect_repo(repo: str):
+        return models.Repo(**asdict(await run(pfs.inspect_repo, repo)))
+
+    @app.delete("/v1/repos/{repo}")
+    async def delete_repo(repo: str, force: bool = False):
+        await run(pfs.delete_repo, repo, force)
+        return {}
+
+    # -- commits ------------------------------------------------------------
+
+    @app.post("/v1/repos/{repo}/commits", response_model=models.Commit, status_code=201)
+    async def start_commit(repo: str, body: models.StartCommit):
+        return _commit(await run(lambda: pfs.start_commit(repo, body.branch, body.parent, body.description)))
+
+    @app.get("/v1/repos/{repo}/commits", response_model=list[models.Commit])
+    async def list_commits(repo: str, branch: str | None = None, n: int | None = None, all: bool = False):
+        return [_commit(c) for c in await run(pfs.list_commits, repo, branch, n, all)]
+
+    @app.get("/v1/repos/{repo}/commit", response_model=models.Commit)
+    async def inspect_commit(repo: str, ref: str = Query(...)):
+        return _commit(await run(pfs.inspect_commit, repo, ref))
+
+    @app.post("/v1/repos/{repo}/commit/finish", response_model=models.Commit)
+    async def finish_commit(repo: str, ref: str = Query(...), description: str | None = None):
+        return _commit(await run(pfs.finish_commit, repo, ref, description))
+
+    @app.delete("/v1/repos/{repo}/commit")
+    async def delete_commit(repo: str, ref: str = Query(...)):
+        await run(pfs.delete_commit, repo, ref)
+        return {}
+
+    @app.post("/v1/repos/{repo}/commit/archive")
+    async def archive_commit(repo: str, ref: str = Query(...)):
+        await run(pfs.archive_commit, repo, ref)
+        return {}
+
+    @app.post("/v1/repos/{repo}/fork", response_model=models.Commit, status_code=201)
+    async def fork_commit(repo: str, body: models.ForkCommit):
+        return _commit(await run(pfs.fork_commit, repo, body.parent, body.branch))
+
+    @app.post("/v1/repos/{repo}/squash", response_model=models.Commit)
+    async def squash_commit(repo: str, body: models.SquashCommit):
+        return _commit(await run(pfs.squash_commits, repo, body.sources, body.to))
+
+    # -- branches -----------------------------------------------------------
+
+    @app.get("/v1/repos/{repo}/branches", response_model=list[models.Branch])
+    async def list_branches(repo: str):
+        return [models.Branch(**asdict(b)) for b in await run(pfs.list_branches, repo)]
+
+    @app.put("/v1/repos/{repo}/branches/{branch}", response_model=models.Branch)
+    async def create_branch(repo: str, branch: str, body: models.SetBranch):
+        return models.Branch(**asdict(await run(pfs.create_branch, repo, branch, body.head)))
+
+    @app.delete("/v1/repos/{repo}/branches/{branch}")
+    async def delete_branch(repo: str, branch: str):
+        await run(pfs.delete_branch, repo, branch)
+        return {}
+
+    # -- files --------------------------------------------------------------
+
+    @app.put("/v1/repos/{repo}/file", response_model=models.PutResult)
+    async def put_file(request: Request, repo: str, ref: str = Query(...), path: str = Query(...), overwrite: bool = False):
+        with await run(pfs.write_session, repo, ref) as session:
+            stream = await run(session.put_stream, path)
+            await pump(request, stream.write)
+            refs = await run(stream.finish)
+            session.add(path, refs, stream.size, overwrite)
+            await run(session.commit)
+        return _put_result(session)
+
+    @app.post("/v1/repos/{repo}/files", response_model=models.PutResult)
+    async def put_files(request: Request, repo: str, ref: str = Query(...)):
+        with await run(pfs.write_session, repo, ref) as session:
+            ingest = BatchIngest(session)
+            await pump(request, ingest.feed)
+            return await run(ingest.close)
+
+    @app.get("/v1/repos/{repo}/file", response_class=StreamingResponse)
+    async def get_file(repo: str, ref: str = Query(...), path: str = Query(...)):
+        info, chunks = await run(pfs.read_file, repo, ref, path)
+
+        async def body():
+            while True:
+                piece = await run(next, chunks, None)
+                if piece is None:
+                    return
+                yield piece
+
+        return StreamingResponse(
+            body(), media_type="application/octet-stream", headers={"X-Pachy-Size": str(info.size)}
+        )
+
+    @app.get("/v1/repos/{repo}/file/info", response_model=models.FileInfo)
+    async def inspect_file(repo: str, ref: str = Query(...), path: str = Query(...)):
+        return models.FileInfo(**(await run(pfs.inspect_file, repo, ref, path)).to_dict())
+
+    @app.delete("/v1/repos/{repo}/file")
+    async def delete_file(repo: str, ref: str = Query(...), path: str = Query(...)):
+        def delete() -> None:
+            with pfs.write_session(repo, ref) as session:
+                session.delete(path)
+                session.commit()
+
+        await run(delete)
+        return {}
+
+    @app.get("/v1/repos/{repo}/files", response_model=list[models.FileInfo])
+    async def list_files(repo: str, ref: str = Query(...), path: str = "/"):
+        return [models.FileInfo(**f.to_dict()) for f in await run(pfs.list_files, repo, ref, path)]
+
+    @app.get("/v1/repos/{repo}/glob", response_model=list[models.FileInfo])
+    async def glob_files(repo: str, ref: str = Query(...), pattern: str = Query(...)):
+        return [models.FileInfo(**f.to_dict()) for f in await run(pfs.glob_files, repo, ref, pattern)]
+
+    @app.get("/v1/repos/{repo}/diff", response_model=list[models.DiffEntry])
+    async def diff_files(repo: str, ref: str = Query(...), old: str | None = None):
+        return [models.DiffEntry(**d) for d in await run(pfs.diff_files, repo, ref, old)]
+
+    return app

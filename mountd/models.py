@@ -1,0 +1,116 @@
+"""The API's models: what crosses HTTP, shared by mountd and the client.
+
+Kept free of server code so `pachctl` can import them alone.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from pfsfuse import errors  # noqa: F401  (the API's error kinds, re-exported for clients)
+
+
+class Version(BaseModel):
+    version: str
+    store: str
+    home: str
+    pid: int
+
+
+class Repo(BaseModel):
+    name: str
+    created: float
+    description: str = ""
+    size: int = 0
+    branches: list[str] = Field(default_factory=list)
+
+
+class CreateRepo(BaseModel):
+    name: str
+    description: str = ""
+
+
+class Commit(BaseModel):
+    id: str
+    repo: str
+    branch: str | None = None
+    seq: int | None = None
+    ref: str
+    parent: str | None = None
+    parent_ref: str | None = None
+    started: float
+    finished: float | None = None
+    size: int = 0
+    archived: bool = False
+    description: str = ""
+    provenance: list[dict] = Field(default_factory=list)
+    children: list[str] = Field(default_factory=list)
+
+
+class StartCommit(BaseModel):
+    branch: str | None = "master"
+    parent: str | None = None
+    description: str = ""
+
+
+class ForkCommit(BaseModel):
+    parent: str
+    branch: str
+
+
+class SquashCommit(BaseModel):
+    sources: list[str] = Field(alias="from")
+    to: str
+
+
+class Branch(BaseModel):
+    repo: str
+    name: str
+    head: str | None = None
+    head_ref: str | None = None
+
+
+class SetBranch(BaseModel):
+    head: str | None = None
+
+
+class FileInfo(BaseModel):
+    path: str
+    type: str
+    size: int
+    mtime: float
+    chunks: int = 0
+
+
+class PutResult(BaseModel):
+    files: int
+    bytes: int
+    stored: int = Field(description="bytes written to new pack objects (after dedup and compression)")
+
+
+class DiffEntry(BaseModel):
+    path: str
+    status: str
+    old_size: int | None = None
+    new_size: int | None = None
+
+
+class FsckReport(BaseModel):
+    ok: bool
+    commits: int
+    nodes: int
+    chunks: int
+    problems: list[str]
+
+
+class GcReport(BaseModel):
+    packs_deleted: int
+    packs_rewritten: int
+    bytes_freed: int
+    chunks_freed: int
+    nodes_freed: int
+
+
+class Error(BaseModel):
+    error: str
+    kind: str

@@ -1,0 +1,131 @@
+"""Run mountd: one trio process that owns a PACHY_HOME and serves its API.
+
+On a unix socket (mode 0600) by default; ``--listen HOST:PORT`` serves TCP
+and then requires a bearer token (``--token``, ``PACHY_TOKEN``, or one made
+up and saved to ``HOME/token``). SIGTERM or SIGINT shut it down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import secrets
+import signal
+import sys
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from mountd.app import build_app
+from pfsfuse.errors import PfsError
+from pfsfuse.objstore import open_store
+from pfsfuse.pfs import PFS
+
+
+def default_home() -> str:
+    if os.environ.get("PACHY_HOME"):
+        return os.path.abspath(os.environ["PACHY_HOME"])
+    data = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(data, "pachy")
+
+
+def socket_path(home: str) -> str:
+    return os.path.join(home, "mountd.sock")
+
+
+def _lock_home(home: str) -> int:
+    """Hold an exclusive lock for the daemon's lifetime: one daemon per home."""
+    fd = os.open(os.path.join(home, "mountd.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode().strip() or "?"
+        raise PfsError(f"a daemon already runs for {home} (pid {pid})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _token(home: str, given: str | None) -> str:
+    if given:
+        return given
+    if os.environ.get("PACHY_TOKEN"):
+        return os.environ["PACHY_TOKEN"]
+    path = os.path.join(home, "token")
+    if os.path.exists(path):
+        with open(path) as f:
+            return f.read().strip()
+    tok = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(tok + "\n")
+    print(f"mountd: made a new API token in {path}", file=sys.stderr)
+    return tok
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mountd", description="the pachy daemon")
+    p.add_argument("--home", default=None, help="data directory (default: $PACHY_HOME or the XDG data dir)")
+    p.add_argument("--listen", default=None, metavar="HOST:PORT", help="serve TCP (requires a token)")
+    p.add_argument("--token", default=None, help="bearer token for TCP clients")
+    p.add_argument("--store", default=None, help="object store URL: a directory or s3://bucket/prefix")
+    p.add_argument("--zstd-level", type=int, default=int(os.environ.get("PACHY_ZSTD_LEVEL", "1")))
+    return p.parse_args(argv)
+
+
+async def _serve(app, config: Config) -> None:
+    stop = trio.Event()
+
+    async def watch_signals() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                stop.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_signals)
+        await serve(app, config, shutdown_trigger=stop.wait)
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    home = os.path.abspath(args.home) if args.home else default_home()
+    os.makedirs(home, mode=0o700, exist_ok=True)
+    try:
+        lock = _lock_home(home)
+        store_url = args.store or os.environ.get("PACHY_STORE") or os.path.join(home, "objects")
+        pfs = PFS(home, open_store(store_url), zstd_level=args.zstd_level)
+        config = Config()
+        config.accesslog = None
+        config.errorlog = "-"
+        config.keep_alive_timeout = 60
+        config.h11_max_incomplete_size = 64 * 1024
+        token = None
+        if args.listen:
+            token = _token(home, args.token)
+            config.bind = [args.listen]
+        else:
+            sock = socket_path(home)
+            if os.path.exists(sock):
+                os.unlink(sock)  # left by a killed daemon; we hold the lock
+            config.bind = [f"unix:{sock}"]
+        app = build_app(pfs, token)
+    except PfsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    old_umask = os.umask(0o077)  # the socket is created 0600
+    try:
+        print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
+        trio.run(_serve, app, config)
+    finally:
+        os.umask(old_umask)
+        pfs.close()
+        if not args.listen and os.path.exists(socket_path(home)):
+            os.unlink(socket_path(home))
+        os.close(lock)
+    print("mountd: stopped", file=sys.stderr)
+    return 0
+

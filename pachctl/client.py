@@ -1,0 +1,416 @@
+"""The Python client: the seeds' Go client, in Python.
+
+    from pachctl import Client
+    c = Client()                      # the embedded default, started on demand
+    c.create_repo("data")
+    with c.commit("data", "master") as commit:
+        c.put_file("data", commit.id, "sales", b"orange 4\\n")
+    print(b"".join(c.get_file("data", "master", "sales")))
+
+``Client("127.0.0.1:30650")`` (or ``ADDRESS``) talks to a remote daemon.
+Errors are the same classes the daemon raised (``errors.NotFound``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
+
+import httpx
+
+from mountd import wire
+from mountd.models import (
+    Branch,
+    Commit,
+    DiffEntry,
+    FileInfo,
+    FsckReport,
+    GcReport,
+    PutResult,
+    Repo,
+    Version,
+    errors,
+)
+from pachctl import config
+
+PIECE = 1 << 20
+Source = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO | Iterable[bytes]
+Progress = Callable[[int], None]
+
+
+def _pieces(source: Source, progress: Progress | None = None) -> Iterator[bytes]:
+    """Any source as a stream of pieces, never the whole thing at once."""
+    if isinstance(source, str):
+        source = source.encode()
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source)
+        for i in range(0, len(view), PIECE):
+            piece = bytes(view[i : i + PIECE])
+            if progress:
+                progress(len(piece))
+            yield piece
+        return
+    if isinstance(source, os.PathLike):
+        try:
+            f = open(source, "rb")  # noqa: SIM115 - closed below, generator-scoped
+        except OSError as exc:
+            raise errors.SourceError(f"cannot read '{os.fspath(source)}': {exc.strerror}") from None
+        with f:
+            yield from _pieces(f, progress)
+        return
+    if hasattr(source, "read"):
+        while True:
+            piece = source.read(PIECE)
+            if not piece:
+                return
+            if progress:
+                progress(len(piece))
+            yield piece
+    for piece in source:
+        if progress:
+            progress(len(piece))
+        yield piece
+
+
+class Client:
+    """A connection to a mountd; cheap to create, safe to reuse."""
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        home: str | None = None,
+        autostart: bool | None = None,
+        timeout: float = 300.0,
+    ):
+        self.settings = config.resolve(address, token, home)
+        if autostart is None:
+            autostart = os.environ.get("PACHY_NO_AUTOSTART", "") in ("", "0")
+        self.autostart = autostart and self.settings.address is None
+        headers = {"authorization": f"Bearer {self.settings.token}"} if self.settings.token else {}
+        addr = self.settings.address
+        if addr is None or addr.startswith("unix:"):
+            self.socket = addr[5:] if addr else os.path.join(self.settings.home, "mountd.sock")
+            transport = httpx.HTTPTransport(uds=self.socket)
+            base = "http://mountd"
+            self.where = self.socket
+        else:
+            self.socket = None
+            base = addr if "://" in addr else f"http://{addr}"
+            transport = httpx.HTTPTransport()
+            self.where = addr
+        self._http = httpx.Client(
+            transport=transport, base_url=base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+        )
+        self._checked = False
+
+    @classmethod
+    def new_from_address(cls, address: str, **kw: Any) -> Client:
+        """As the Go client's ``NewFromAddress``."""
+        return cls(address, **kw)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ------------------------------------------------------------
+
+    def _ensure_daemon(self) -> None:
+        if self._checked:
+            return
+        try:
+            self._http.get("/v1/version").raise_for_status()
+        except httpx.TransportError:
+            if not self.autostart:
+                raise
+            self._start_daemon()
+        self._checked = True
+
+    def _start_daemon(self) -> None:
+        """Start the embedded default's daemon and wait until it answers."""
+        home = self.settings.home
+        os.makedirs(home, mode=0o700, exist_ok=True)
+        log_path = os.path.join(home, "mountd.log")
+        with open(os.path.join(home, "autostart.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time
+            try:
+                self._http.get("/v1/version").raise_for_status()
+                return  # someone else started it meanwhile
+            except httpx.TransportError:
+                pass
+            with open(log_path, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "mountd", "--home", home],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise errors.Unreachable(
+                        f"the daemon for {home} exited during start-up; see {log_path}:\n" + _tail(log_path)
+                    )
+                try:
+                    self._http.get("/v1/version", timeout=2).raise_for_status()
+                    return
+                except httpx.TransportError:
+                    time.sleep(0.02)
+            raise errors.Unreachable(f"the daemon for {home} did not answer within 30 s; see {log_path}")
+
+    def _request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        self._ensure_daemon_or_raise()
+        try:
+            resp = self._http.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return self._check(resp)
+
+    def _ensure_daemon_or_raise(self) -> None:
+        try:
+            self._ensure_daemon()
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def _unreachable(self, exc: Exception) -> errors.PfsError:
+        hint = (
+            "is the daemon running? start it with 'pachctl daemon'"
+            if self.settings.address is None
+            else f"is pachd running at {self.where}? check ADDRESS"
+        )
+        return errors.Unreachable(f"cannot reach the daemon at {self.where} ({_reason(exc)}); {hint}")
+
+    @staticmethod
+    def _check(resp: httpx.Response) -> httpx.Response:
+        if resp.status_code < 400:
+            return resp
+        try:
+            resp.read()
+            body = resp.json()
+            raise errors.from_kind(body.get("kind", "error"), body.get("error", resp.text))
+        except (ValueError, AttributeError):
+            raise errors.PfsError(f"daemon answered {resp.status_code}: {resp.text[:200]}") from None
+
+    def _json(self, method: str, url: str, **kw: Any) -> Any:
+        return self._request(method, url, **kw).json()
+
+    # -- general --------------------------------------------------------------
+
+    def version(self) -> Version:
+        return Version(**self._json("GET", "/v1/version"))
+
+    def delete_all(self) -> None:
+        self._request("POST", "/v1/delete-all")
+
+    def archive_all(self) -> int:
+        return self._json("POST", "/v1/archive-all")["archived"]
+
+    def fsck(self) -> FsckReport:
+        return FsckReport(**self._json("POST", "/v1/fsck"))
+
+    def gc(self) -> GcReport:
+        return GcReport(**self._json("POST", "/v1/gc"))
+
+    # -- repos ------------------------------------------------------------------
+
+    def create_repo(self, name: str, description: str = "") -> Repo:
+        return Repo(**self._json("POST", "/v1/repos", json={"name": name, "description": description}))
+
+    def list_repo(self) -> list[Repo]:
+        return [Repo(**r) for r in self._json("GET", "/v1/repos")]
+
+    def inspect_repo(self, name: str) -> Repo:
+        return Repo(**self._json("GET", f"/v1/repos/{_seg(name)}"))
+
+    def delete_repo(self, name: str, force: bool = False) -> None:
+        self._request("DELETE", f"/v1/repos/{_seg(name)}", params={"force": force})
+
+    # -- commits ----------------------------------------------------------------
+
+    def start_commit(
+        self, repo: str, branch: str | None = "master", parent: str | None = None, description: str = ""
+    ) -> Commit:
+        body = {"branch": branch, "parent": parent, "description": description}
+        return Commit(**self._json("POST", f"/v1/repos/{_seg(repo)}/commits", json=body))
+
+    def finish_commit(self, repo: str, commit: str, description: str | None = None) -> Commit:
+        params = {"ref": commit}
+        if description is not None:
+            params["description"] = description
+        return Commit(**self._json("POST", f"/v1/repos/{_seg(repo)}/commit/finish", params=params))
+
+    @contextlib.contextmanager
+    def commit(self, repo: str, branch: str | None = "master", parent: str | None = None) -> Iterator[Commit]:
+        """Start a commit, yield it, finish it; on an exception, delete it instead."""
+        c = self.start_commit(repo, branch, parent)
+        try:
+            yield c
+        except BaseException:
+            with contextlib.suppress(errors.PfsError):
+                self.delete_commit(repo, c.id)
+            raise
+        self.finish_commit(repo, c.id)
+
+    def inspect_commit(self, repo: str, commit: str) -> Commit:
+        return Commit(**self._json("GET", f"/v1/repos/{_seg(repo)}/commit", params={"ref": commit}))
+
+    def list_commit(
+        self, repo: str, branch: str | None = None, n: int | None = None, all: bool = False
+    ) -> list[Commit]:
+        """Newest first."""
+        params: dict[str, Any] = {"all": all}
+        if branch is not None:
+            params["branch"] = branch
+        if n is not None:
+            params["n"] = n
+        return [Commit(**c) for c in self._json("GET", f"/v1/repos/{_seg(repo)}/commits", params=params)]
+
+    def delete_commit(self, repo: str, commit: str) -> None:
+        self._request("DELETE", f"/v1/repos/{_seg(repo)}/commit", params={"ref": commit})
+
+    def archive_commit(self, repo: str, commit: str) -> None:
+        self._request("POST", f"/v1/repos/{_seg(repo)}/commit/archive", params={"ref": commit})
+
+    def fork_commit(self, repo: str, parent: str, branch: str) -> Commit:
+        body = {"parent": parent, "branch": branch}
+        return Commit(**self._json("POST", f"/v1/repos/{_seg(repo)}/fork", json=body))
+
+    def squash_commit(self, repo: str, sources: list[str], to: str) -> Commit:
+        body = {"from": sources, "to": to}
+        return Commit(**self._json("POST", f"/v1/repos/{_seg(repo)}/squash", json=body))
+
+    # -- branches ---------------------------------------------------------------
+
+    def list_branch(self, repo: str) -> list[Branch]:
+        return [Branch(**b) for b in self._json("GET", f"/v1/repos/{_seg(repo)}/branches")]
+
+    def create_branch(self, repo: str, branch: str, head: str | None = None) -> Branch:
+        url = f"/v1/repos/{_seg(repo)}/branches/{_seg(branch)}"
+        return Branch(**self._json("PUT", url, json={"head": head}))
+
+    def delete_branch(self, repo: str, branch: str) -> None:
+        self._request("DELETE", f"/v1/repos/{_seg(repo)}/branches/{_seg(branch)}")
+
+    # -- files ------------------------------------------------------------------
+
+    def put_file(
+        self,
+        repo: str,
+        commit: str,
+        path: str,
+        source: Source,
+        overwrite: bool = False,
+        progress: Progress | None = None,
+    ) -> PutResult:
+        """Append ``source`` to ``path`` (or replace it with ``overwrite``), streamed.
+
+        ``source``: bytes or str (the content), a ``pathlib.Path`` (a local
+        file), a binary file object, or an iterable of byte pieces.
+        """
+        pieces = _pieces(source, progress)
+        first = next(pieces, b"")  # read errors surface before the request
+        body = _chain(first, pieces)
+        params = {"ref": commit, "path": path, "overwrite": overwrite}
+        return PutResult(**self._json("PUT", f"/v1/repos/{_seg(repo)}/file", params=params, content=body))
+
+    def put_files(self, repo: str, commit: str, records: Iterable[bytes]) -> PutResult:
+        """Many files in one request; ``records`` come from ``mountd.wire``
+        (``encode_small_put``, ``encode_put``): all land together or none do."""
+        url = f"/v1/repos/{_seg(repo)}/files"
+        return PutResult(**self._json("POST", url, params={"ref": commit}, content=_batched(records)))
+
+    def get_file(self, repo: str, commit: str, path: str) -> Iterator[bytes]:
+        """The file's bytes as a stream of pieces."""
+        self._ensure_daemon_or_raise()
+        params = {"ref": commit, "path": path}
+        try:
+            with self._http.stream("GET", f"/v1/repos/{_seg(repo)}/file", params=params) as resp:
+                self._check(resp)
+                yield from resp.iter_bytes(PIECE)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def read_file(self, repo: str, commit: str, path: str) -> bytes:
+        """A whole (small) file at once."""
+        return b"".join(self.get_file(repo, commit, path))
+
+    def inspect_file(self, repo: str, commit: str, path: str) -> FileInfo:
+        params = {"ref": commit, "path": path}
+        return FileInfo(**self._json("GET", f"/v1/repos/{_seg(repo)}/file/info", params=params))
+
+    def list_file(self, repo: str, commit: str, path: str = "/") -> list[FileInfo]:
+        params = {"ref": commit, "path": path}
+        return [FileInfo(**f) for f in self._json("GET", f"/v1/repos/{_seg(repo)}/files", params=params)]
+
+    def glob_file(self, repo: str, commit: str, pattern: str) -> list[FileInfo]:
+        params = {"ref": commit, "pattern": pattern}
+        return [FileInfo(**f) for f in self._json("GET", f"/v1/repos/{_seg(repo)}/glob", params=params)]
+
+    def delete_file(self, repo: str, commit: str, path: str) -> None:
+        self._request("DELETE", f"/v1/repos/{_seg(repo)}/file", params={"ref": commit, "path": path})
+
+    def diff_file(self, repo: str, commit: str, old: str | None = None) -> list[DiffEntry]:
+        params = {"ref": commit}
+        if old is not None:
+            params["old"] = old
+        return [DiffEntry(**d) for d in self._json("GET", f"/v1/repos/{_seg(repo)}/diff", params=params)]
+
+
+def _seg(name: str) -> str:
+    """A path segment; names are validated server-side, but never let one
+    smuggle a '/' or '..' into the URL."""
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from rest
+
+
+def _batched(records: Iterable[bytes], target: int = 1 << 20) -> Iterator[bytes]:
+    """Join small records so the socket sees few large writes."""
+    buf = bytearray()
+    for rec in records:
+        buf += rec
+        if len(buf) >= target:
+            yield bytes(buf)
+            buf.clear()
+    if buf:
+        yield bytes(buf)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "No such file" in text or "Errno 2" in text:
+        return "no socket"
+    if "refused" in text.lower():
+        return "connection refused"
+    return text
+
+
+def _tail(path: str, lines: int = 10) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+__all__ = ["Client", "errors", "wire"]

@@ -1,0 +1,386 @@
+"""Files in commits: writing through sessions, reading, listing, globbing, diffs.
+
+A ``WriteSession`` gathers any number of puts and deletes for one open
+commit. Bytes are chunked, compressed and written to pack objects as they
+stream in, outside any lock; ``commit()`` then records the chunk index rows
+and the staged entries in one transaction. An interrupted session therefore
+changes nothing that a reader can see (its packs are garbage for ``gc``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pfsfuse import entries, names
+from pfsfuse.chunks import ChunkLocation, ChunkSink, StreamChunker, chunk_hash, read_chunks
+from pfsfuse.entries import DIR, FILE, ChunkRef, Entry
+from pfsfuse.errors import Conflict, InvalidArgument, NotFound
+
+ROOT = Entry(DIR, 0, 0)
+
+
+@dataclass
+class FileInfo:
+    path: str  # with a leading '/'
+    type: str  # "file" or "dir"
+    size: int
+    mtime: float
+    chunks: int = 0
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime, "chunks": self.chunks}
+
+
+def _info(path: str, e: Entry, chunks: int = 0) -> FileInfo:
+    return FileInfo("/" + path, e.type_name, e.size, e.mtime_ns / 1e9, chunks)
+
+
+class WriteSession:
+    """Puts and deletes for one open commit, landing all at once in ``commit()``."""
+
+    def __init__(self, pfs, repo: str, ref: str):
+        self.pfs = pfs
+        self.repo = repo
+        self.ref = ref
+        row = pfs.require_open(repo, ref)
+        self.commit_id = row[0]
+        self._gate = pfs.writer()
+        self._gate.__enter__()
+        self._open = True
+        self.sink = ChunkSink(pfs.store, pfs.has_chunk, pfs.zstd_level)
+        self.sink.packs.on_pack = pfs.inflight_packs.add
+        self._ops: list[tuple[str, str, list[ChunkRef] | None, int, bool]] = []
+        self.files = 0
+        self.bytes = 0
+
+    def put_stream(self, path: str) -> StreamChunker:
+        names.clean_path(path)
+        return self.sink.stream()
+
+    def add(self, path: str, refs: list[ChunkRef], size: int, overwrite: bool = False) -> None:
+        self._ops.append(("put", names.clean_path(path), refs, size, overwrite))
+        self.files += 1
+        self.bytes += size
+
+    def put_bytes(self, path: str, data: bytes, overwrite: bool = False) -> None:
+        path = names.clean_path(path)
+        self.add(path, self.sink.add_bytes(data), len(data), overwrite)
+
+    def mkdir(self, path: str) -> None:
+        self._ops.append(("mkdir", names.clean_path(path), None, 0, False))
+
+    def delete(self, path: str) -> None:
+        self._ops.append(("delete", names.clean_path(path), None, 0, False))
+
+    def close(self) -> None:
+        """Release the session; without commit() what it wrote becomes garbage."""
+        if self._open:
+            self._open = False
+            self._gate.__exit__(None, None, None)
+
+    def __enter__(self) -> WriteSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def commit(self) -> None:
+        pfs = self.pfs
+        try:
+            locations = self.sink.close()
+        except BaseException:
+            self.close()
+            raise
+        try:
+            with pfs.tx() as db:
+                row = db.execute("SELECT finished, parent FROM commits WHERE id=?", (self.commit_id,)).fetchone()
+                if row is None or row[0] is not None:
+                    raise Conflict(f"commit '{self.ref}' in repo '{self.repo}' was finished or deleted meanwhile")
+                db.executemany(
+                    "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored, size, codec) VALUES(?,?,?,?,?,?)",
+                    [(c.hash, c.pack, c.offset, c.stored, c.size, c.codec) for c in locations],
+                )
+                stager = _Stager(pfs, db, self.commit_id, pfs.root_of(pfs._row(self.commit_id)))
+                now = time.time_ns()
+                for op, path, refs, size, overwrite in self._ops:
+                    if op == "put":
+                        stager.put_file(path, refs or [], size, overwrite, now)
+                    elif op == "mkdir":
+                        stager.mkdir(path, now)
+                    else:
+                        stager.delete(path)
+        finally:
+            for c in locations:
+                pfs.inflight_packs.discard(c.pack)
+            self.close()
+
+
+class _Stager:
+    """Applies one session's operations to the staging table, inside its transaction."""
+
+    def __init__(self, pfs, db, commit_id: str, base: bytes | None):
+        self.pfs = pfs
+        self.db = db
+        self.cid = commit_id
+        self.base = base
+        self._dirs_ok: set[str] = set()
+
+    def current(self, path: str) -> Entry | None:
+        key = names.tree_key(path)
+        row = self.db.execute("SELECT value FROM staging WHERE commit_id=? AND key=?", (self.cid, key)).fetchone()
+        raw = row[0] if row is not None else self.pfs.tree.get(self.base, key)
+        return entries.decode(raw) if raw is not None else None
+
+    def _set(self, path: str, entry: Entry | None) -> None:
+        self.db.execute(
+            "INSERT INTO staging(commit_id, key, value) VALUES(?,?,?) "
+            "ON CONFLICT(commit_id, key) DO UPDATE SET value=excluded.value",
+            (self.cid, names.tree_key(path), entries.encode(entry) if entry is not None else None),
+        )
+
+    def _ensure_parents(self, path: str, now: int) -> None:
+        for d in names.ancestors(path):
+            if d in self._dirs_ok:
+                continue
+            e = self.current(d)
+            if e is None:
+                self._set(d, Entry(DIR, 0, now))
+            elif not e.is_dir:
+                raise Conflict(f"cannot create '/{path}': '/{d}' is a file")
+            self._dirs_ok.add(d)
+
+    def put_file(self, path: str, refs: list[ChunkRef], size: int, overwrite: bool, now: int) -> None:
+        cur = self.current(path)
+        if cur is not None and cur.is_dir:
+            raise Conflict(f"cannot write '/{path}': it is a directory")
+        self._ensure_parents(path, now)
+        if cur is not None and not overwrite:
+            refs = self.pfs.load_refs(cur) + refs
+            size = cur.size + size
+        entry = Entry(FILE, size, now)
+        if len(refs) <= entries.INLINE_REFS:
+            entry.refs = refs
+        else:
+            blob = entries.encode_ref_list(refs)
+            h = chunk_hash(blob)
+            self.pfs.nodes.put_node(h, blob)
+            entry.list_ref = h
+        self._set(path, entry)
+
+    def put_entry(self, path: str, entry: Entry, now: int) -> None:
+        """Set a file entry as it is (squash copies entries between commits)."""
+        cur = self.current(path)
+        if cur is not None and cur.is_dir:
+            raise Conflict(f"cannot write '/{path}': it is a directory")
+        self._ensure_parents(path, now)
+        self._set(path, entry)
+
+    def mkdir(self, path: str, now: int) -> None:
+        cur = self.current(path)
+        if cur is not None:
+            if cur.is_dir:
+                return
+            raise Conflict(f"cannot create directory '/{path}': a file has that name")
+        self._ensure_parents(path, now)
+        self._set(path, Entry(DIR, 0, now))
+        self._dirs_ok.add(path)
+
+    def delete(self, path: str) -> None:
+        cur = self.current(path)
+        if cur is None:
+            raise NotFound(f"file '/{path}' not found")
+        if cur.is_dir:
+            for sub, _e in list(self.pfs.walk_tree(self.base, path, staging=(self.db, self.cid))):
+                self._set(sub, None)
+        self._set(path, None)
+        self._dirs_ok.discard(path)
+
+
+class FileOps:
+    """Mixed into PFS: everything about files."""
+
+    def has_chunk(self, digest: bytes) -> bool:
+        return self.q1("SELECT 1 FROM chunks WHERE hash=?", (digest,)) is not None
+
+    def load_refs(self, e: Entry) -> list[ChunkRef]:
+        if e.refs is not None:
+            return list(e.refs)
+        if e.list_ref is None:
+            return []
+        return entries.decode_ref_list(self.nodes.get_node(e.list_ref))
+
+    def locate(self, refs: Iterable[ChunkRef]) -> list[ChunkLocation]:
+        out = []
+        with self._lock:
+            for digest, _size in refs:
+                row = self.db.execute(
+                    "SELECT pack, offset, stored, size, codec FROM chunks WHERE hash=?", (digest,)
+                ).fetchone()
+                if row is None:
+                    from pfsfuse.errors import Damaged
+
+                    raise Damaged(f"chunk {digest.hex()[:12]} is missing from the chunk index; run 'pachctl fsck'")
+                out.append(ChunkLocation(digest, *row))
+        return out
+
+    def write_session(self, repo: str, ref: str) -> WriteSession:
+        return WriteSession(self, repo, ref)
+
+    # -- lookups ------------------------------------------------------------
+
+    def _staged(self, cid: str, key: bytes) -> tuple[bool, bytes | None]:
+        row = self.q1("SELECT value FROM staging WHERE commit_id=? AND key=?", (cid, key))
+        return (row is not None, row[0] if row is not None else None)
+
+    def lookup_row(self, row: tuple, path: str) -> Entry | None:
+        if path == "":
+            return Entry(DIR, row[8], int((row[6] or row[5]) * 1e9))
+        key = names.tree_key(path)
+        if row[6] is None:
+            found, raw = self._staged(row[0], key)
+            if found:
+                return entries.decode(raw) if raw is not None else None
+        raw = self.tree.get(self.root_of(row), key)
+        return entries.decode(raw) if raw is not None else None
+
+    def _require_entry(self, repo: str, row: tuple, path: str) -> Entry:
+        e = self.lookup_row(row, path)
+        if e is None:
+            raise NotFound(f"file '/{path}' not found in {repo}@{_name(row)}")
+        return e
+
+    def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:
+        row = self.resolve(repo, ref)
+        path = names.clean_path(path, allow_root=True)
+        e = self._require_entry(repo, row, path)
+        return _info(path, e, 0 if e.is_dir else len(self.load_refs(e)))
+
+    def read_file(self, repo: str, ref: str, path: str) -> tuple[FileInfo, Iterator[bytes]]:
+        """The file's info and a lazy iterator over its bytes, chunk by chunk."""
+        row = self.resolve(repo, ref)
+        path = names.clean_path(path)
+        e = self._require_entry(repo, row, path)
+        if e.is_dir:
+            raise InvalidArgument(f"'/{path}' is a directory; use list-file")
+        locations = self.locate(self.load_refs(e))
+        return _info(path, e, len(locations)), read_chunks(self.store, locations)
+
+    # -- listings -----------------------------------------------------------
+
+    def _children(self, root: bytes | None, directory: str, staging=None) -> Iterator[tuple[str, Entry]]:
+        """Immediate children of a directory, merging an open commit's staged rows."""
+        prefix = names.dir_prefix(directory)
+        base = self.tree.iter_prefix(root, prefix)
+        if staging is None:
+            for key, raw in base:
+                yield names.key_path(key), entries.decode(raw)
+            return
+        db, cid = staging
+        with self._lock:
+            staged = db.execute(
+                "SELECT key, value FROM staging WHERE commit_id=? AND key>=? AND key<? ORDER BY key",
+                (cid, prefix, prefix + b"\xff"),
+            ).fetchall()
+        merged: dict[bytes, bytes | None] = dict(base)
+        merged.update(staged)
+        for key in sorted(merged):
+            raw = merged[key]
+            if raw is not None:
+                yield names.key_path(key), entries.decode(raw)
+
+    def walk_tree(self, root: bytes | None, directory: str, staging=None) -> Iterator[tuple[str, Entry]]:
+        """Every entry below a directory, depth first, in name order."""
+        for path, e in self._children(root, directory, staging):
+            yield path, e
+            if e.is_dir:
+                yield from self.walk_tree(root, path, staging)
+
+    def _staging_of(self, row: tuple):
+        return (self.db, row[0]) if row[6] is None else None
+
+    def list_files(self, repo: str, ref: str, path: str = "") -> list[FileInfo]:
+        row = self.resolve(repo, ref)
+        path = names.clean_path(path, allow_root=True)
+        e = self._require_entry(repo, row, path)
+        if not e.is_dir:
+            return [_info(path, e)]
+        return [_info(p, c) for p, c in self._children(self.root_of(row), path, self._staging_of(row))]
+
+    def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
+        row = self.resolve(repo, ref)
+        parts = [p for p in pattern.strip("/").split("/") if p] or [""]
+        root, staging = self.root_of(row), self._staging_of(row)
+        out: list[FileInfo] = []
+
+        def match(directory: str, i: int) -> None:
+            if i == len(parts):
+                return
+            part = parts[i]
+            if part == "**":
+                match(directory, i + 1)  # zero directories
+                for p, e in self._children(root, directory, staging):
+                    if i + 1 == len(parts):
+                        out.append(_info(p, e))
+                    if e.is_dir:
+                        match(p, i)
+                return
+            rx = re.compile(fnmatch.translate(part))
+            for p, e in self._children(root, directory, staging):
+                name = p.rpartition("/")[2]
+                if rx.match(name):
+                    if i + 1 == len(parts):
+                        out.append(_info(p, e))
+                    elif e.is_dir:
+                        match(p, i + 1)
+
+        if parts == [""]:
+            return [FileInfo("/", "dir", row[8], 0)]
+        match("", 0)
+        seen: set[str] = set()
+        return [f for f in out if not (f.path in seen or seen.add(f.path))]
+
+    def diff_files(self, repo: str, ref: str, old_ref: str | None = None) -> list[dict]:
+        """What changed from ``old_ref`` (default: the parent) to ``ref``: files
+        added, deleted or modified, in path order, without reading unchanged
+        parts of either tree."""
+        new = self.resolve(repo, ref)
+        if new[6] is None:
+            raise Conflict(f"commit '{ref}' in repo '{repo}' is still open; finish it to diff it")
+        if old_ref is not None:
+            old_root = self.resolve(repo, old_ref)[7]
+        else:
+            old_root = self._row(new[4])[7] if new[4] is not None else None
+        out = []
+        for key, a, b in self.tree.diff(old_root, new[7]):
+            ea = entries.decode(a) if a is not None else None
+            eb = entries.decode(b) if b is not None else None
+            if (ea is None or ea.is_dir) and (eb is None or eb.is_dir):
+                continue  # directories change with their files; report the files
+            status = "added" if ea is None or ea.is_dir else "deleted" if eb is None or eb.is_dir else "modified"
+            out.append(
+                {
+                    "path": "/" + names.key_path(key),
+                    "status": status,
+                    "old_size": ea.size if ea is not None and not ea.is_dir else None,
+                    "new_size": eb.size if eb is not None and not eb.is_dir else None,
+                }
+            )
+        return out
+
+    def read_whole(self, repo: str, ref: str, path: str, limit: int) -> bytes | None:
+        """Small files only: for text diffs. None when larger than ``limit``."""
+        try:
+            info, it = self.read_file(repo, ref, path)
+        except NotFound:
+            return b""
+        if info.size > limit:
+            return None
+        return b"".join(it)
+
+
+def _name(row: tuple) -> str:
+    return f"{row[2]}/{row[3]}" if row[2] is not None else row[0]

@@ -1,0 +1,113 @@
+"""The embedded default: objects as files under a directory.
+
+A put writes a temporary name in the same directory, fsyncs it and renames it
+over the final name, so a crash leaves either the whole object or a stray
+``.tmp-*`` file that ``cleanup_temporaries`` removes at daemon start.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+
+from pfsfuse.errors import NoSpace, PfsError
+from pfsfuse.objstore.base import ObjectMissing, ObjectStore
+
+TMP_PREFIX = ".tmp-"
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str):
+        self.root = os.path.abspath(os.path.expanduser(root))
+        os.makedirs(self.root, exist_ok=True)
+        self._made_dirs: set[str] = set()
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise PfsError(f"invalid object key '{key}'")
+        return os.path.join(self.root, key)
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{id(data):x}-{os.path.basename(path)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(
+                    f"no space left on device under {self.root}; free some space and retry"
+                ) from None
+            raise
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            os.unlink(self._path(key))
+        except FileNotFoundError:
+            pass
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        keys = []
+        for directory, _dirs, files in os.walk(self.root):
+            rel = os.path.relpath(directory, self.root)
+            base = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                key = base + name
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def cleanup_temporaries(self) -> int:
+        """Remove partial writes a crash left behind; returns how many."""
+        removed = 0
+        for directory, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    os.unlink(os.path.join(directory, name))
+                    removed += 1
+        return removed
+
+    def describe(self) -> str:
+        return self.root
