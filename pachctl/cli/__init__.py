@@ -1,0 +1,1 @@
+"""The `pachctl` command line, built on pachctl.client."""

@@ -1,0 +1,124 @@
+"""version, daemon, deploy local, fsck, gc, delete-all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from mountd.models import errors
+from pachctl import config
+from pachctl.cli.common import add, client, json_flag
+from pachctl.cli.output import emit_json, human_size, table
+from pfsfuse import __version__  # noqa: F401 - one version for every component
+
+VERSION = __version__
+
+
+def version(args) -> int:
+    try:
+        daemon = client().version()
+    except errors.Unreachable:
+        if args.json:
+            emit_json({"pachctl": VERSION, "pachd": None})
+        else:
+            table(["COMPONENT", "VERSION"], [("pachctl", VERSION), ("pachd", "(unreachable)")])
+        raise
+    if args.json:
+        emit_json({"pachctl": VERSION, "pachd": daemon.version, "store": daemon.store, "home": daemon.home})
+        return 0
+    table(["COMPONENT", "VERSION"], [("pachctl", VERSION), ("pachd", daemon.version)])
+    return 0
+
+
+def daemon(args) -> int:
+    """Run mountd in the foreground (for a supervisor), or stop a running one."""
+    home = config.resolve(home=args.home).home
+    if args.stop:
+        return _stop(home)
+    argv = [sys.executable, "-m", "mountd", "--home", home]
+    for flag in ("listen", "token", "store"):
+        if getattr(args, flag):
+            argv += [f"--{flag}", getattr(args, flag)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _stop(home: str) -> int:
+    try:
+        with open(os.path.join(home, "mountd.lock")) as f:
+            pid = int(f.read().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        pid = 0
+    sock = os.path.join(home, "mountd.sock")
+    if not pid or not os.path.exists(sock):
+        print(f"no daemon runs for {home}", file=sys.stderr)
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return 0
+        time.sleep(0.02)
+    raise errors.PfsError(f"the daemon (pid {pid}) did not stop within 30 s")
+
+
+def fsck(args) -> int:
+    report = client().fsck()
+    if args.json:
+        emit_json(report)
+    else:
+        for p in report.problems:
+            print(f"problem: {p}")
+        state = "ok" if report.ok else f"DAMAGED ({len(report.problems)} problems)"
+        print(f"checked {report.commits} commits, {report.nodes} tree nodes, {report.chunks} chunks: {state}")
+    return 0 if report.ok else errors.EXIT_DAMAGED
+
+
+def gc(args) -> int:
+    r = client().gc()
+    if args.json:
+        emit_json(r)
+        return 0
+    print(
+        f"freed {human_size(max(r.bytes_freed, 0))}: {r.packs_deleted} pack(s) deleted, "
+        f"{r.packs_rewritten} rewritten, {r.chunks_freed} chunk(s), {r.nodes_freed} tree node(s)"
+    )
+    return 0
+
+
+def delete_all(args) -> int:
+    client().delete_all()
+    return 0
+
+
+def register(sub) -> None:
+    p = add(sub, "version", "Return version information.", version)
+    json_flag(p)
+    for name, help_text in (("daemon", "Run the daemon (pachd) in the foreground."),):
+        p = add(sub, name, help_text, daemon)
+        p.add_argument("--home", help="data directory (default: $PACHY_HOME or ~/.local/share/pachy)")
+        p.add_argument("--listen", metavar="HOST:PORT", help="serve TCP instead of the unix socket (needs a token)")
+        p.add_argument("--token", help="the bearer token TCP clients must send")
+        p.add_argument("--store", help="object store: a directory or s3://bucket/prefix")
+        p.add_argument("--stop", action="store_true", help="stop the running daemon")
+    p = add(sub, "deploy", "Run pachy here: 'pachctl deploy local' runs the daemon in the foreground.", daemon)
+    p.add_argument("target", choices=["local"])
+    p.add_argument("--home")
+    p.add_argument("--listen", metavar="HOST:PORT")
+    p.add_argument("--token")
+    p.add_argument("--store")
+    p.set_defaults(stop=False)
+    p = add(sub, "fsck", "Verify that every referenced object exists and hashes right.", fsck)
+    json_flag(p)
+    p = add(sub, "gc", "Free objects that nothing references any more.", gc)
+    json_flag(p)
+    add(sub, "delete-all", "Delete everything.", delete_all)
