@@ -45,11 +45,30 @@ async def pump(request: Request, feed: Callable[[bytearray], None]) -> None:
             if buf:
                 await send.send(buf)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(produce)
-        async with recv:
-            async for data in recv:
-                await run(feed, data)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            async with recv:
+                async for data in recv:
+                    await run(feed, data)
+    except BaseExceptionGroup as group:
+        # trio wraps what the nursery raised in a group; re-raise the error
+        # itself so the PfsError/OSError handlers answer with its kind, not 500.
+        raise _cause(group) from None
+
+
+def _cause(group: BaseExceptionGroup) -> BaseException:
+    """The error that matters in a nursery's exception group: a PfsError or
+    OSError (ENOSPC) if there is one, else the first."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        e = pending.pop(0)
+        if isinstance(e, BaseExceptionGroup):
+            pending[:0] = e.exceptions
+        else:
+            leaves.append(e)
+    return next((e for e in leaves if isinstance(e, PfsError | OSError)), leaves[0])
 
 
 class BatchIngest:
@@ -124,12 +143,12 @@ def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
 
     @app.middleware("http")
     async def auth(request: Request, call_next):
-        if token is not None and request.url.path not in ("/openapi.json", "/docs"):
-            if request.headers.get("authorization") != f"Bearer {token}":
-                return JSONResponse(
-                    {"error": "missing or wrong token; set PACHY_TOKEN to the daemon's token", "kind": "unauthorized"},
-                    status_code=401,
-                )
+        public = request.url.path in ("/openapi.json", "/docs")
+        if token is not None and not public and request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse(
+                {"error": "missing or wrong token; set PACHY_TOKEN to the daemon's token", "kind": "unauthorized"},
+                status_code=401,
+            )
         return await call_next(request)
 
     @app.exception_handler(PfsError)

@@ -84,10 +84,17 @@ async def _serve(app, config: Config) -> None:
                 stop.set()
                 return
 
+    async def run_server(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+        nursery.cancel_scope.cancel()
+
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch_signals)
-        await serve(app, config, shutdown_trigger=stop.wait)
-        nursery.cancel_scope.cancel()
+        await nursery.start(run_server)
+        # bind() made the socket 0777 & ~umask = 0700; the documented mode is 0600.
+        for bind in config.bind:
+            if bind.startswith("unix:"):
+                os.chmod(bind[len("unix:") :], 0o600)
 
 
 def main(argv: list[str] | None = None) -> int:

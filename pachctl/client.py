@@ -201,9 +201,14 @@ class Client:
         try:
             resp.read()
             body = resp.json()
-            raise errors.from_kind(body.get("kind", "error"), body.get("error", resp.text))
-        except (ValueError, AttributeError):
+        except ValueError:
             raise errors.PfsError(f"daemon answered {resp.status_code}: {resp.text[:200]}") from None
+        if isinstance(body, dict) and "kind" in body:
+            raise errors.from_kind(body["kind"], body.get("error", resp.text))
+        # FastAPI's own answers (no route, a parameter it could not parse).
+        kind = {401: "unauthorized", 404: "not_found", 422: "invalid_argument"}.get(resp.status_code, "error")
+        detail = body.get("detail") if isinstance(body, dict) else body
+        raise errors.from_kind(kind, f"daemon answered {resp.status_code}: {detail}")
 
     def _json(self, method: str, url: str, **kw: Any) -> Any:
         return self._request(method, url, **kw).json()
@@ -375,6 +380,8 @@ def _seg(name: str) -> str:
     smuggle a '/' or '..' into the URL."""
     from urllib.parse import quote
 
+    if "/" in name or name in ("", ".", ".."):
+        raise errors.InvalidArgument(f"invalid name '{name}': names use letters, digits, '_' and '-'")
     return quote(name, safe="")
 
 

@@ -52,7 +52,8 @@ class WriteSession:
         self._gate.__enter__()
         self._open = True
         self.sink = ChunkSink(pfs.store, pfs.has_chunk, pfs.zstd_level)
-        self.sink.packs.on_pack = pfs.inflight_packs.add
+        self._packs: set[str] = set()
+        self.sink.packs.on_pack = self._on_pack
         self._ops: list[tuple[str, str, list[ChunkRef] | None, int, bool]] = []
         self.files = 0
         self.bytes = 0
@@ -76,10 +77,16 @@ class WriteSession:
     def delete(self, path: str) -> None:
         self._ops.append(("delete", names.clean_path(path), None, 0, False))
 
+    def _on_pack(self, key: str) -> None:
+        self._packs.add(key)
+        self.pfs.inflight_packs.add(key)
+
     def close(self) -> None:
         """Release the session; without commit() what it wrote becomes garbage."""
         if self._open:
             self._open = False
+            # Indexed by commit() or garbage now: either way no longer in flight.
+            self.pfs.inflight_packs.difference_update(self._packs)
             self._gate.__exit__(None, None, None)
 
     def __enter__(self) -> WriteSession:
@@ -254,15 +261,15 @@ class FileOps:
         return e
 
     def inspect_file(self, repo: str, ref: str, path: str) -> FileInfo:
-        row = self.resolve(repo, ref)
         path = names.clean_path(path, allow_root=True)
+        row = self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
         return _info(path, e, 0 if e.is_dir else len(self.load_refs(e)))
 
     def read_file(self, repo: str, ref: str, path: str) -> tuple[FileInfo, Iterator[bytes]]:
         """The file's info and a lazy iterator over its bytes, chunk by chunk."""
-        row = self.resolve(repo, ref)
         path = names.clean_path(path)
+        row = self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
         if e.is_dir:
             raise InvalidArgument(f"'/{path}' is a directory; use list-file")
@@ -303,8 +310,8 @@ class FileOps:
         return (self.db, row[0]) if row[6] is None else None
 
     def list_files(self, repo: str, ref: str, path: str = "") -> list[FileInfo]:
-        row = self.resolve(repo, ref)
         path = names.clean_path(path, allow_root=True)
+        row = self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
         if not e.is_dir:
             return [_info(path, e)]

@@ -372,18 +372,30 @@ class PFS(FileOps, Maintenance):
         now = time.time_ns()
         dir_delta: dict[str, int] = {}
         staged_dirs: dict[str, bytes | None] = {}
+        staged_files: set[str] = set()
         changes: list[tuple[bytes, bytes | None]] = []
         root_delta = 0
+
+        def old_dir_size(path: str) -> int:
+            # A path this commit turned from a file into a directory starts at 0.
+            old_raw = self.tree.get(base, names.tree_key(path))
+            old = entries.decode(old_raw) if old_raw is not None else None
+            return old.size if old is not None and old.is_dir else 0
+
         for key, value in staged:
             path = names.key_path(key)
             old_raw = self.tree.get(base, key)
             old = entries.decode(old_raw) if old_raw is not None else None
             new = entries.decode(value) if value is not None else None
+            old_file_size = old.size if old is not None and not old.is_dir else 0
             if (new is not None and new.is_dir) or (new is None and old is not None and old.is_dir):
                 staged_dirs[path] = value
-                continue
-            delta = (new.size if new else 0) - (old.size if old and not old.is_dir else 0)
-            changes.append((key, value))
+                delta = -old_file_size  # a file replaced by a directory is gone
+            else:
+                if new is not None:
+                    staged_files.add(path)
+                delta = (new.size if new else 0) - old_file_size
+                changes.append((key, value))
             if delta:
                 root_delta += delta
                 for d in names.ancestors(path):
@@ -392,15 +404,15 @@ class PFS(FileOps, Maintenance):
             if value is None:
                 changes.append((names.tree_key(path), None))
             elif path not in dir_delta:
-                old_raw = self.tree.get(base, names.tree_key(path))
-                size = entries.decode(old_raw).size if old_raw is not None else 0
-                changes.append((names.tree_key(path), entries.encode(entries.Entry(entries.DIR, size, now))))
+                changes.append(
+                    (names.tree_key(path), entries.encode(entries.Entry(entries.DIR, old_dir_size(path), now)))
+                )
         for path, delta in dir_delta.items():
             if path in staged_dirs and staged_dirs[path] is None:
                 continue
-            old_raw = self.tree.get(base, names.tree_key(path))
-            size = entries.decode(old_raw).size if old_raw is not None else 0
-            entry = entries.Entry(entries.DIR, size + delta, now)
+            if path in staged_files:
+                continue  # a directory replaced by a file: its deleted files count only above it
+            entry = entries.Entry(entries.DIR, old_dir_size(path) + delta, now)
             changes.append((names.tree_key(path), entries.encode(entry)))
         return changes, root_delta
 

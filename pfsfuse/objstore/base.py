@@ -32,6 +32,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None: ...
 
+    def put_parts(self, key: str, parts: list[bytes]) -> None:
+        """Put an object given as consecutive parts (saves joining big buffers)."""
+        self.put(key, b"".join(parts))
+
     @abstractmethod
     def get(self, key: str) -> bytes: ...
 

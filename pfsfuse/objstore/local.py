@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
 
 from pfsfuse.errors import NoSpace, PfsError
@@ -29,19 +30,25 @@ class LocalStore(ObjectStore):
         return os.path.join(self.root, key)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self.put_parts(key, [data])
+
+    def put_parts(self, key: str, parts: list) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         if directory not in self._made_dirs:
             os.makedirs(directory, exist_ok=True)
             self._made_dirs.add(directory)
-        tmp = os.path.join(directory, f"{TMP_PREFIX}{os.getpid()}-{id(data):x}-{os.path.basename(path)}")
+        tmp = os.path.join(
+            directory, f"{TMP_PREFIX}{os.getpid()}-{threading.get_ident():x}-{os.path.basename(path)}"
+        )
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
+                for part in parts:
+                    view = memoryview(part)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
                 os.fsync(fd)
             finally:
                 os.close(fd)

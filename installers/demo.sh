@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# Install pachy, then run the fruit-stand demo from the seed against a fresh,
+# throw-away store: two commits of sales data, their history, and the totals
+# per fruit computed from what the store gives back.
+#
+#   installers/demo.sh               # store in REPO/.demo/run.XXXXXX (kept; printed)
+#   installers/demo.sh --home DIR    # use DIR as PACHY_HOME instead (must be empty or new)
+#
+# Your own PACHY_HOME, ADDRESS and config file are not used: the demo runs its
+# own daemon, started on demand by the first pachctl command and stopped at
+# the end.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+home=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --home)
+            [ $# -ge 2 ] || { echo "demo.sh: --home needs a directory" >&2; exit 2; }
+            home="$2"
+            shift 2
+            ;;
+        -h | --help)
+            sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "demo.sh: unknown argument '$1' (use --home DIR)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+bash "$REPO/installers/install.sh"
+
+PACHCTL="$REPO/.venv/bin/pachctl"
+PYTHON="$REPO/.venv/bin/python"
+
+# --- a fresh store, isolated from the user's own settings ---------------------
+
+if [ -z "$home" ]; then
+    mkdir -p "$REPO/.demo"
+    [ -f "$REPO/.demo/.gitignore" ] || echo '*' >"$REPO/.demo/.gitignore"
+    home="$(mktemp -d "$REPO/.demo/run.XXXXXX")"
+    # A unix socket path must fit in 108 bytes; deep checkouts fall back to /tmp.
+    if [ "${#home}" -gt 90 ]; then
+        rmdir "$home"
+        home="$(mktemp -d "${TMPDIR:-/tmp}/pachy-demo.XXXXXX")"
+    fi
+else
+    mkdir -p "$home"
+    home="$(cd "$home" && pwd)"
+    if [ -n "$(ls -A "$home")" ]; then
+        echo "demo.sh: $home is not empty; the demo needs a fresh store" >&2
+        exit 2
+    fi
+fi
+export PACHY_HOME="$home"
+export XDG_CONFIG_HOME="$home/config" # no config file: the embedded default
+unset PACHY_ADDRESS ADDRESS PACHD_ADDRESS PACHY_TOKEN PACHY_STORE
+WORK="$home/input"
+mkdir -p "$WORK"
+
+stop_daemon() {
+    # The daemon writes its pid into the lock file it holds while it runs.
+    local lock="$PACHY_HOME/mountd.lock" pid _
+    [ -f "$lock" ] || return 0
+    pid="$(tr -dc '0-9' <"$lock")"
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        return 0
+    fi
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q mountd || return 0
+    kill "$pid" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    echo "demo.sh: the daemon (pid $pid) did not stop; killing it" >&2
+    kill -9 "$pid" 2>/dev/null || true
+}
+trap stop_daemon EXIT
+
+echo "==> demo store (PACHY_HOME): $PACHY_HOME"
+
+# --- sample data: deterministic, a few hundred sales per set ------------------
+
+"$PYTHON" - "$WORK" <<'PY'
+import random
+import sys
+
+work = sys.argv[1]
+fruits = ["apple", "orange", "banana"]
+for name, seed, lines in (("set1.txt", 1, 300), ("set2.txt", 2, 400)):
+    rng = random.Random(seed)
+    with open(f"{work}/{name}", "w") as f:
+        for _ in range(lines):
+            f.write(f"{rng.choice(fruits)}\t{rng.randint(1, 20)}\n")
+PY
+echo "==> sample sales data: $WORK/set1.txt ($(wc -l <"$WORK/set1.txt") lines)," \
+    "$WORK/set2.txt ($(wc -l <"$WORK/set2.txt") lines)"
+cd "$WORK"
+
+# --- the seed's walk-through ----------------------------------------------------
+
+pachctl() { "$PACHCTL" "$@"; }
+
+step() {
+    # step CMD...: show the command, run it; a failure ends the demo.
+    echo
+    echo "$ pachctl $*"
+    pachctl "$@"
+}
+
+optional() {
+    # optional CMD...: like step, but a failure is reported and the demo goes on.
+    echo
+    echo "$ pachctl $*"
+    local rc=0
+    pachctl "$@" || rc=$?
+    [ "$rc" -eq 0 ] || echo "(pachctl $1 failed with exit $rc; going on)"
+}
+
+step create-repo data
+step list-repo
+step put-file data master sales -c -f set1.txt
+step list-commit data
+
+echo
+echo "$ pachctl get-file data master sales | head"
+pachctl get-file data master sales >"$WORK/master.txt"
+head "$WORK/master.txt"
+
+step put-file data master sales -c -f set2.txt
+step list-commit data
+
+echo
+echo "$ pachctl get-file data master/0 sales | wc -l"
+lines0="$(pachctl get-file data master/0 sales | wc -l)"
+echo "$lines0"
+echo "$ pachctl get-file data master/1 sales | wc -l"
+lines1="$(pachctl get-file data master/1 sales | wc -l)"
+echo "$lines1"
+
+optional diff-file data master
+step inspect-commit data master
+step fsck
+
+# --- the result: sales per fruit, from the store --------------------------------
+
+totals() { awk -F'\t' '{ sum[$1] += $2 } END { for (f in sum) printf "%-8s %6d\n", f, sum[f] }' | sort; }
+
+echo
+printf '%s\n' "$ pachctl get-file data master sales | awk -F'\\t' '{ sum[\$1] += \$2 } ...'"
+pachctl get-file data master sales >"$WORK/master.txt"
+from_store="$(totals <"$WORK/master.txt")"
+echo "==> fruit sold, both commits (from pachy):"
+echo "$from_store"
+
+# --- checks: the store gave back exactly what went in ---------------------------
+
+expected="$(cat "$WORK/set1.txt" "$WORK/set2.txt" | totals)"
+n1="$(wc -l <"$WORK/set1.txt")"
+n2="$(wc -l <"$WORK/set2.txt")"
+failed=0
+check() {
+    # check WHAT OK: print the outcome, remember a failure.
+    if [ "$2" = 1 ]; then
+        echo "    ok: $1"
+    else
+        echo "    FAILED: $1" >&2
+        failed=1
+    fi
+}
+echo "==> checks"
+check "master/0 holds set1 ($n1 lines; got $lines0)" "$([ "$lines0" -eq "$n1" ] && echo 1)"
+check "master/1 holds set1 + set2 ($((n1 + n2)) lines; got $lines1)" "$([ "$lines1" -eq $((n1 + n2)) ] && echo 1)"
+check "totals from the store match the totals of set1 + set2" "$([ "$from_store" = "$expected" ] && echo 1)"
+
+echo
+echo "==> stopping the daemon"
+stop_daemon
+if [ "$failed" -ne 0 ]; then
+    echo "demo.sh: FAILED (the store is kept in $PACHY_HOME for a look)" >&2
+    exit 1
+fi
+echo "==> demo done; the store is in $PACHY_HOME (rm -rf it, or $REPO/.demo, when done)"
