@@ -57,6 +57,17 @@ async def pump(request: Request, feed: Callable[[bytearray], None]) -> None:
         raise _cause(group) from None
 
 
+async def drain(request: Request) -> None:
+    """Read and drop the rest of a body we gave up on: clients send all of it
+    before they read the answer, so answering early leaves them hanging (or
+    the connection unusable) instead of seeing the error."""
+    try:
+        async for _ in request.stream():
+            pass
+    except Exception:  # read to its end already ("Stream consumed"), or the client left
+        pass
+
+
 def _cause(group: BaseExceptionGroup) -> BaseException:
     """The error that matters in a nursery's exception group: a PfsError or
     OSError (ENOSPC) if there is one, else the first."""
@@ -268,31 +279,41 @@ def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
 
     @app.put("/v1/repos/{repo}/file", response_model=models.PutResult)
     async def put_file(request: Request, repo: str, ref: str = Query(...), path: str = Query(...), overwrite: bool = False):
-        with await run(pfs.write_session, repo, ref) as session:
-            stream = await run(session.put_stream, path)
-            await pump(request, stream.write)
-            refs = await run(stream.finish)
-            session.add(path, refs, stream.size, overwrite)
-            await run(session.commit)
+        try:
+            with await run(pfs.write_session, repo, ref) as session:
+                stream = await run(session.put_stream, path)
+                await pump(request, stream.write)
+                refs = await run(stream.finish)
+                session.add(path, refs, stream.size, overwrite)
+                await run(session.commit)
+        except Exception:
+            await drain(request)
+            raise
         return _put_result(session)
 
     @app.post("/v1/repos/{repo}/files", response_model=models.PutResult)
     async def put_files(request: Request, repo: str, ref: str = Query(...)):
-        with await run(pfs.write_session, repo, ref) as session:
-            ingest = BatchIngest(session)
-            await pump(request, ingest.feed)
-            return await run(ingest.close)
+        try:
+            with await run(pfs.write_session, repo, ref) as session:
+                ingest = BatchIngest(session)
+                await pump(request, ingest.feed)
+                return await run(ingest.close)
+        except Exception:
+            await drain(request)
+            raise
 
     @app.get("/v1/repos/{repo}/file", response_class=StreamingResponse)
     async def get_file(repo: str, ref: str = Query(...), path: str = Query(...)):
         info, chunks = await run(pfs.read_file, repo, ref, path)
+        # Read the first chunk before answering: once the 200 is sent, a damaged
+        # chunk can only cut the body short (the client checks X-Pachy-Size).
+        first = await run(next, chunks, None)
 
         async def body():
-            while True:
-                piece = await run(next, chunks, None)
-                if piece is None:
-                    return
+            piece = first
+            while piece is not None:
                 yield piece
+                piece = await run(next, chunks, None)
 
         return StreamingResponse(
             body(), media_type="application/octet-stream", headers={"X-Pachy-Size": str(info.size)}

@@ -131,7 +131,8 @@ class Client:
         if self._checked:
             return
         try:
-            self._http.get("/v1/version").raise_for_status()
+            # _check, not raise_for_status: a 401 (wrong token) is errors.Unauthorized.
+            self._check(self._http.get("/v1/version"))
         except httpx.TransportError:
             if not self.autostart:
                 raise
@@ -345,7 +346,17 @@ class Client:
         try:
             with self._http.stream("GET", f"/v1/repos/{_seg(repo)}/file", params=params) as resp:
                 self._check(resp)
-                yield from resp.iter_bytes(PIECE)
+                expected = resp.headers.get("x-pachy-size")
+                got = 0
+                for piece in resp.iter_bytes(PIECE):
+                    got += len(piece)
+                    yield piece
+                # The daemon can only report a chunk it fails to read mid-file by stopping.
+                if expected is not None and got != int(expected):
+                    raise errors.Damaged(
+                        f"'{path}' in {repo}@{commit} broke off after {got} of {expected} bytes: "
+                        "the daemon could not read the rest (see its log, and run 'pachctl fsck')"
+                    )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
 

@@ -82,7 +82,8 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 
 def encode_chunk(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
-    """Compress unless it does not pay (random data, tiny chunks)."""
+    """Compress unless it does not pay (random data, tiny chunks). Returns
+    bytes of its own even when ``data`` is a view of a reused buffer."""
     if len(data) < 64:
         return CODEC_PLAIN, bytes(data)
     packed = _compressor(level).compress(data)
@@ -181,6 +182,20 @@ def read_pack_trailer(store: ObjectStore, key: str) -> list[ChunkLocation]:
     return [ChunkLocation(bytes(e[0]), key, e[1], e[2], e[3], e[4]) for e in entries]
 
 
+class _Slot:
+    """Where a chunk's name lands once its worker is done: streams keep these,
+    not the futures, so compressed bytes are freed as soon as they are packed."""
+
+    __slots__ = ("digest", "size")
+
+    def __init__(self) -> None:
+        self.digest = b""
+        self.size = 0
+
+
+_Encoded = tuple[bytes, int, int, bytes | None]  # digest, plain size, codec, stored (None: known)
+
+
 class ChunkSink:
     """Turns byte streams into chunk lists, writing only chunks not stored yet.
 
@@ -198,12 +213,13 @@ class ChunkSink:
         self._seen_lock = threading.Lock()
         self._cdc = pyfastcdc.FastCDC(CHUNK_AVG, min_size=CHUNK_MIN, max_size=CHUNK_MAX)
         # In-flight chunks in order: packs are laid out deterministically.
-        self._pending: deque[Future[tuple[bytes, int, int, bytes | None]]] = deque()
-        self._max_pending = 2 * (os.cpu_count() or 2)
+        self._pending: deque[tuple[Future[_Encoded], _Slot]] = deque()
+        self._max_pending = 3 * (os.cpu_count() or 2)
         self.bytes_in = 0
 
-    def _encode(self, data: bytes) -> tuple[bytes, int, int, bytes | None]:
-        """In a worker: hash, skip if stored already, else compress."""
+    def _encode(self, data: bytes | memoryview) -> _Encoded:
+        """In a worker: hash, skip if stored already, else compress (always
+        returning bytes of its own: ``data`` may be a reused buffer)."""
         digest = chunk_hash(data)
         with self._seen_lock:
             new = digest not in self._seen
@@ -215,15 +231,23 @@ class ChunkSink:
 
     def _drain(self, keep: int) -> None:
         while len(self._pending) > keep:
-            digest, size, codec, stored = self._pending.popleft().result()
+            fut, slot = self._pending.popleft()
+            digest, size, codec, stored = fut.result()
+            slot.digest, slot.size = digest, size
             if stored is not None:
                 self.packs.add(digest, codec, stored, size)
 
-    def submit(self, data: bytes) -> Future[tuple[bytes, int, int, bytes | None]]:
-        fut = worker_pool().submit(self._encode, data)
-        self._pending.append(fut)
+    def submit(self, data: bytes | memoryview) -> _Slot:
+        slot = _Slot()
+        self._pending.append((worker_pool().submit(self._encode, data), slot))
         self._drain(keep=self._max_pending)
-        return fut
+        return slot
+
+    def wait(self, slots: list[_Slot]) -> None:
+        """Until every slot given is filled (its worker is done)."""
+        if slots and not slots[-1].digest:
+            while self._pending and not slots[-1].digest:
+                self._drain(keep=len(self._pending) - 1)
 
     def add_bytes(self, data: bytes) -> list[tuple[bytes, int]]:
         """Chunk a whole (small) buffer at once."""
@@ -232,13 +256,14 @@ class ChunkSink:
             return []
         if len(data) <= CHUNK_MIN:
             # Small files: hashing inline beats a thread hop.
-            result = self._encode(bytes(data))
-            if result[3] is not None:
+            digest, size, codec, stored = self._encode(data)
+            if stored is not None:
                 self._drain(keep=0)
-                self.packs.add(result[0], result[2], result[3], result[1])
-            return [(result[0], result[1])]
-        futs = [self.submit(bytes(c.data)) for c in self._cdc.cut_buf(data)]
-        return [(f.result()[0], f.result()[1]) for f in futs]
+                self.packs.add(digest, codec, stored, size)
+            return [(digest, size)]
+        slots = [self.submit(bytes(c.data)) for c in self._cdc.cut_buf(data)]
+        self.wait(slots)
+        return [(s.digest, s.size) for s in slots]
 
     def stream(self) -> StreamChunker:
         return StreamChunker(self)
@@ -251,56 +276,80 @@ class ChunkSink:
 
 
 class StreamChunker:
-    """Feeds a stream of arbitrary pieces through CDC with bounded memory.
+    """Feeds a stream through CDC with bounded memory and no per-chunk copy.
 
-    One fixed buffer, reused: refilling memory whose pages are already mapped
-    is several times faster than growing fresh buffers.
+    Two fixed windows take turns: workers hash and compress chunks straight
+    out of one while the other fills. A window is refilled only once every
+    chunk cut from it is done, and refilling memory whose pages are already
+    mapped is several times faster than allocating fresh buffers.
     """
 
     def __init__(self, sink: ChunkSink):
         self._sink = sink
-        self._buf = bytearray(_CUT_WINDOW)
+        self._bufs: list[bytearray] = []  # allocated on first write: most files are small
+        self._cur = 0
         self._fill = 0
-        self._futs: list[Future[tuple[bytes, int, int, bytes | None]]] = []
+        self._users: list[list[_Slot]] = [[], []]  # chunks still reading each window
+        self._slots: list[_Slot] = []
         self.size = 0
+
+    def _window(self) -> memoryview:
+        if not self._bufs:
+            self._bufs = [bytearray(_CUT_WINDOW), bytearray(_CUT_WINDOW)]
+        return memoryview(self._bufs[self._cur])
 
     def write(self, piece: bytes | memoryview) -> None:
         view = memoryview(piece)
         self.size += len(view)
         while view:
             n = min(len(view), _CUT_WINDOW - self._fill)
-            self._buf[self._fill : self._fill + n] = view[:n]
+            self._window()[self._fill : self._fill + n] = view[:n]
             self._fill += n
             view = view[n:]
             if self._fill == _CUT_WINDOW:
                 self._cut(final=False)
 
+    def write_from(self, f) -> None:
+        """Read a file straight into the windows (no intermediate buffers)."""
+        while True:
+            n = f.readinto(self._window()[self._fill :])
+            if not n:
+                return
+            self._fill += n
+            self.size += n
+            if self._fill == _CUT_WINDOW:
+                self._cut(final=False)
+
     def _cut(self, final: bool) -> None:
+        window = self._window()[: self._fill]
+        chunks = list(self._sink._cdc.cut_buf(window))
+        if not final:
+            # The last cut ends where our buffer ends, not at a content boundary.
+            chunks = chunks[:-1]
         consumed = 0
-        c = None
-        with memoryview(self._buf) as whole, whole[: self._fill] as view:
-            chunks = list(self._sink._cdc.cut_buf(view))
-            if not final:
-                # The last cut ends where our buffer ends, not at a content boundary.
-                chunks = chunks[:-1]
-            for c in chunks:
-                self._futs.append(self._sink.submit(bytes(c.data)))
-                consumed = c.offset + c.length
-            del chunks, c
+        users = self._users[self._cur] = []
+        for c in chunks:
+            users.append(self._sink.submit(c.data))
+            consumed = c.offset + c.length
+        self._slots += users
+        del chunks
         rest = self._fill - consumed
-        self._buf[:rest] = self._buf[consumed : self._fill]
-        self._fill = rest
+        other = 1 - self._cur
+        self._sink.wait(self._users[other])  # its chunks are done before we overwrite it
+        self._bufs[other][:rest] = window[consumed : self._fill]
+        self._cur, self._fill = other, rest
 
     def finish(self) -> list[tuple[bytes, int]]:
         if self._fill:
             if self._fill <= CHUNK_MIN:
-                self._futs.append(self._sink.submit(bytes(self._buf[: self._fill])))
+                self._slots.append(self._sink.submit(bytes(self._window()[: self._fill])))
                 self._fill = 0
             else:
                 self._cut(final=True)
-        self._buf = bytearray()
+        self._sink.wait(self._slots)
+        self._bufs = []
         self._sink.bytes_in += self.size
-        return [(f.result()[0], f.result()[1]) for f in self._futs]
+        return [(s.digest, s.size) for s in self._slots]
 
 
 def read_chunks(

@@ -257,6 +257,9 @@ class Maintenance:
                             stager.delete(path)
                         continue
                     e = entries.decode(new)
+                    cur = stager.current(path)
+                    if cur is not None and cur.is_dir != e.is_dir:
+                        stager.delete(path)  # the source replaced a file with a directory, or back
                     if e.is_dir:
                         stager.mkdir(path, now)
                     else:

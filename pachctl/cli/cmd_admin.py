@@ -63,12 +63,29 @@ def _stop(home: str) -> int:
         return 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return 0
         time.sleep(0.02)
     raise errors.PfsError(f"the daemon (pid {pid}) did not stop within 30 s")
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie (exited, not yet reaped by its parent:
+    the daemon is reparented to init, and a container's init may never reap)
+    has released its lock and socket, so it counts as stopped."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # reaped meanwhile, unless there is no /proc
+    except (OSError, IndexError):
+        return True
 
 
 def fsck(args) -> int:

@@ -1,0 +1,215 @@
+"""Shared fixtures: an isolated environment for every test, PFS engines, and mountd daemons.
+
+Every test runs with PACHY_HOME, XDG_CONFIG_HOME and XDG_DATA_HOME pointing
+into its own tmp_path, and without any address or token in the environment,
+so nothing ever touches (or autostarts a daemon in) the user's real
+~/.local/share/pachy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pachctl.client import Client, errors
+from pfsfuse.objstore import LocalStore, MemoryStore
+from pfsfuse.pfs import PFS
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+_ENV_CLEARED = (
+    "PACHY_ADDRESS",
+    "ADDRESS",
+    "PACHD_ADDRESS",
+    "PACHY_TOKEN",
+    "PACHY_STORE",
+    "PACHY_NO_AUTOSTART",
+    "PACHY_ZSTD_LEVEL",
+)
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float = 10.0, what: str = "condition"
+) -> object:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (reaping it if it is our child)."""
+    try:
+        done, _status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child, or already reaped
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return True
+
+
+def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM a process this test started, then SIGKILL it if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while not pid_gone(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: pid_gone(pid), 5.0, f"pid {pid} to die")
+            return
+        time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep every test away from the user's real config, data and daemon."""
+    for name in _ENV_CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "pachy-home"
+    monkeypatch.setenv("PACHY_HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    return home
+
+
+@pytest.fixture
+def pfs(tmp_path: Path) -> Iterator[PFS]:
+    p = PFS(str(tmp_path / "store"), LocalStore(str(tmp_path / "store" / "objects")))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def mem_pfs(tmp_path: Path) -> Iterator[PFS]:
+    p = PFS(str(tmp_path / "memstore"), MemoryStore())
+    yield p
+    p.close()
+
+
+@dataclass
+class Daemon:
+    home: Path
+    proc: subprocess.Popen
+    client: Client
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, wait; SIGKILL if it does not stop. Returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.client.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait(5)
+        self.client.close()
+
+
+def spawn_daemon(home: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
+    """Start ``python -m mountd --home HOME ARGS`` with its output in a log file."""
+    home.mkdir(parents=True, exist_ok=True)
+    log = log or home.parent / f"{home.name}-mountd.log"
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mountd", "--home", str(home), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+        )
+
+
+def wait_until_answering(proc: subprocess.Popen, client: Client, log: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"mountd exited with {proc.returncode} during start-up:\n{log.read_text()}"
+            )
+        try:
+            client.version()
+            return
+        except errors.Unreachable:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"mountd did not answer within {START_TIMEOUT} s:\n{log.read_text()}"
+            )
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., Daemon]]:
+    """A factory: ``start_daemon(home, *extra_args, client=...)`` runs a daemon and
+    waits until it answers; every daemon it started is stopped at teardown."""
+    started: list[Daemon] = []
+
+    def start(home: Path, *args: str, client: Client | None = None) -> Daemon:
+        log = home.parent / f"{home.name}-mountd.log"
+        proc = spawn_daemon(home, *args, log=log)
+        c = client if client is not None else Client(home=str(home), autostart=False, timeout=60)
+        d = Daemon(home, proc, c, log)
+        started.append(d)
+        try:
+            wait_until_answering(proc, c, log)
+        except BaseException:
+            d.stop()
+            raise
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Daemon:
+    return start_daemon(tmp_path / "home")
+
+
+@pytest.fixture
+def client(daemon: Daemon) -> Client:
+    return daemon.client
