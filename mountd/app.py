@@ -7,7 +7,9 @@ of a few MiB, so no request holds a whole file in memory.
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
+import stat
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict
@@ -145,6 +147,57 @@ def _commit(info) -> models.Commit:
     return models.Commit(**info.to_dict())
 
 
+class LocalUnavailable(PfsError):
+    """The client named a file on its machine that this daemon cannot read as
+    the same file: the client streams it instead."""
+
+    kind = "local_unavailable"
+    http_status = 412
+
+
+class TokenAuth:
+    """Bearer-token check as plain ASGI (a per-request wrapper costs nothing on
+    the body stream, unlike an ``@app.middleware`` one)."""
+
+    PUBLIC = ("/openapi.json", "/docs")
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.PUBLIC:
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not secrets.compare_digest(given, self.expected):
+                resp = JSONResponse(
+                    {"error": "missing or wrong token; set PACHY_TOKEN to the daemon's token", "kind": "unauthorized"},
+                    status_code=401,
+                )
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def ingest_local(pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int, ino: int, overwrite: bool):
+    """Put a file the client named on this machine, read straight into the
+    chunker: no copy through HTTP. The device and inode the client saw must
+    match what we open, so a different mount namespace falls back to streaming."""
+    with pfs.write_session(repo, ref) as session:
+        stream = session.put_stream(path)
+        try:
+            f = open(local, "rb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise LocalUnavailable(f"cannot open '{local}' here: {exc.strerror}") from None
+        with f:
+            st = os.fstat(f.fileno())
+            if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
+                raise LocalUnavailable(f"'{local}' is not the client's file here")
+            stream.write_from(f)
+        session.add(path, stream.finish(), stream.size, overwrite)
+        session.commit()
+    return _put_result(session)
+
+
 def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="pachy mountd",
@@ -152,15 +205,8 @@ def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
         description="Version control for data: repos, commits, branches and files (PFS).",
     )
 
-    @app.middleware("http")
-    async def auth(request: Request, call_next):
-        public = request.url.path in ("/openapi.json", "/docs")
-        if token is not None and not public and request.headers.get("authorization") != f"Bearer {token}":
-            return JSONResponse(
-                {"error": "missing or wrong token; set PACHY_TOKEN to the daemon's token", "kind": "unauthorized"},
-                status_code=401,
-            )
-        return await call_next(request)
+    if token is not None:
+        app.add_middleware(TokenAuth, token=token)
 
     @app.exception_handler(PfsError)
     async def pfs_error(_request: Request, exc: PfsError):
@@ -278,7 +324,20 @@ def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
     # -- files --------------------------------------------------------------
 
     @app.put("/v1/repos/{repo}/file", response_model=models.PutResult)
-    async def put_file(request: Request, repo: str, ref: str = Query(...), path: str = Query(...), overwrite: bool = False):
+    async def put_file(
+        request: Request,
+        repo: str,
+        ref: str = Query(...),
+        path: str = Query(...),
+        overwrite: bool = False,
+        local: str | None = Query(None, description="a file on the daemon's machine (unix-socket clients only)"),
+        dev: int = 0,
+        ino: int = 0,
+    ):
+        if local is not None:
+            if token is not None:
+                raise LocalUnavailable("local files are read only for clients on the daemon's unix socket")
+            return await run(ingest_local, pfs, repo, ref, path, local, dev, ino, overwrite)
         try:
             with await run(pfs.write_session, repo, ref) as session:
                 stream = await run(session.put_stream, path)

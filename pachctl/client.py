@@ -98,7 +98,7 @@ class Client:
         addr = self.settings.address
         if addr is None or addr.startswith("unix:"):
             self.socket = addr[5:] if addr else os.path.join(self.settings.home, "mountd.sock")
-            transport = httpx.HTTPTransport(uds=self.socket)
+            transport = httpx.HTTPTransport(uds=self.socket, verify=False)  # no TLS on a socket
             base = "http://mountd"
             self.where = self.socket
         else:
@@ -327,11 +327,37 @@ class Client:
         ``source``: bytes or str (the content), a ``pathlib.Path`` (a local
         file), a binary file object, or an iterable of byte pieces.
         """
+        if self.socket is not None and isinstance(source, os.PathLike) and not os.environ.get("PACHY_NO_LOCAL_READ"):
+            result = self._put_local(repo, commit, path, source, overwrite)
+            if result is not None:
+                if progress:
+                    progress(result.bytes)
+                return result
         pieces = _pieces(source, progress)
         first = next(pieces, b"")  # read errors surface before the request
         body = _chain(first, pieces)
         params = {"ref": commit, "path": path, "overwrite": overwrite}
         return PutResult(**self._json("PUT", f"/v1/repos/{_seg(repo)}/file", params=params, content=body))
+
+    def _put_local(self, repo: str, commit: str, path: str, source: os.PathLike, overwrite: bool) -> PutResult | None:
+        """Same machine: let the daemon read the file itself (no copy through
+        HTTP). None when it cannot see the same file; the caller streams."""
+        try:
+            st = os.stat(source)
+        except OSError as exc:
+            raise errors.SourceError(f"cannot read '{os.fspath(source)}': {exc.strerror}") from None
+        params = {
+            "ref": commit, "path": path, "overwrite": overwrite,
+            "local": os.path.abspath(source), "dev": st.st_dev, "ino": st.st_ino,
+        }
+        self._ensure_daemon_or_raise()
+        try:
+            resp = self._http.put(f"/v1/repos/{_seg(repo)}/file", params=params)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if resp.status_code == 412:
+            return None
+        return PutResult(**self._check(resp).json())
 
     def put_files(self, repo: str, commit: str, records: Iterable[bytes]) -> PutResult:
         """Many files in one request; ``records`` come from ``mountd.wire``

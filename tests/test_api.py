@@ -553,3 +553,33 @@ def test_damaged_file_is_an_error_never_a_short_read(daemon: Daemon) -> None:
             client.read_file("r", "master", path)
     assert not client.fsck().ok
     assert client.version().pid == daemon.proc.pid  # still serving
+
+
+def test_local_file_is_read_by_the_daemon_and_falls_back_to_streaming(client, tmp_path, monkeypatch) -> None:
+    """A client on the daemon's socket names a local file; the daemon reads it
+    itself. When the daemon cannot see the same file, the client streams it."""
+    src = tmp_path / "big.bin"
+    payload = os.urandom(9 << 20)
+    src.write_bytes(payload)
+    client.create_repo("localread")
+    with client.commit("localread", "master") as c:
+        r = client.put_file("localread", c.id, "direct.bin", src)
+        assert r.bytes == len(payload)
+        # A different inode than the daemon will open: it must refuse (412)...
+        resp = client._http.put(
+            "/v1/repos/localread/file",
+            params={"ref": c.id, "path": "x", "local": str(src), "dev": 1, "ino": 1},
+        )
+        assert resp.status_code == 412
+        # ...and the client then streams, with the same result.
+        monkeypatch.setattr(client, "_put_local", lambda *a, **k: None)
+        client.put_file("localread", c.id, "streamed.bin", src)
+    assert client.read_file("localread", "master", "direct.bin") == payload
+    assert client.read_file("localread", "master", "streamed.bin") == payload
+    assert [f.path for f in client.list_file("localread", "master")] == ["/direct.bin", "/streamed.bin"]
+
+
+def test_local_read_of_a_missing_file_is_a_source_error(client, tmp_path) -> None:
+    client.create_repo("localmissing")
+    with client.commit("localmissing", "master") as c, pytest.raises(errors.SourceError):
+        client.put_file("localmissing", c.id, "x", tmp_path / "nope")

@@ -127,6 +127,25 @@ def _plan(args) -> list[tuple[str, str]]:
     return plan
 
 
+@contextlib.contextmanager
+def _writing(c, args) -> Iterator[str]:
+    """Yield the commit to write into. A commit started here (-c, or the 2.x
+    form on a finished branch) is finished on success and deleted on failure,
+    so a failed put leaves no trace."""
+    target, started = _target(c, args)
+    try:
+        yield target
+    except BaseException:
+        if started:
+            with contextlib.suppress(errors.PfsError):
+                c.delete_commit(args.repo, started)
+        raise
+    if started:
+        finished = c.finish_commit(args.repo, started)
+        if args.verbose:
+            print(finished.ref, file=sys.stderr)
+
+
 def _target(c, args) -> tuple[str, str | None]:
     """The commit to write into, and the id of a commit we started (to finish)."""
     if args.commit_flag:
@@ -152,8 +171,7 @@ def put_file(args) -> int:
         plan = None
     else:
         plan = _plan(args)
-    target, started = _target(c, args)
-    try:
+    with _writing(c, args) as target:
         if plan is None:
             result = c.put_file(args.repo, target, args.path, sys.stdin.buffer, overwrite=args.overwrite)
         elif len(plan) == 1 and not args.recursive and not args.input:
@@ -180,15 +198,6 @@ def put_file(args) -> int:
                 result = c.put_files(args.repo, target, records())
             finally:
                 progress.close()
-    except BaseException:
-        if started:
-            with contextlib.suppress(errors.PfsError):
-                c.delete_commit(args.repo, started)
-        raise
-    if started:
-        finished = c.finish_commit(args.repo, started)
-        if args.verbose:
-            print(finished.ref, file=sys.stderr)
     if args.verbose:
         print(f"put {result.files} file(s), {human_size(result.bytes)}; stored {human_size(result.stored)} new", file=sys.stderr)
     return 0
@@ -215,26 +224,20 @@ def get_file(args) -> int:
     return 0
 
 
-def _file_rows(files) -> list[tuple]:
-    return [(f.path, f.type, human_size(f.size)) for f in files]
+def _print_files(args, files) -> int:
+    if args.json:
+        emit_json(files)
+    else:
+        table(["NAME", "TYPE", "SIZE"], [(f.path, f.type, human_size(f.size)) for f in files])
+    return 0
 
 
 def list_file(args) -> int:
-    files = client().list_file(args.repo, args.commit, args.path or "/")
-    if args.json:
-        emit_json(files)
-        return 0
-    table(["NAME", "TYPE", "SIZE"], _file_rows(files))
-    return 0
+    return _print_files(args, client().list_file(args.repo, args.commit, args.path or "/"))
 
 
 def glob_file(args) -> int:
-    files = client().glob_file(args.repo, args.commit, args.pattern)
-    if args.json:
-        emit_json(files)
-        return 0
-    table(["NAME", "TYPE", "SIZE"], _file_rows(files))
-    return 0
+    return _print_files(args, client().glob_file(args.repo, args.commit, args.pattern))
 
 
 def inspect_file(args) -> int:
@@ -248,16 +251,8 @@ def inspect_file(args) -> int:
 
 def delete_file(args) -> int:
     c = client()
-    target, started = _target(c, args)
-    try:
+    with _writing(c, args) as target:
         c.delete_file(args.repo, target, args.path)
-    except BaseException:
-        if started:
-            with contextlib.suppress(errors.PfsError):
-                c.delete_commit(args.repo, started)
-        raise
-    if started:
-        c.finish_commit(args.repo, started)
     return 0
 
 
