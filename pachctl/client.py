@@ -369,22 +369,28 @@ class Client:
         """The file's bytes as a stream of pieces."""
         self._ensure_daemon_or_raise()
         params = {"ref": commit, "path": path}
+        got = 0
+        expected = None
         try:
             with self._http.stream("GET", f"/v1/repos/{_seg(repo)}/file", params=params) as resp:
                 self._check(resp)
                 expected = resp.headers.get("x-pachy-size")
-                got = 0
                 for piece in resp.iter_bytes(PIECE):
                     got += len(piece)
                     yield piece
-                # The daemon can only report a chunk it fails to read mid-file by stopping.
-                if expected is not None and got != int(expected):
-                    raise errors.Damaged(
-                        f"'{path}' in {repo}@{commit} broke off after {got} of {expected} bytes: "
-                        "the daemon could not read the rest (see its log, and run 'pachctl fsck')"
-                    )
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from None
+            if expected is None:
+                raise self._unreachable(exc) from None
+        # The daemon can only report a chunk it fails to read mid-file by stopping.
+        if expected is not None and got != int(expected):
+            try:
+                self._http.get("/v1/version", timeout=5).raise_for_status()
+            except httpx.HTTPError as exc:
+                raise self._unreachable(exc) from None
+            raise errors.Damaged(
+                f"'{path}' in {repo}@{commit} broke off after {got} of {expected} bytes: "
+                "the daemon could not read the rest (see its log, and run 'pachctl fsck')"
+            )
 
     def read_file(self, repo: str, commit: str, path: str) -> bytes:
         """A whole (small) file at once."""
