@@ -347,6 +347,14 @@ def run(rep: Report, work: pathlib.Path, quick: bool, dvc: bool) -> None:
         rep.add(f"a) CDC+blake3+zstd-1 limit, 2 threads, {kind}", f"{lim:.0f} MB/s")
         rep.add(f"a) put-file / limit, {kind}", f"{r['mbps'] / lim:.2f}")
         rep.add(f"a) put-file / cp, {kind}", f"{r['mbps'] / cp:.2f}")
+        # The path a remote client takes: every byte through the HTTP body.
+        os.environ["PACHY_NO_LOCAL_READ"] = "1"
+        try:
+            rs = with_daemon(work, f"{kind}-streamed", child_put, f.name, f, False)
+        finally:
+            del os.environ["PACHY_NO_LOCAL_READ"]
+        r["streamed_mbps"] = size / rs["secs"] / MB
+        rep.add(f"a) put-file {kind}, streamed over HTTP (as remote clients)", f"{r['streamed_mbps']:.0f} MB/s")
 
     log(f"{n_small:,} files of 1 KiB: put_files")
     warm(files["small"])
