@@ -19,6 +19,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mountd import models, wire
+from mountd.mounts import MountManager
 from pfsfuse import __version__
 from pfsfuse.errors import InvalidArgument, NoSpace, PfsError
 from pfsfuse.files import WriteSession
@@ -198,7 +199,7 @@ def ingest_local(pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int,
     return _put_result(session)
 
 
-def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
+def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = None) -> FastAPI:
     app = FastAPI(
         title="pachy mountd",
         version=__version__,
@@ -250,6 +251,22 @@ def build_app(pfs: PFS, token: str | None = None) -> FastAPI:
     @app.post("/v1/gc", response_model=models.GcReport)
     async def gc():
         return models.GcReport(**await run(pfs.gc))
+
+    # -- the FUSE mount ------------------------------------------------------
+
+    @app.get("/v1/mounts", response_model=list[models.MountInfo])
+    async def list_mounts():
+        return [models.MountInfo(**m) for m in (mounts.list() if mounts else [])]
+
+    @app.post("/v1/mounts", response_model=models.MountInfo, status_code=201)
+    async def mount(body: models.MountRequest):
+        if mounts is None or mounts.nursery is None:
+            raise PfsError("this daemon cannot serve mounts")
+        return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos))
+
+    @app.delete("/v1/mounts")
+    async def unmount(path: str | None = None):
+        return {"unmounted": await mounts.unmount(path) if mounts else []}
 
     # -- repos --------------------------------------------------------------
 

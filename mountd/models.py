@@ -114,3 +114,15 @@ class GcReport(BaseModel):
 class Error(BaseModel):
     error: str
     kind: str
+
+
+class MountRequest(BaseModel):
+    path: str = Field(description="an empty directory on the daemon's machine")
+    write: bool = False
+    repos: list[str] | None = None
+
+
+class MountInfo(BaseModel):
+    path: str
+    write: bool = False
+    repos: list[str] | None = None

@@ -20,6 +20,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mountd.app import build_app
+from mountd.mounts import MountManager
 from pfsfuse.errors import PfsError
 from pfsfuse.objstore import open_store
 from pfsfuse.pfs import PFS
@@ -76,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _serve(app, config: Config) -> None:
+async def _serve(app, config: Config, mounts: MountManager) -> None:
     stop = trio.Event()
 
     async def watch_signals() -> None:
@@ -87,9 +88,13 @@ async def _serve(app, config: Config) -> None:
 
     async def run_server(task_status=trio.TASK_STATUS_IGNORED) -> None:
         await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
+        # A clean stop unmounts: nothing written through the mount is lost.
+        with trio.move_on_after(60):
+            await mounts.unmount()
         nursery.cancel_scope.cancel()
 
     async with trio.open_nursery() as nursery:
+        mounts.nursery = nursery
         nursery.start_soon(watch_signals)
         await nursery.start(run_server)
         # bind() made the socket 0777 & ~umask = 0700; the documented mode is 0600.
@@ -122,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
             if os.path.exists(sock):
                 os.unlink(sock)  # left by a killed daemon; we hold the lock
             config.bind = [f"unix:{sock}"]
-        app = build_app(pfs, token)
+        mounts = MountManager(pfs)
+        app = build_app(pfs, token, mounts)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     old_umask = os.umask(0o077)  # the socket is created 0600
     try:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
-        trio.run(_serve, app, config)
+        trio.run(_serve, app, config, mounts)
     finally:
         os.umask(old_umask)
         pfs.close()

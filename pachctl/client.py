@@ -32,6 +32,7 @@ from mountd.models import (
     FileInfo,
     FsckReport,
     GcReport,
+    MountInfo,
     PutResult,
     Repo,
     Version,
@@ -230,6 +231,20 @@ class Client:
 
     def gc(self) -> GcReport:
         return GcReport(**self._json("POST", "/v1/gc"))
+
+    # -- the mount --------------------------------------------------------------
+
+    def mount(self, path: str, write: bool = False, repos: list[str] | None = None) -> MountInfo:
+        """Mount PFS at ``path`` (served by the daemon); returns once it is ready."""
+        body = {"path": os.path.abspath(os.path.expanduser(path)), "write": write, "repos": repos}
+        return MountInfo(**self._json("POST", "/v1/mounts", json=body))
+
+    def unmount(self, path: str | None = None) -> list[str]:
+        params = {"path": os.path.abspath(os.path.expanduser(path))} if path else {}
+        return self._json("DELETE", "/v1/mounts", params=params)["unmounted"]
+
+    def list_mounts(self) -> list[MountInfo]:
+        return [MountInfo(**m) for m in self._json("GET", "/v1/mounts")]
 
     # -- repos ------------------------------------------------------------------
 

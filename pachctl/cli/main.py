@@ -11,7 +11,7 @@ import os
 import sys
 
 from mountd.models import errors
-from pachctl.cli import cmd_admin, cmd_commit, cmd_file, cmd_repo
+from pachctl.cli import cmd_admin, cmd_commit, cmd_file, cmd_mount, cmd_repo
 from pachctl.cli.output import error
 
 VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay"}
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_admin):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_mount, cmd_admin):
         module.register(sub)
     return p
 

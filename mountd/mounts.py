@@ -1,0 +1,105 @@
+"""Hosting the FUSE mount inside mountd's trio loop.
+
+pyfuse3 serves one mount per process, on the trio loop of the process that
+called ``pyfuse3.init``; mountd is that process. A second mount request is
+refused with a message saying which directory holds the mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import pyfuse3
+import trio
+
+from pfsfuse.errors import Conflict, NotFound, PfsError
+from pfsfuse.mount import check_mountpoint, mount_device
+from pfsfuse.mount.ops import PfsOperations
+
+log = logging.getLogger("pachy.mount")
+READ_AHEAD_KB = 1024  # lets the kernel send 1 MiB reads instead of 128 KiB
+
+
+@dataclass
+class Mount:
+    path: str
+    writable: bool
+    repos: list[str] | None
+    ops: PfsOperations
+    done: trio.Event
+
+    def describe(self) -> dict:
+        return {"path": self.path, "write": self.writable, "repos": self.repos}
+
+
+class MountManager:
+    def __init__(self, pfs):
+        self.pfs = pfs
+        self.nursery: trio.Nursery | None = None
+        self.current: Mount | None = None
+        self._lock = trio.Lock()
+
+    def list(self) -> list[dict]:
+        return [self.current.describe()] if self.current else []
+
+    async def mount(self, path: str, writable: bool = False, repos: list[str] | None = None) -> dict:
+        async with self._lock:
+            if self.current is not None:
+                raise Conflict(
+                    f"this daemon already serves a mount at {self.current.path} (one per daemon); "
+                    f"unmount it first (pachctl unmount {self.current.path})"
+                )
+            path = check_mountpoint(path)
+            assert self.nursery is not None
+            ops = PfsOperations(self.pfs, writable=writable, repos=set(repos) if repos else None, spawn=self.nursery.start_soon)
+            options = {"fsname=pachy", "subtype=pachy", "default_permissions"}
+            if not writable:
+                options.add("ro")
+            try:
+                pyfuse3.init(ops, path, options)
+            except RuntimeError as exc:
+                raise PfsError(f"cannot mount {path}: {exc} (is fuse3 installed? apt-get install fuse3)") from None
+            mount = self.current = Mount(path, writable, repos, ops, trio.Event())
+            self.nursery.start_soon(self._serve, mount)
+            await trio.to_thread.run_sync(_raise_read_ahead, path)
+            log.info("mounted %s (%s)", path, "read-write" if writable else "read-only")
+            return mount.describe()
+
+    async def _serve(self, mount: Mount) -> None:
+        try:
+            await pyfuse3.main(min_tasks=4, max_tasks=32)
+        except Exception:
+            log.exception("mount %s stopped with an error", mount.path)
+        finally:
+            with contextlib.suppress(Exception):
+                pyfuse3.close(unmount=True)
+            self.current = None
+            mount.done.set()
+
+    async def unmount(self, path: str | None = None) -> list[str]:
+        """Unmount ``path`` (or whatever is mounted when None); returns what was unmounted."""
+        async with self._lock:
+            mount = self.current
+            if mount is None:
+                if path is None:
+                    return []
+                raise NotFound(f"no pachy mount at {path} served by this daemon")
+            if path is not None and os.path.abspath(path) != mount.path:
+                raise NotFound(f"no pachy mount at {os.path.abspath(path)}; this daemon serves {mount.path}")
+            pyfuse3.terminate()
+            await mount.done.wait()
+            return [mount.path]
+
+
+def _raise_read_ahead(path: str) -> None:
+    dev = mount_device(path)
+    if dev is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as exc:  # not root, or no such bdi: reads stay at 128 KiB
+        log.info("could not raise read_ahead_kb for %s: %s", path, exc)

@@ -1,0 +1,92 @@
+"""mount and unmount: PFS as directories, served by the daemon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+from mountd.models import errors
+from pachctl.cli.common import add, client
+
+
+def _fuse_mounts() -> list[str]:
+    """Mountpoints of every pachy FUSE mount here, live or dead (from mountinfo:
+    stat-ing a dead mount would hang or fail)."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                if post.split()[:1] == ["fuse.pachy"]:
+                    out.append(pre.split()[4].replace("\\040", " "))
+    except OSError:
+        pass
+    return out
+
+
+def _force_unmount(path: str) -> None:
+    """Detach a mount whose daemon is gone (reads fail with ENOTCONN)."""
+    for cmd in (["fusermount3", "-u", "-z", path], ["fusermount", "-u", "-z", path], ["umount", "-l", path]):
+        if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+            return
+    raise errors.PfsError(f"cannot unmount {path}; try 'fusermount3 -u -z {path}' or 'umount -l {path}' as root")
+
+
+def mount(args) -> int:
+    c = client()
+    if c.socket is None:
+        raise errors.InvalidArgument(
+            "mount needs the daemon on this machine; unset ADDRESS to use the local daemon"
+        )
+    path = os.path.abspath(os.path.expanduser(args.dir))
+    repos = [r for r in args.repos.split(",") if r] if args.repos else None
+    if path in _fuse_mounts() and not os.path.isdir(path):
+        raise errors.Conflict(f"'{path}' holds a dead pachy mount; run 'pachctl unmount {path}' first")
+    c.mount(path, write=args.write, repos=repos)
+    if not args.foreground:
+        if args.verbose:
+            print(f"mounted at {path}", file=sys.stderr)
+        return 0
+    print(f"mounted at {path}; press Ctrl-C (or run 'pachctl unmount {path}') to unmount", file=sys.stderr)
+    stop = signal.sigwait if hasattr(signal, "sigwait") else None
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        stop({signal.SIGINT, signal.SIGTERM})
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    c.unmount(path)
+    print(f"unmounted {path}", file=sys.stderr)
+    return 0
+
+
+def unmount(args) -> int:
+    if not args.dir and not args.all:
+        raise errors.InvalidArgument("name the mountpoint to unmount, or pass -a for all")
+    targets = _fuse_mounts() if args.all else [os.path.abspath(os.path.expanduser(args.dir))]
+    done: list[str] = []
+    try:
+        done = client().unmount(None if args.all else targets[0])
+    except (errors.Unreachable, errors.NotFound):
+        pass  # the daemon is gone or never served it: detach what the kernel still holds
+    live = _fuse_mounts()
+    for path in targets:
+        if path not in done and path in live:
+            _force_unmount(path)
+            done.append(path)
+    if not done and not args.all:
+        raise errors.NotFound(f"no pachy mount at {targets[0]}")
+    return 0
+
+
+def register(sub) -> None:
+    p = add(sub, "mount", "Mount pfs locally (returns once the mount is ready).", mount)
+    p.add_argument("dir", help="an empty directory")
+    p.add_argument("-w", "--write", action="store_true", help="allow writes (they open commits)")
+    p.add_argument("--repos", help="only these repos, comma-separated")
+    p.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C unmounts")
+    p = add(sub, "unmount", "Unmount pfs.", unmount)
+    p.add_argument("dir", nargs="?")
+    p.add_argument("-a", "--all", action="store_true", help="remove all pachy mounts")

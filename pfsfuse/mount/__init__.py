@@ -1,0 +1,64 @@
+"""The FUSE view of PFS: repos, branches and commits as directories."""
+
+from __future__ import annotations
+
+import os
+
+from pfsfuse.errors import Conflict, InvalidArgument, PfsError
+
+
+def check_mountpoint(path: str) -> str:
+    """The absolute mountpoint, or an error that says what is wrong and how to fix it."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists("/dev/fuse"):
+        raise PfsError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available")
+    if not os.path.exists(path):
+        raise InvalidArgument(f"mountpoint '{path}' does not exist; create it first (mkdir -p {path})")
+    if _is_mounted(path):
+        raise Conflict(f"'{path}' is already a mountpoint; unmount it first (pachctl unmount {path})")
+    if not os.path.isdir(path):
+        raise InvalidArgument(f"mountpoint '{path}' is not a directory")
+    if os.listdir(path):
+        raise InvalidArgument(f"mountpoint '{path}' is not empty; mount on an empty directory")
+    return path
+
+
+def _is_mounted(path: str) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:  # a dead FUSE mount: "Transport endpoint is not connected"
+        return True
+
+
+def mount_device(path: str) -> str | None:
+    """'major:minor' of the filesystem mounted at ``path``, from mountinfo (no
+    stat: that would ask our own FUSE server, which may be this thread)."""
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and _unescape(fields[4]) == path:
+                    found = fields[2]  # the last match is the mount on top
+    except OSError:
+        pass
+    return found
+
+
+def _unescape(field: str) -> str:
+    return field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def pachy_mounts() -> list[str]:
+    """Every pachy FUSE mount on this machine, live or dead."""
+    out = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                pre, _, post = line.partition(" - ")
+                fields = pre.split()
+                if post.split()[:1] == ["fuse.pachy"]:
+                    out.append(_unescape(fields[4]))
+    except OSError:
+        pass
+    return out

@@ -1,0 +1,70 @@
+"""What each inode of the mount stands for, with stable numbers.
+
+    /                      ROOT
+    /<repo>                REPO
+    /<repo>/<branch>       BRANCH   (its head, resolved on every lookup)
+    /<repo>/<commit-id>    COMMIT   (also /<repo>/<branch>/<N> for branch/N)
+    .../<path>             ENTRY    (a file or directory inside a commit)
+
+An inode number is a hash of what it stands for, so it is the same on every
+lookup and across remounts (``st_ino`` stable), and a branch whose head moves
+yields new inodes for its new contents: the kernel's cache of an old commit's
+files stays valid because those files never change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import blake3
+
+ROOT, REPO, BRANCH, COMMIT, ENTRY = range(5)
+ROOT_INODE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    kind: int
+    repo: str = ""
+    ref: str = ""  # branch name (BRANCH) or commit id (COMMIT, ENTRY)
+    path: str = ""  # inside the commit (ENTRY)
+
+    def child(self, name: str) -> Node:
+        path = f"{self.path}/{name}" if self.path else name
+        return Node(ENTRY, self.repo, self.ref, path)
+
+
+def inode_of(node: Node) -> int:
+    if node.kind == ROOT:
+        return ROOT_INODE
+    key = f"{node.kind}\0{node.repo}\0{node.ref}\0{node.path}".encode()
+    n = int.from_bytes(blake3.blake3(key).digest(length=8), "little") >> 1  # 63 bits
+    return n if n > ROOT_INODE else n + 2
+
+
+class InodeTable:
+    """Inodes the kernel holds, with lookup counts, so forget() can drop them."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT)}
+        self._counts: dict[int, int] = {}
+
+    def remember(self, node: Node) -> int:
+        ino = inode_of(node)
+        self._nodes[ino] = node
+        self._counts[ino] = self._counts.get(ino, 0) + 1
+        return ino
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def forget(self, ino: int, n: int) -> None:
+        left = self._counts.get(ino, 0) - n
+        if left > 0:
+            self._counts[ino] = left
+        elif ino != ROOT_INODE:
+            self._counts.pop(ino, None)
+            self._nodes.pop(ino, None)
+
+    def __len__(self) -> int:
+        return len(self._nodes)
