@@ -262,7 +262,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def mount(body: models.MountRequest):
         if mounts is None or mounts.nursery is None:
             raise PfsError("this daemon cannot serve mounts")
-        return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos))
+        return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos, body.commit_idle))
 
     @app.delete("/v1/mounts")
     async def unmount(path: str | None = None):
@@ -303,6 +303,9 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.post("/v1/repos/{repo}/commit/finish", response_model=models.Commit)
     async def finish_commit(repo: str, ref: str = Query(...), description: str | None = None):
+        if mounts is not None:
+            row = await run(pfs.resolve, repo, ref)
+            await mounts.before_finish(row[0])
         return _commit(await run(pfs.finish_commit, repo, ref, description))
 
     @app.delete("/v1/repos/{repo}/commit")

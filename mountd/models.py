@@ -120,6 +120,7 @@ class MountRequest(BaseModel):
     path: str = Field(description="an empty directory on the daemon's machine")
     write: bool = False
     repos: list[str] | None = None
+    commit_idle: float | None = Field(None, description="finish a written commit after this many idle seconds")
 
 
 class MountInfo(BaseModel):

@@ -45,7 +45,9 @@ class MountManager:
     def list(self) -> list[dict]:
         return [self.current.describe()] if self.current else []
 
-    async def mount(self, path: str, writable: bool = False, repos: list[str] | None = None) -> dict:
+    async def mount(
+        self, path: str, writable: bool = False, repos: list[str] | None = None, commit_idle: float | None = None
+    ) -> dict:
         async with self._lock:
             if self.current is not None:
                 raise Conflict(
@@ -54,7 +56,13 @@ class MountManager:
                 )
             path = check_mountpoint(path)
             assert self.nursery is not None
-            ops = PfsOperations(self.pfs, writable=writable, repos=set(repos) if repos else None, spawn=self.nursery.start_soon)
+            ops = PfsOperations(
+                self.pfs,
+                writable=writable,
+                repos=set(repos) if repos else None,
+                spawn=self.nursery.start_soon,
+                commit_idle=commit_idle,
+            )
             options = {"fsname=pachy", "subtype=pachy", "default_permissions"}
             if not writable:
                 options.add("ro")
@@ -70,7 +78,10 @@ class MountManager:
 
     async def _serve(self, mount: Mount) -> None:
         try:
-            await pyfuse3.main(min_tasks=4, max_tasks=32)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mount.ops.watch_idle)
+                await pyfuse3.main(min_tasks=4, max_tasks=32)
+                nursery.cancel_scope.cancel()
         except Exception:
             log.exception("mount %s stopped with an error", mount.path)
         finally:
@@ -89,9 +100,19 @@ class MountManager:
                 raise NotFound(f"no pachy mount at {path} served by this daemon")
             if path is not None and os.path.abspath(path) != mount.path:
                 raise NotFound(f"no pachy mount at {os.path.abspath(path)}; this daemon serves {mount.path}")
-            pyfuse3.terminate()
-            await mount.done.wait()
+            # What was written and closed lands, and the commits the mount opened finish.
+            try:
+                await mount.ops.flush_all(finish=True)
+            finally:
+                pyfuse3.terminate()
+                await mount.done.wait()
             return [mount.path]
+
+    async def before_finish(self, commit_id: str) -> None:
+        """``finish-commit`` on a commit being written through the mount: land
+        its files first."""
+        if self.current is not None and self.current.writable:
+            await self.current.ops.flush_commit(commit_id, include_open=True)
 
 
 def _raise_read_ahead(path: str) -> None:

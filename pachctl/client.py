@@ -234,9 +234,11 @@ class Client:
 
     # -- the mount --------------------------------------------------------------
 
-    def mount(self, path: str, write: bool = False, repos: list[str] | None = None) -> MountInfo:
+    def mount(
+        self, path: str, write: bool = False, repos: list[str] | None = None, commit_idle: float | None = None
+    ) -> MountInfo:
         """Mount PFS at ``path`` (served by the daemon); returns once it is ready."""
-        body = {"path": os.path.abspath(os.path.expanduser(path)), "write": write, "repos": repos}
+        body = {"path": os.path.abspath(os.path.expanduser(path)), "write": write, "repos": repos, "commit_idle": commit_idle}
         return MountInfo(**self._json("POST", "/v1/mounts", json=body))
 
     def unmount(self, path: str | None = None) -> list[str]:

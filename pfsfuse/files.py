@@ -9,6 +9,7 @@ changes nothing that a reader can see (its packs are garbage for ``gc``).
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import re
 import time
@@ -77,6 +78,13 @@ class WriteSession:
     def delete(self, path: str) -> None:
         self._ops.append(("delete", names.clean_path(path), None, 0, False))
 
+    def move(self, src: str, dst: str, noreplace: bool = False) -> None:
+        """rename(2): a file or a whole directory, replacing what POSIX allows."""
+        self._ops.append(("move", names.clean_path(src), [names.clean_path(dst)], 0, noreplace))
+
+    def touch(self, path: str, mtime_ns: int) -> None:
+        self._ops.append(("touch", names.clean_path(path), None, mtime_ns, False))
+
     def _on_pack(self, key: str) -> None:
         self._packs.add(key)
         self.pfs.inflight_packs.add(key)
@@ -118,6 +126,10 @@ class WriteSession:
                         stager.put_file(path, refs or [], size, overwrite, now)
                     elif op == "mkdir":
                         stager.mkdir(path, now)
+                    elif op == "move":
+                        stager.move(path, refs[0], overwrite, now)
+                    elif op == "touch":
+                        stager.touch(path, size)
                     else:
                         stager.delete(path)
         finally:
@@ -195,6 +207,47 @@ class _Stager:
         self._ensure_parents(path, now)
         self._set(path, Entry(DIR, 0, now))
         self._dirs_ok.add(path)
+
+    def move(self, src: str, dst: str, noreplace: bool, now: int) -> None:
+        cur = self.current(src)
+        if cur is None:
+            raise NotFound(f"file '/{src}' not found")
+        if dst == src:
+            return
+        if dst.startswith(src + "/"):
+            raise OSError(errno.EINVAL, f"cannot move '/{src}' into itself")
+        staging = (self.db, self.cid)
+        target = self.current(dst)
+        if target is not None:
+            if noreplace:
+                raise OSError(errno.EEXIST, f"'/{dst}' exists")
+            if cur.is_dir and not target.is_dir:
+                raise OSError(errno.ENOTDIR, f"'/{dst}' is not a directory")
+            if not cur.is_dir and target.is_dir:
+                raise OSError(errno.EISDIR, f"'/{dst}' is a directory")
+            if target.is_dir and next(iter(self.pfs._children(self.base, dst, staging)), None):
+                raise OSError(errno.ENOTEMPTY, f"'/{dst}' is not empty")
+            self.delete(dst)
+        if cur.is_dir:
+            subtree = list(self.pfs.walk_tree(self.base, src, staging))  # parents before children
+            self.mkdir(dst, now)
+            for sub, e in subtree:
+                moved = dst + sub[len(src) :]
+                if e.is_dir:
+                    self.mkdir(moved, now)
+                else:
+                    self._set(moved, e)
+        else:
+            self.put_entry(dst, cur, now)
+        self.delete(src)
+
+    def touch(self, path: str, mtime_ns: int) -> None:
+        cur = self.current(path)
+        if cur is None:
+            raise NotFound(f"file '/{path}' not found")
+        if not cur.is_dir:  # directory times follow their contents
+            cur.mtime_ns = mtime_ns
+            self._set(path, cur)
 
     def delete(self, path: str) -> None:
         cur = self.current(path)

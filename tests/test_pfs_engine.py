@@ -912,3 +912,36 @@ def test_squash_a_commit_that_swapped_file_and_dir(mem_pfs: PFS) -> None:
     p.squash_commits("r", [to_file.id, to_dir.id], t3.id)
     p.finish_commit("r", t3.id)
     assert listing(p, "r", "t3", "a/b") == {"/a/b/c": ("file", 9)}
+
+
+def test_move_and_touch_in_an_open_commit(pfs) -> None:
+    """rename(2) semantics for the mount's write path: files, whole directories,
+    refusals that name the POSIX error, and mtimes set by touch."""
+    import errno as e
+
+    pfs.create_repo("mv")
+    c = pfs.start_commit("mv")
+    with pfs.write_session("mv", c.id) as s:
+        s.put_bytes("d/a.txt", b"aaa")
+        s.put_bytes("d/sub/b.txt", b"bb")
+        s.put_bytes("f.txt", b"f")
+        s.mkdir("empty")
+        s.commit()
+    pfs.finish_commit("mv", c.id)
+    c = pfs.start_commit("mv")
+    with pfs.write_session("mv", c.id) as s:
+        s.move("d", "e/d2")
+        s.move("f.txt", "g.txt")
+        s.touch("g.txt", 123_000_000_000)
+        s.commit()
+    for src, dst, code in (("g.txt", "e", e.EISDIR), ("e", "g.txt", e.ENOTDIR), ("e", "e/x", e.EINVAL)):
+        with pytest.raises(OSError) as info, pfs.write_session("mv", c.id) as s:
+            s.move(src, dst)
+            s.commit()
+        assert info.value.errno == code
+    info = pfs.finish_commit("mv", c.id)
+    files = {f.path: f.size for f in pfs.glob_files("mv", "master", "**")}
+    assert files == {"/e": 5, "/e/d2": 5, "/e/d2/a.txt": 3, "/e/d2/sub": 2, "/e/d2/sub/b.txt": 2, "/empty": 0, "/g.txt": 1}
+    assert info.size == 6
+    assert pfs.inspect_file("mv", "master", "g.txt").mtime == 123.0
+    assert b"".join(pfs.read_file("mv", "master", "e/d2/sub/b.txt")[1]) == b"bb"

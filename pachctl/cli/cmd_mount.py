@@ -45,7 +45,7 @@ def mount(args) -> int:
     repos = [r for r in args.repos.split(",") if r] if args.repos else None
     if path in _fuse_mounts() and not os.path.isdir(path):
         raise errors.Conflict(f"'{path}' holds a dead pachy mount; run 'pachctl unmount {path}' first")
-    c.mount(path, write=args.write, repos=repos)
+    c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
     if not args.foreground:
         if args.verbose:
             print(f"mounted at {path}", file=sys.stderr)
@@ -87,6 +87,7 @@ def register(sub) -> None:
     p.add_argument("-w", "--write", action="store_true", help="allow writes (they open commits)")
     p.add_argument("--repos", help="only these repos, comma-separated")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C unmounts")
+    p.add_argument("--commit-idle", type=float, metavar="SECONDS", help="finish a written commit after this long without writes")
     p = add(sub, "unmount", "Unmount pfs.", unmount)
     p.add_argument("dir", nargs="?")
     p.add_argument("-a", "--all", action="store_true", help="remove all pachy mounts")

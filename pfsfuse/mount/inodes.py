@@ -5,6 +5,8 @@
     /<repo>/<branch>       BRANCH   (its head, resolved on every lookup)
     /<repo>/<commit-id>    COMMIT   (also /<repo>/<branch>/<N> for branch/N)
     .../<path>             ENTRY    (a file or directory inside a commit)
+    /<repo>/<branch>/<p>   BENTRY   (writable mounts: <p> in whatever commit is
+                                      the branch head now, so writes can open one)
 
 An inode number is a hash of what it stands for, so it is the same on every
 lookup and across remounts (``st_ino`` stable), and a branch whose head moves
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import blake3
 
-ROOT, REPO, BRANCH, COMMIT, ENTRY = range(5)
+ROOT, REPO, BRANCH, COMMIT, ENTRY, BENTRY = range(6)
 ROOT_INODE = 1
 
 
@@ -31,7 +33,8 @@ class Node:
 
     def child(self, name: str) -> Node:
         path = f"{self.path}/{name}" if self.path else name
-        return Node(ENTRY, self.repo, self.ref, path)
+        kind = BENTRY if self.kind in (BRANCH, BENTRY) else ENTRY
+        return Node(kind, self.repo, self.ref, path)
 
 
 def inode_of(node: Node) -> int:

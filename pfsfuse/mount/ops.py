@@ -21,7 +21,6 @@ import pyfuse3
 import trio
 
 from pfsfuse import names
-from pfsfuse.entries import Entry
 from pfsfuse.errors import (
     AlreadyExists,
     Conflict,
@@ -31,7 +30,18 @@ from pfsfuse.errors import (
     NotFound,
     PfsError,
 )
-from pfsfuse.mount.inodes import BRANCH, COMMIT, ENTRY, REPO, ROOT, InodeTable, Node, inode_of
+from pfsfuse.mount.inodes import (
+    BENTRY,
+    BRANCH,
+    COMMIT,
+    ENTRY,
+    REPO,
+    ROOT,
+    InodeTable,
+    Node,
+    inode_of,
+)
+from pfsfuse.mount.overlay import DirtyFile, Overlay
 from pfsfuse.mount.reader import ChunkCache, FileReader
 
 log = logging.getLogger("pachy.mount")
@@ -39,6 +49,8 @@ log = logging.getLogger("pachy.mount")
 IMMUTABLE_TIMEOUT = 3600.0  # finished commits never change
 MUTABLE_TIMEOUT = 1.0  # branch heads, repo lists, open commits: seen within a second
 BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
+FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
+FLUSH_FILES = 2000  # ...or until this many are waiting
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -93,14 +105,37 @@ class ReadHandle:
         self.reader = reader
 
 
+class DirtyHandle:
+    """An open file whose content lives in the overlay (written, or being written)."""
+
+    def __init__(self, dirty: DirtyFile, writing: bool, append: bool):
+        self.dirty, self.writing, self.append = dirty, writing, append
+
+
 class PfsOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, pfs, *, writable: bool = False, repos: set[str] | None = None, spawn: Callable):
+    def __init__(
+        self,
+        pfs,
+        *,
+        writable: bool = False,
+        repos: set[str] | None = None,
+        spawn: Callable,
+        commit_idle: float | None = None,
+    ):
         super().__init__()
         self.pfs = pfs
         self.writable = writable
+        self.commit_idle = commit_idle
+        self.overlay = Overlay(os.path.join(pfs.home, "mount-tmp"))
+        self.opened: dict[str, str] = {}  # commits this mount opened (id -> repo): finished at unmount
+        self.repo_of: dict[str, str] = {}  # every open commit written through the mount
+        self.last_write: dict[str, float] = {}
+        self._flush_due: dict[str, bool] = {}
+        self._open_lock = trio.Lock()
+        self._flush_locks: dict[str, trio.Lock] = {}
         self.repos = repos
         self.inodes = InodeTable()
         self.cache = ChunkCache(pfs.store)
@@ -136,6 +171,23 @@ class PfsOperations(pyfuse3.Operations):
             return False
         return self.pfs.q1("SELECT 1 FROM repos WHERE name=?", (repo,)) is not None
 
+    def _resolve(self, node: Node) -> tuple[tuple | None, str]:
+        """The commits row a node reads from (None: a branch with no commits), and its path."""
+        if node.kind in (BRANCH, BENTRY):
+            head = self._head(node.repo, node.ref)
+            return (self._commit_row(head) if head is not None else None), node.path
+        return self._commit_row(node.ref), node.path
+
+    def _lookup_entry(self, row: tuple, path: str) -> Stat | None:
+        if row[6] is None:
+            dirty = self.overlay.get(row[0], path)
+            if dirty is not None:
+                return Stat(False, dirty.size, dirty.mtime_ns, True)
+        e = self.pfs.lookup_row(row, path)
+        if e is None:
+            return None
+        return Stat(e.is_dir, e.size, e.mtime_ns, row[6] is None)
+
     def _stat_sync(self, node: Node) -> Stat:
         if node.kind == ROOT:
             return Stat(True, 0, self.started, True)
@@ -144,20 +196,19 @@ class PfsOperations(pyfuse3.Operations):
             if row is None or not self._repo_ok(node.repo):
                 raise NotFound(node.repo)
             return Stat(True, 0, int(row[0] * 1e9), True)
-        if node.kind == BRANCH:
-            head = self._head(node.repo, node.ref)
-            if head is None:
+        row, path = self._resolve(node)
+        if row is None:
+            if node.kind == BRANCH:
                 return Stat(True, 0, self.started, True)
-            row = self._commit_row(head)
-            return Stat(True, row[8], int((row[6] or row[5]) * 1e9), True)
-        row = self._commit_row(node.ref)
-        mutable = row[6] is None
-        if node.kind == COMMIT:
-            return Stat(True, row[8], int((row[6] or row[5]) * 1e9), mutable)
-        e = self.pfs.lookup_row(row, node.path)
-        if e is None:
-            raise NotFound(node.path)
-        return Stat(e.is_dir, e.size, e.mtime_ns, mutable)
+            raise NotFound(path)
+        if node.kind in (BRANCH, COMMIT):
+            return Stat(True, row[8], int((row[6] or row[5]) * 1e9), node.kind == BRANCH or row[6] is None)
+        st = self._lookup_entry(row, path)
+        if st is None:
+            raise NotFound(path)
+        if node.kind == BENTRY:
+            st.mutable = True  # follows the branch head
+        return st
 
     def _child_sync(self, parent: Node, name: str) -> tuple[Node, Stat]:
         if parent.kind == ROOT:
@@ -170,7 +221,7 @@ class PfsOperations(pyfuse3.Operations):
             else:
                 row = self.pfs.resolve(parent.repo, name)
                 node = Node(COMMIT, parent.repo, row[0])
-        elif parent.kind == BRANCH:
+        elif parent.kind == BRANCH and not self.writable:
             head = self._head(parent.repo, parent.ref)
             node = None
             if head is not None:
@@ -178,14 +229,22 @@ class PfsOperations(pyfuse3.Operations):
                 if self.pfs.lookup_row(self._commit_row(head), node.path) is None:
                     node = None
             if node is None:
-                if not name.isdigit():
-                    raise NotFound(name)
-                # The 1.x docs' layout: /<repo>/<branch>/<N> is commit branch/N.
-                row = self.pfs.resolve(parent.repo, f"{parent.ref}/{name}")
-                node = Node(COMMIT, parent.repo, row[0])
+                node = self._numbered(parent, name)
         else:
             node = parent.child(names.clean_path(name))
+            if parent.kind == BRANCH:
+                try:
+                    return node, self._stat_sync(node)
+                except NotFound:
+                    return self._numbered(parent, name), self._stat_sync(self._numbered(parent, name))
         return node, self._stat_sync(node)
+
+    def _numbered(self, branch: Node, name: str) -> Node:
+        """The 1.x docs' layout: /<repo>/<branch>/<N> is commit branch/N."""
+        if not name.isdigit():
+            raise NotFound(name)
+        row = self.pfs.resolve(branch.repo, f"{branch.ref}/{name}")
+        return Node(COMMIT, branch.repo, row[0])
 
     def _list_sync(self, node: Node) -> list[tuple[bytes, Node, Stat]]:
         out: list[tuple[bytes, Node, Stat]] = []
@@ -205,16 +264,24 @@ class PfsOperations(pyfuse3.Operations):
                 child = Node(COMMIT, node.repo, cid)
                 out.append((cid.encode(), child, self._stat_sync(child)))
             return out
-        if node.kind == BRANCH:
-            head = self._head(node.repo, node.ref)
-            if head is None:
-                return out
-            node = Node(COMMIT, node.repo, head)
-        row = self._commit_row(node.ref)
-        mutable = row[6] is None
-        for path, e in self.pfs._children(self.pfs.root_of(row), node.path, self.pfs._staging_of(row)):
-            child = Node(ENTRY, node.repo, node.ref, path)
-            out.append((path.rpartition("/")[2].encode(), child, Stat(e.is_dir, e.size, e.mtime_ns, mutable)))
+        row, path = self._resolve(node)
+        if row is None:
+            return out
+        if node.kind == BRANCH and not self.writable:
+            node = Node(COMMIT, node.repo, row[0])
+        mutable = row[6] is None or node.kind in (BRANCH, BENTRY)
+        seen = set()
+        for child_path, e in self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row)):
+            name = child_path.rpartition("/")[2]
+            seen.add(name)
+            child = node.child(name) if node.kind != COMMIT else Node(ENTRY, node.repo, node.ref, child_path)
+            out.append((name.encode(), child, Stat(e.is_dir, e.size, e.mtime_ns, mutable)))
+        if row[6] is None:
+            for name in sorted(self.overlay.names_in(row[0], path) - seen):
+                dirty = self.overlay.get(row[0], f"{path}/{name}" if path else name)
+                if dirty is not None:
+                    child = node.child(name) if node.kind != COMMIT else Node(ENTRY, node.repo, node.ref, dirty.path)
+                    out.append((name.encode(), child, Stat(False, dirty.size, dirty.mtime_ns, True)))
         return out
 
     # -- attributes ---------------------------------------------------------------
@@ -222,7 +289,7 @@ class PfsOperations(pyfuse3.Operations):
     def _attr(self, node: Node, st: Stat, entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode_of(node)
-        write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH)) else 0
+        write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
         if st.is_dir:
             a.st_mode = stat.S_IFDIR | 0o555 | write_bits
             a.st_nlink = 2
@@ -235,13 +302,14 @@ class PfsOperations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = st.mtime_ns
         a.st_uid, a.st_gid = self.uid, self.gid
         timeout = MUTABLE_TIMEOUT if st.mutable else IMMUTABLE_TIMEOUT
-        a.attr_timeout = timeout
+        # Where this mount writes, sizes change under the kernel's feet: ask every time.
+        a.attr_timeout = 0.0 if (self.writable and st.mutable) else timeout
         a.entry_timeout = timeout if entry_timeout is None else entry_timeout
         return a
 
     def _entry_timeout(self, parent: Node, child: Node, st: Stat) -> float:
         # Names directly under a branch follow its head, which may move.
-        if parent.kind in (ROOT, REPO, BRANCH) or st.mutable:
+        if parent.kind in (ROOT, REPO, BRANCH, BENTRY) or st.mutable:
             return MUTABLE_TIMEOUT
         return IMMUTABLE_TIMEOUT
 
@@ -320,68 +388,339 @@ class PfsOperations(pyfuse3.Operations):
 
     # -- pyfuse3 handlers: reading ---------------------------------------------------
 
-    def _open_sync(self, node: Node) -> tuple[Entry, list, bool]:
-        row = self._commit_row(node.ref)
-        e = self.pfs.lookup_row(row, node.path)
+    def _open_sync(self, node: Node) -> tuple[list, bool]:
+        row, path = self._resolve(node)
+        if row is None:
+            raise NotFound(path)
+        e = self.pfs.lookup_row(row, path)
         if e is None:
-            raise NotFound(node.path)
+            raise NotFound(path)
         if e.is_dir:
-            raise IsADirectoryError(errno.EISDIR, node.path)
-        return e, self.pfs.locate(self.pfs.load_refs(e)), row[6] is not None
+            raise IsADirectoryError(errno.EISDIR, path)
+        return self.pfs.locate(self.pfs.load_refs(e)), row[6] is not None and node.kind == ENTRY
 
     @_boundary
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
-        if node.kind != ENTRY:
+        if node.kind not in (ENTRY, BENTRY):
             raise _fail(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            raise _fail(errno.EROFS)
-        _e, locations, finished = await self._run(self._open_sync, node)
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        if writing:
+            if not self.writable:
+                raise _fail(errno.EROFS)
+            cid, path = await self._target(node)
+            dirty = await self._dirty_for_write(node.repo, cid, path, truncate=bool(flags & os.O_TRUNC))
+            return self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
+        if self.writable:
+            row, path = await self._run(self._resolve, node)
+            dirty = self.overlay.get(row[0], path) if row is not None else None
+            if dirty is not None:
+                return self._dirty_handle(dirty, False, False)
+        locations, keep = await self._run(self._open_sync, node)
         fh = next(self._fh)
         self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=finished)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _dirty_handle(self, dirty: DirtyFile, writing: bool, append: bool) -> pyfuse3.FileInfo:
+        dirty.opens += 1
+        fh = next(self._fh)
+        self._handles[fh] = DirtyHandle(dirty, writing, append)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
     @_boundary
     async def read(self, fh, off, size):
         handle = self._handles.get(fh)
-        if not isinstance(handle, ReadHandle):
-            raise _fail(errno.EBADF)
-        return await handle.reader.read(off, size)
+        if isinstance(handle, ReadHandle):
+            return await handle.reader.read(off, size)
+        if isinstance(handle, DirtyHandle):
+            return handle.dirty.read(off, size)
+        raise _fail(errno.EBADF)
 
     @_boundary
     async def release(self, fh):
-        self._handles.pop(fh, None)
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, DirtyHandle):
+            handle.dirty.opens -= 1
+            if handle.dirty.opens == 0 and (cid := handle.dirty.commit_id) in self.repo_of:
+                self._schedule_flush(cid)
 
-    # -- writes: refused on a read-only mount ---------------------------------------
+    @_boundary
+    async def write(self, fh, off, buf):
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirtyHandle) or not handle.writing:
+            raise _fail(errno.EBADF)
+        dirty = handle.dirty
+        self.last_write[dirty.commit_id] = time.monotonic()
+        return dirty.write(dirty.size if handle.append else off, buf)
+
+    @_boundary
+    async def flush(self, fh):
+        pass  # close(): data lands on release, or at fsync
+
+    @_boundary
+    async def fsync(self, fh, datasync):
+        handle = self._handles.get(fh)
+        if isinstance(handle, DirtyHandle):
+            await self.flush_commit(handle.dirty.commit_id, include_open=True)
+
+    # -- writes ---------------------------------------------------------------------
+
+    def _ensure_open_sync(self, node: Node) -> str:
+        """The open commit that writes under ``node`` go to; writing under a
+        branch whose head is finished starts a commit on it."""
+        if node.kind in (BRANCH, BENTRY):
+            for _ in range(3):
+                head = self._head(node.repo, node.ref)
+                if head is not None and self._commit_row(head)[6] is None:
+                    return head
+                try:
+                    c = self.pfs.start_commit(node.repo, node.ref)
+                except Conflict:
+                    continue  # someone opened one meanwhile: use it
+                self.opened[c.id] = node.repo
+                return c.id
+            raise Conflict(f"cannot open a commit on branch '{node.ref}'")
+        if node.kind in (COMMIT, ENTRY):
+            row = self._commit_row(node.ref)
+            if row[6] is not None:
+                raise OSError(errno.EROFS, "commit is finished")
+            return row[0]
+        raise OSError(errno.EPERM, "only commits hold files")
+
+    async def _target(self, node: Node) -> tuple[str, str]:
+        if not self.writable:
+            raise _fail(errno.EROFS)
+        async with self._open_lock:
+            cid = await self._run(self._ensure_open_sync, node)
+        self.repo_of[cid] = node.repo
+        self.last_write[cid] = time.monotonic()
+        return cid, node.path
+
+    def _content_sync(self, cid: str, path: str) -> tuple[bool, list]:
+        """(is it a directory, chunk locations) of what ``path`` holds in the commit now."""
+        e = self.pfs.lookup_row(self.pfs._row(cid), path)
+        if e is None:
+            return False, []
+        return e.is_dir, ([] if e.is_dir else self.pfs.locate(self.pfs.load_refs(e)))
+
+    async def _dirty_for_write(self, repo: str, cid: str, path: str, truncate: bool) -> DirtyFile:
+        dirty = self.overlay.get(cid, path)
+        if dirty is None:
+            is_dir, locations = await self._run(self._content_sync, cid, path)
+            if is_dir:
+                raise _fail(errno.EISDIR)
+            dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path)
+            if not truncate and locations and dirty.size == 0:
+                # Writing into an existing file: start from its content.
+                reader = FileReader(self.cache, locations, self._spawn)
+                pos = 0
+                while pos < reader.size:
+                    piece = await reader.read(pos, 4 << 20)
+                    dirty.write(pos, piece)
+                    pos += len(piece)
+        if truncate:
+            dirty.truncate(0)
+        return dirty
+
+    def _child_node(self, parent: Node, cid: str, path: str) -> Node:
+        if parent.kind in (BRANCH, BENTRY):
+            return Node(BENTRY, parent.repo, parent.ref, path)
+        return Node(ENTRY, parent.repo, cid, path)
 
     @_boundary
     async def create(self, parent_inode, name, mode, flags, ctx):
-        raise _fail(errno.EROFS)
+        parent = self._node(parent_inode)
+        cid, ppath = await self._target(parent)
+        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
+        if flags & os.O_EXCL:
+            st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
+            if st is not None:
+                raise _fail(errno.EEXIST)
+        dirty = await self._dirty_for_write(parent.repo, cid, path, truncate=True)
+        info = self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
+        node = self._child_node(parent, cid, path)
+        self.inodes.remember(node)
+        return info, self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True), MUTABLE_TIMEOUT)
+
+    async def _session(self, cid: str, apply: Callable) -> None:
+        """Run metadata changes in one write session on the commit (in a thread)."""
+        repo = self.repo_of[cid]
+
+        def run() -> None:
+            with self.pfs.write_session(repo, cid) as session:
+                apply(session)
+                session.commit()
+
+        await self._run(run)
 
     @_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
-        raise _fail(errno.EROFS)
+        parent = self._node(parent_inode)
+        cid, ppath = await self._target(parent)
+        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
+        if self.overlay.get(cid, path) or await self._run(self._lookup_entry, self.pfs._row(cid), path):
+            raise _fail(errno.EEXIST)
+        await self._session(cid, lambda s: s.mkdir(path))
+        node = self._child_node(parent, cid, path)
+        st = await self._run(self._stat_sync, node)
+        self.inodes.remember(node)
+        return self._attr(node, st, MUTABLE_TIMEOUT)
 
     @_boundary
     async def unlink(self, parent_inode, name, ctx):
-        raise _fail(errno.EROFS)
+        parent = self._node(parent_inode)
+        cid, ppath = await self._target(parent)
+        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
+        dirty = self.overlay.get(cid, path)
+        is_dir, _ = await self._run(self._content_sync, cid, path)
+        if is_dir:
+            raise _fail(errno.EISDIR)
+        in_pfs = await self._run(self.pfs.lookup_row, self.pfs._row(cid), path) is not None
+        if dirty is None and not in_pfs:
+            raise _fail(errno.ENOENT)
+        self.overlay.drop(cid, path)
+        if in_pfs:
+            await self._session(cid, lambda s: s.delete(path))
 
     @_boundary
     async def rmdir(self, parent_inode, name, ctx):
-        raise _fail(errno.EROFS)
+        parent = self._node(parent_inode)
+        cid, ppath = await self._target(parent)
+        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
+        st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
+        if st is None:
+            raise _fail(errno.ENOENT)
+        if not st.is_dir:
+            raise _fail(errno.ENOTDIR)
+        row = self.pfs._row(cid)
+        children = await self._run(lambda: next(iter(self.pfs._children(self.pfs.root_of(row), path, (self.pfs.db, cid))), None))
+        if children is not None or self.overlay.names_in(cid, path):
+            raise _fail(errno.ENOTEMPTY)
+        await self._session(cid, lambda s: s.delete(path))
 
     @_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        raise _fail(errno.EROFS)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fail(errno.EINVAL)
+        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
+        cid, old_dir = await self._target(old_parent)
+        cid2, new_dir = await self._target(new_parent)
+        if cid != cid2:
+            raise _fail(errno.EXDEV)
+        src = names.clean_path(f"{old_dir}/{os.fsdecode(name_old)}" if old_dir else os.fsdecode(name_old))
+        dst = names.clean_path(f"{new_dir}/{os.fsdecode(name_new)}" if new_dir else os.fsdecode(name_new))
+        # Moves work on commit content: land written files first.
+        await self.flush_commit(cid, include_open=True)
+        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        await self._session(cid, lambda s: s.move(src, dst, noreplace))
 
     @_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
-        raise _fail(errno.EROFS)
+        node = self._node(inode)
+        if node.kind not in (ENTRY, BENTRY, COMMIT, BRANCH):
+            raise _fail(errno.EROFS if not self.writable else errno.EPERM)
+        if fields.update_size or fields.update_mtime:
+            cid, path = await self._target(node)
+            st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
+            if st is None and self.overlay.get(cid, path) is None:
+                raise _fail(errno.ENOENT)
+            if fields.update_size:
+                dirty = await self._dirty_for_write(node.repo, cid, path, truncate=False)
+                dirty.truncate(attr.st_size)
+                if dirty.opens == 0:
+                    self._schedule_flush(cid)
+            if fields.update_mtime:
+                dirty = self.overlay.get(cid, path)
+                if dirty is not None:
+                    dirty.mtime_ns = attr.st_mtime_ns
+                elif st is not None and not st.is_dir:
+                    await self._session(cid, lambda s: s.touch(path, attr.st_mtime_ns))
+        # Modes and owners are not versioned: accepted and ignored, as on vfat.
+        return await self.getattr(inode, ctx)
+
+    # -- landing written files ----------------------------------------------------------
+
+    def _schedule_flush(self, cid: str) -> None:
+        waiting = [f for f in self.overlay.of_commit(cid) if f.opens == 0]
+        if len(waiting) >= FLUSH_FILES:
+            self._spawn(self.flush_commit, cid)
+            return
+        if self._flush_due.get(cid):
+            return
+        self._flush_due[cid] = True
+
+        async def later() -> None:
+            await trio.sleep(FLUSH_DELAY)
+            self._flush_due[cid] = False
+            try:
+                await self.flush_commit(cid)
+            except Exception:
+                log.exception("mount: landing written files in commit %s failed", cid)
+
+        self._spawn(later)
+
+    async def flush_commit(self, cid: str, include_open: bool = False) -> int:
+        """Ingest the overlay's files of one commit in one write session."""
+        lock = self._flush_locks.setdefault(cid, trio.Lock())
+        async with lock:
+            files = [f for f in self.overlay.of_commit(cid) if include_open or f.opens == 0]
+            repo = self.repo_of.get(cid)
+            if not files or repo is None:
+                return 0
+            seen = [(f, f.version) for f in files]
+
+            def ingest() -> None:
+                with self.pfs.write_session(repo, cid) as session:
+                    for f, _ in seen:
+                        stream = session.put_stream(f.path)
+                        stream.write_from(f.reader())
+                        session.add(f.path, stream.finish(), stream.size, overwrite=True)
+                        session.touch(f.path, f.mtime_ns)
+                    session.commit()
+
+            await self._run(ingest)
+            for f, version in seen:
+                if f.version == version and f.opens == 0 and self.overlay.get(cid, f.path) is f:
+                    self.overlay.drop(cid, f.path)
+            return len(seen)
+
+    async def flush_all(self, finish: bool) -> list[str]:
+        """Land everything written; with ``finish``, finish the commits this mount opened."""
+        for cid in list(self.overlay.commits()):
+            await self.flush_commit(cid, include_open=True)
+        finished = []
+        if finish:
+            for cid, repo in list(self.opened.items()):
+                row = await self._run(self.pfs._row, cid)
+                if row[6] is None:
+                    await self._run(self.pfs.finish_commit, repo, cid)
+                    finished.append(cid)
+                self.opened.pop(cid, None)
+        return finished
+
+    async def watch_idle(self) -> None:
+        """Finish commits nobody has written to for ``commit_idle`` seconds."""
+        if not self.commit_idle:
+            return
+        while True:
+            await trio.sleep(min(self.commit_idle / 4, 1.0))
+            now = time.monotonic()
+            for cid, when in list(self.last_write.items()):
+                busy = any(f.opens for f in self.overlay.of_commit(cid))
+                if now - when >= self.commit_idle and not busy:
+                    self.last_write.pop(cid, None)
+                    await self.flush_commit(cid, include_open=True)
+                    row = await self._run(self.pfs._row, cid)
+                    if row[6] is None:
+                        await self._run(self.pfs.finish_commit, self.repo_of[cid], cid)
+                    self.opened.pop(cid, None)
+
+    # -- not supported: links ------------------------------------------------------------
 
     @_boundary
     async def symlink(self, parent_inode, name, target, ctx):
-        raise _fail(errno.EPERM)
+        raise _fail(errno.EPERM if self.writable else errno.EROFS)
 
     @_boundary
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise _fail(errno.EPERM)
+        raise _fail(errno.EPERM if self.writable else errno.EROFS)
