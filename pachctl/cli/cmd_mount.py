@@ -10,6 +10,7 @@ import sys
 
 from mountd.models import errors
 from pachctl.cli.common import add, client
+from pachctl.client import Client
 
 
 def _fuse_mounts() -> list[str]:
@@ -43,21 +44,23 @@ def mount(args) -> int:
         )
     path = os.path.abspath(os.path.expanduser(args.dir))
     repos = [r for r in args.repos.split(",") if r] if args.repos else None
-    if path in _fuse_mounts() and not os.path.isdir(path):
-        raise errors.Conflict(f"'{path}' holds a dead pachy mount; run 'pachctl unmount {path}' first")
-    c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
+    if path in _fuse_mounts():
+        raise errors.Conflict(f"'{path}' is a pachy mount already (maybe a dead one); run 'pachctl unmount {path}' first")
     if not args.foreground:
+        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
         if args.verbose:
             print(f"mounted at {path}", file=sys.stderr)
         return 0
-    print(f"mounted at {path}; press Ctrl-C (or run 'pachctl unmount {path}') to unmount", file=sys.stderr)
-    stop = signal.sigwait if hasattr(signal, "sigwait") else None
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    # Block the signals before mounting: a Ctrl-C must always lead to the unmount.
+    signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        stop({signal.SIGINT, signal.SIGTERM})
+        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
+        print(f"mounted at {path}; press Ctrl-C (or run 'pachctl unmount {path}') to unmount", file=sys.stderr)
+        signal.sigwait(signals)
+        c.unmount(path)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-    c.unmount(path)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
     print(f"unmounted {path}", file=sys.stderr)
     return 0
 
@@ -68,7 +71,8 @@ def unmount(args) -> int:
     targets = _fuse_mounts() if args.all else [os.path.abspath(os.path.expanduser(args.dir))]
     done: list[str] = []
     try:
-        done = client().unmount(None if args.all else targets[0])
+        # Never start a daemon just to hear it serves nothing.
+        done = Client(autostart=False).unmount(None if args.all else targets[0])
     except (errors.Unreachable, errors.NotFound):
         pass  # the daemon is gone or never served it: detach what the kernel still holds
     live = _fuse_mounts()

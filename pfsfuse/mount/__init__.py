@@ -10,24 +10,19 @@ from pfsfuse.errors import Conflict, InvalidArgument, PfsError
 def check_mountpoint(path: str) -> str:
     """The absolute mountpoint, or an error that says what is wrong and how to fix it."""
     path = os.path.abspath(os.path.expanduser(path))
+    # Before any stat: on a dead FUSE mount stat fails (ENOTCONN) and the
+    # directory looks missing.
+    if mount_device(path) is not None:
+        raise Conflict(f"'{path}' is already a mountpoint (maybe a dead one); unmount it first (pachctl unmount {path})")
     if not os.path.exists("/dev/fuse"):
         raise PfsError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run where FUSE is available")
     if not os.path.exists(path):
         raise InvalidArgument(f"mountpoint '{path}' does not exist; create it first (mkdir -p {path})")
-    if _is_mounted(path):
-        raise Conflict(f"'{path}' is already a mountpoint; unmount it first (pachctl unmount {path})")
     if not os.path.isdir(path):
         raise InvalidArgument(f"mountpoint '{path}' is not a directory")
     if os.listdir(path):
         raise InvalidArgument(f"mountpoint '{path}' is not empty; mount on an empty directory")
     return path
-
-
-def _is_mounted(path: str) -> bool:
-    try:
-        return os.path.ismount(path)
-    except OSError:  # a dead FUSE mount: "Transport endpoint is not connected"
-        return True
 
 
 def mount_device(path: str) -> str | None:

@@ -305,6 +305,10 @@ class PfsOperations(pyfuse3.Operations):
         # Where this mount writes, sizes change under the kernel's feet: ask every time.
         a.attr_timeout = 0.0 if (self.writable and st.mutable) else timeout
         a.entry_timeout = timeout if entry_timeout is None else entry_timeout
+        if self.writable and st.mutable and node.kind in (ENTRY, BENTRY):
+            # Inodes stand for paths: after rename(2) the kernel keeps the moved
+            # dentry on the old path's inode, so names must be looked up again.
+            a.entry_timeout = 0.0
         return a
 
     def _entry_timeout(self, parent: Node, child: Node, st: Stat) -> float:
