@@ -167,12 +167,13 @@ def run_a(rep: Report, work: pathlib.Path, data: pathlib.Path, size: int, label:
                 r["rclone_cold"], r["rclone_warm"] = read_mbps(mnt / name, size), read_mbps(mnt / name, size)
         with Pachy(work, kind, put(f)) as p:
             drop_caches()
-            cpu0, t0 = cpu_secs(p.pid), time.perf_counter()
             with py_spy(spy, p.pid, f"cold-{kind}"):
+                cpu0, t0 = cpu_secs(p.pid), time.perf_counter()
                 r["cold"] = read_mbps(p.mnt / kind / "master" / name, size)
-            r["cpu_s"], r["wall_s"], cpu0 = cpu_secs(p.pid) - cpu0, time.perf_counter() - t0, cpu_secs(p.pid)
+                r["cpu_s"], r["wall_s"], cpu0 = cpu_secs(p.pid) - cpu0, time.perf_counter() - t0, cpu_secs(p.pid)
             r["warm"] = read_mbps(p.mnt / kind / "master" / name, size)
             r["cpu_warm_s"] = cpu_secs(p.pid) - cpu0
+            r["warm_best"] = max(read_mbps(p.mnt / kind / "master" / name, size) for _ in range(3))
         r["rss_mb"], r["stored"] = p.rss, p.stored
         what = "incompressible" if kind == "random" else f"text-like, zstd ratio {size / p.stored:.2f}"
         rep.add(f"a) cold read {label} {kind} ({what}) via pachy mount; drop_caches, packs cold too",
@@ -180,7 +181,8 @@ def run_a(rep: Report, work: pathlib.Path, data: pathlib.Path, size: int, label:
         if rclone:
             ratio = r["cold"] / r["rclone_cold"]
             rep.add(f"a) pachy / rclone, cold {kind}", f"{ratio:.2f}x", ">= 1.00x", ratio >= 1)
-        rep.add(f"a) warm read (second) {kind} via pachy mount", f"{r['warm']:,.0f} MB/s",
+        rep.add(f"a) warm read (second; best of 3 more) {kind} via pachy mount",
+                f"{r['warm']:,.0f} MB/s ({r['warm_best']:,.0f})",
                 ">= 8,000 MB/s", r["warm"] >= 8000)  # fmt: skip
         rep.add(f"a) native ext4 read {kind}, cold / warm", f"{r['native_cold']:,.0f} / {r['native_warm']:,.0f} MB/s")
         if rclone:
@@ -189,8 +191,6 @@ def run_a(rep: Report, work: pathlib.Path, data: pathlib.Path, size: int, label:
         rep.add(f"a) daemon CPU during the cold {kind} read (and during the warm one)",
                 f"{r['cpu_s']:.2f} s in {r['wall_s']:.2f} s = {100 * r['cpu_s'] / r['wall_s']:.0f}% of a core "
                 f"({r['cpu_warm_s']:.2f} s)")  # fmt: skip
-    if not rclone:
-        rep.add("a) rclone comparison", rep.raw.get("rclone", "skipped (--quick)"))
 
 
 def listing(d: pathlib.Path, n: int, remount=None) -> dict:
@@ -307,8 +307,8 @@ def run(rep: Report, work: pathlib.Path, quick: bool, sections: str, spy: str | 
         write_file(data / "random.bin", size, text=False)
         write_file(data / "text.csv", size, text=True)
     rclone = not quick and bool(ensure_tool("rclone"))
-    if not quick and not rclone:
-        rep.raw["rclone"] = "rclone could not be installed (apt-get install -y rclone failed); no comparison"
+    if "a" in sections and not rclone:
+        rep.add("a) rclone comparison", "skipped (--quick)" if quick else "rclone could not be installed; none")
     if "a" in sections:
         run_a(rep, work, data, size, label, rclone, spy)
     if "b" in sections:
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         p.error("needs root: cold figures write /proc/sys/vm/drop_caches")
     os.makedirs(args.dir, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix="mount-", dir=args.dir))
+    work = pathlib.Path(tempfile.mkdtemp(prefix="mount-", dir=os.path.abspath(args.dir)))
     log(f"scratch: {work}")
     rep = Report(args.quick)
     try:

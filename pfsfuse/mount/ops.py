@@ -51,6 +51,7 @@ MUTABLE_TIMEOUT = 1.0  # branch heads, repo lists, open commits: seen within a s
 BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
 FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
 FLUSH_FILES = 2000  # ...or until this many are waiting
+SMALL_FILE = 4 << 20  # landed from memory in one piece; larger files stream through the chunker
 
 
 def _errno_of(exc: BaseException) -> int:
@@ -676,9 +677,12 @@ class PfsOperations(pyfuse3.Operations):
             def ingest() -> None:
                 with self.pfs.write_session(repo, cid) as session:
                     for f, _ in seen:
-                        stream = session.put_stream(f.path)
-                        stream.write_from(f.reader())
-                        session.add(f.path, stream.finish(), stream.size, overwrite=True)
+                        if f.size <= SMALL_FILE:  # most files: no chunker windows to set up
+                            session.put_bytes(f.path, f.read(0, f.size), overwrite=True)
+                        else:
+                            stream = session.put_stream(f.path)
+                            stream.write_from(f.reader())
+                            session.add(f.path, stream.finish(), stream.size, overwrite=True)
                         session.touch(f.path, f.mtime_ns)
                     session.commit()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 from pfsfuse.errors import NoSpace, PfsError
@@ -19,10 +20,14 @@ TMP_PREFIX = ".tmp-"
 
 
 class LocalStore(ObjectStore):
+    OPEN_FILES = 64
+
     def __init__(self, root: str):
         self.root = os.path.abspath(os.path.expanduser(root))
         os.makedirs(self.root, exist_ok=True)
         self._made_dirs: set[str] = set()
+        self._fds: OrderedDict[str, int] = OrderedDict()
+        self._fd_lock = threading.Lock()
 
     def _path(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -72,14 +77,24 @@ class LocalStore(ObjectStore):
             raise ObjectMissing(key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
-        try:
-            fd = os.open(self._path(key), os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectMissing(key) from None
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        # Packs are read in many ranges: keep their descriptors open, so the
+        # kernel's read-ahead on each pack builds up across chunks.
+        fd = self._fds.get(key)
+        if fd is None:
+            try:
+                fd = os.open(self._path(key), os.O_RDONLY)
+            except FileNotFoundError:
+                raise ObjectMissing(key) from None
+            with self._fd_lock:
+                if key in self._fds:
+                    os.close(fd)
+                    fd = self._fds[key]
+                else:
+                    self._fds[key] = fd
+                    while len(self._fds) > self.OPEN_FILES:
+                        _, old = self._fds.popitem(last=False)
+                        os.close(old)
+        return os.pread(fd, length, offset)
 
     def size(self, key: str) -> int:
         try:
@@ -88,6 +103,10 @@ class LocalStore(ObjectStore):
             raise ObjectMissing(key) from None
 
     def delete(self, key: str) -> None:
+        with self._fd_lock:
+            fd = self._fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:
@@ -118,3 +137,8 @@ class LocalStore(ObjectStore):
 
     def describe(self) -> str:
         return self.root
+
+    def close(self) -> None:
+        with self._fd_lock:
+            while self._fds:
+                os.close(self._fds.popitem()[1])
