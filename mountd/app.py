@@ -310,7 +310,10 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.delete("/v1/repos/{repo}/commit")
     async def delete_commit(repo: str, ref: str = Query(...)):
+        row = await run(pfs.resolve, repo, ref)
         await run(pfs.delete_commit, repo, ref)
+        if mounts is not None and mounts.current is not None:
+            mounts.current.ops.forget_commit(row[0])
         return {}
 
     @app.post("/v1/repos/{repo}/commit/archive")

@@ -113,6 +113,7 @@ class MountManager:
         its files first."""
         if self.current is not None and self.current.writable:
             await self.current.ops.flush_commit(commit_id, include_open=True)
+            self.current.ops.forget_commit(commit_id)
 
 
 def _raise_read_ahead(path: str) -> None:

@@ -92,6 +92,7 @@ class PFS(FileOps, Maintenance):
         # Packs written by sessions whose index rows are not committed yet;
         # gc must not mistake them for garbage.
         self.inflight_packs: set[str] = set()
+        self._parent_roots: dict[str, bytes | None] = {}
         self._init_maintenance()
 
     def close(self) -> None:
@@ -273,7 +274,15 @@ class PFS(FileOps, Maintenance):
         """The tree a commit reads from: its own if finished, else its parent's."""
         if row[6] is not None:
             return row[7]
-        return self._row(row[4])[7] if row[4] is not None else None
+        if row[4] is None:
+            return None
+        root = self._parent_roots.get(row[4])
+        if root is None:
+            parent = self._row(row[4])
+            root = parent[7]
+            if parent[6] is not None and len(self._parent_roots) < 4096:
+                self._parent_roots[row[4]] = root  # a finished commit's root never changes
+        return root
 
     # -- commits: writing ---------------------------------------------------
 

@@ -136,6 +136,7 @@ class PfsOperations(pyfuse3.Operations):
         self.last_write: dict[str, float] = {}
         self._flush_due: dict[str, bool] = {}
         self._open_lock = trio.Lock()
+        self._open_heads: dict[tuple[str, str], str] = {}  # (repo, branch) -> its open head
         self._flush_locks: dict[str, trio.Lock] = {}
         self.repos = repos
         self.inodes = InodeTable()
@@ -152,6 +153,17 @@ class PfsOperations(pyfuse3.Operations):
 
     async def _run(self, fn: Callable, *args):
         return await trio.to_thread.run_sync(fn, *args)
+
+    async def _quick(self, fn: Callable, *args):
+        """A short engine call: inline when the engine's lock is free (a thread
+        hop costs more than the query), in a thread when a long write holds it."""
+        lock = self.pfs._lock
+        if lock.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                lock.release()
+        return await self._run(fn, *args)
 
     def _commit_row(self, cid: str) -> tuple:
         row = self._finished.get(cid)
@@ -175,7 +187,7 @@ class PfsOperations(pyfuse3.Operations):
     def _resolve(self, node: Node) -> tuple[tuple | None, str]:
         """The commits row a node reads from (None: a branch with no commits), and its path."""
         if node.kind in (BRANCH, BENTRY):
-            head = self._head(node.repo, node.ref)
+            head = self._open_heads.get((node.repo, node.ref)) or self._head(node.repo, node.ref)
             return (self._commit_row(head) if head is not None else None), node.path
         return self._commit_row(node.ref), node.path
 
@@ -276,7 +288,9 @@ class PfsOperations(pyfuse3.Operations):
             name = child_path.rpartition("/")[2]
             seen.add(name)
             child = node.child(name) if node.kind != COMMIT else Node(ENTRY, node.repo, node.ref, child_path)
-            out.append((name.encode(), child, Stat(e.is_dir, e.size, e.mtime_ns, mutable)))
+            dirty = self.overlay.get(row[0], child_path) if mutable else None
+            st = Stat(False, dirty.size, dirty.mtime_ns, True) if dirty else Stat(e.is_dir, e.size, e.mtime_ns, mutable)
+            out.append((name.encode(), child, st))
         if row[6] is None:
             for name in sorted(self.overlay.names_in(row[0], path) - seen):
                 dirty = self.overlay.get(row[0], f"{path}/{name}" if path else name)
@@ -303,8 +317,7 @@ class PfsOperations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = st.mtime_ns
         a.st_uid, a.st_gid = self.uid, self.gid
         timeout = MUTABLE_TIMEOUT if st.mutable else IMMUTABLE_TIMEOUT
-        # Where this mount writes, sizes change under the kernel's feet: ask every time.
-        a.attr_timeout = 0.0 if (self.writable and st.mutable) else timeout
+        a.attr_timeout = timeout
         a.entry_timeout = timeout if entry_timeout is None else entry_timeout
         if self.writable and st.mutable and node.kind in (ENTRY, BENTRY):
             # Inodes stand for paths: after rename(2) the kernel keeps the moved
@@ -333,7 +346,7 @@ class PfsOperations(pyfuse3.Operations):
         if text in (".", ".."):
             raise _fail(errno.ENOENT)
         try:
-            node, st = await self._run(self._child_sync, parent, text)
+            node, st = await self._quick(self._child_sync, parent, text)
         except (NotFound, InvalidArgument):
             raise _fail(errno.ENOENT) from None
         self.inodes.remember(node)
@@ -347,8 +360,12 @@ class PfsOperations(pyfuse3.Operations):
     @_boundary
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
+        if node.kind == BENTRY and (cid := self._open_heads.get((node.repo, node.ref))):
+            dirty = self.overlay.get(cid, node.path)
+            if dirty is not None:  # being written: no need to ask the engine
+                return self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True))
         try:
-            st = await self._run(self._stat_sync, node)
+            st = await self._quick(self._stat_sync, node)
         except NotFound:
             raise _fail(errno.ENOENT) from None
         return self._attr(node, st)
@@ -356,7 +373,7 @@ class PfsOperations(pyfuse3.Operations):
     @_boundary
     async def opendir(self, inode, ctx):
         node = self._node(inode)
-        st = await self._run(self._stat_sync, node)
+        st = await self._quick(self._stat_sync, node)
         if not st.is_dir:
             raise _fail(errno.ENOTDIR)
         fh = next(self._fh)
@@ -417,7 +434,7 @@ class PfsOperations(pyfuse3.Operations):
             dirty = await self._dirty_for_write(node.repo, cid, path, truncate=bool(flags & os.O_TRUNC))
             return self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
         if self.writable:
-            row, path = await self._run(self._resolve, node)
+            row, path = await self._quick(self._resolve, node)
             dirty = self.overlay.get(row[0], path) if row is not None else None
             if dirty is not None:
                 return self._dirty_handle(dirty, False, False)
@@ -458,9 +475,8 @@ class PfsOperations(pyfuse3.Operations):
         self.last_write[dirty.commit_id] = time.monotonic()
         return dirty.write(dirty.size if handle.append else off, buf)
 
-    @_boundary
-    async def flush(self, fh):
-        pass  # close(): data lands on release, or at fsync
+    # No flush handler: pyfuse3 answers ENOSYS once and the kernel stops sending
+    # FLUSH on every close(); data lands on release, or at fsync.
 
     @_boundary
     async def fsync(self, fh, datasync):
@@ -474,15 +490,20 @@ class PfsOperations(pyfuse3.Operations):
         """The open commit that writes under ``node`` go to; writing under a
         branch whose head is finished starts a commit on it."""
         if node.kind in (BRANCH, BENTRY):
+            cached = self._open_heads.get((node.repo, node.ref))
+            if cached is not None:
+                return cached
             for _ in range(3):
                 head = self._head(node.repo, node.ref)
                 if head is not None and self._commit_row(head)[6] is None:
+                    self._open_heads[(node.repo, node.ref)] = head
                     return head
                 try:
                     c = self.pfs.start_commit(node.repo, node.ref)
                 except Conflict:
                     continue  # someone opened one meanwhile: use it
                 self.opened[c.id] = node.repo
+                self._open_heads[(node.repo, node.ref)] = c.id
                 return c.id
             raise Conflict(f"cannot open a commit on branch '{node.ref}'")
         if node.kind in (COMMIT, ENTRY):
@@ -492,14 +513,23 @@ class PfsOperations(pyfuse3.Operations):
             return row[0]
         raise OSError(errno.EPERM, "only commits hold files")
 
+    def forget_commit(self, cid: str) -> None:
+        """A commit finished or went away: writes on its branch open a new one."""
+        for key, head in list(self._open_heads.items()):
+            if head == cid:
+                del self._open_heads[key]
+
     async def _target(self, node: Node) -> tuple[str, str]:
         if not self.writable:
             raise _fail(errno.EROFS)
         async with self._open_lock:
-            cid = await self._run(self._ensure_open_sync, node)
+            cid = await self._quick(self._ensure_open_sync, node)
         self.repo_of[cid] = node.repo
         self.last_write[cid] = time.monotonic()
         return cid, node.path
+
+    def _lookup_cid(self, cid: str, path: str) -> Stat | None:
+        return self._lookup_entry(self.pfs._row(cid), path)
 
     def _content_sync(self, cid: str, path: str) -> tuple[bool, list]:
         """(is it a directory, chunk locations) of what ``path`` holds in the commit now."""
@@ -510,8 +540,10 @@ class PfsOperations(pyfuse3.Operations):
 
     async def _dirty_for_write(self, repo: str, cid: str, path: str, truncate: bool) -> DirtyFile:
         dirty = self.overlay.get(cid, path)
+        if dirty is None and truncate:
+            dirty = self.overlay.create(cid, path)  # the old content does not matter
         if dirty is None:
-            is_dir, locations = await self._run(self._content_sync, cid, path)
+            is_dir, locations = await self._quick(self._content_sync, cid, path)
             if is_dir:
                 raise _fail(errno.EISDIR)
             dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path)
@@ -538,7 +570,7 @@ class PfsOperations(pyfuse3.Operations):
         cid, ppath = await self._target(parent)
         path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
         if flags & os.O_EXCL:
-            st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
+            st = await self._quick(self._lookup_cid, cid, path)
             if st is not None:
                 raise _fail(errno.EEXIST)
         dirty = await self._dirty_for_write(parent.repo, cid, path, truncate=True)
@@ -563,11 +595,11 @@ class PfsOperations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         cid, ppath = await self._target(parent)
         path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        if self.overlay.get(cid, path) or await self._run(self._lookup_entry, self.pfs._row(cid), path):
+        if self.overlay.get(cid, path) or await self._quick(self._lookup_cid, cid, path):
             raise _fail(errno.EEXIST)
         await self._session(cid, lambda s: s.mkdir(path))
         node = self._child_node(parent, cid, path)
-        st = await self._run(self._stat_sync, node)
+        st = await self._quick(self._stat_sync, node)
         self.inodes.remember(node)
         return self._attr(node, st, MUTABLE_TIMEOUT)
 
@@ -576,23 +608,25 @@ class PfsOperations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         cid, ppath = await self._target(parent)
         path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        dirty = self.overlay.get(cid, path)
-        is_dir, _ = await self._run(self._content_sync, cid, path)
-        if is_dir:
-            raise _fail(errno.EISDIR)
-        in_pfs = await self._run(self.pfs.lookup_row, self.pfs._row(cid), path) is not None
-        if dirty is None and not in_pfs:
-            raise _fail(errno.ENOENT)
-        self.overlay.drop(cid, path)
-        if in_pfs:
-            await self._session(cid, lambda s: s.delete(path))
+        # Not while a flush is landing this file: it would come back after the delete.
+        async with self._flush_locks.setdefault(cid, trio.Lock()):
+            dirty = self.overlay.get(cid, path)
+            is_dir, _ = await self._quick(self._content_sync, cid, path)
+            if is_dir:
+                raise _fail(errno.EISDIR)
+            in_pfs = await self._run(self.pfs.lookup_row, self.pfs._row(cid), path) is not None
+            if dirty is None and not in_pfs:
+                raise _fail(errno.ENOENT)
+            self.overlay.drop(cid, path)
+            if in_pfs:
+                await self._session(cid, lambda s: s.delete(path))
 
     @_boundary
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._node(parent_inode)
         cid, ppath = await self._target(parent)
         path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
+        st = await self._quick(self._lookup_cid, cid, path)
         if st is None:
             raise _fail(errno.ENOENT)
         if not st.is_dir:
@@ -626,20 +660,22 @@ class PfsOperations(pyfuse3.Operations):
             raise _fail(errno.EROFS if not self.writable else errno.EPERM)
         if fields.update_size or fields.update_mtime:
             cid, path = await self._target(node)
-            st = await self._run(self._lookup_entry, self.pfs._row(cid), path)
-            if st is None and self.overlay.get(cid, path) is None:
-                raise _fail(errno.ENOENT)
-            if fields.update_size:
-                dirty = await self._dirty_for_write(node.repo, cid, path, truncate=False)
-                dirty.truncate(attr.st_size)
-                if dirty.opens == 0:
-                    self._schedule_flush(cid)
-            if fields.update_mtime:
-                dirty = self.overlay.get(cid, path)
-                if dirty is not None:
-                    dirty.mtime_ns = attr.st_mtime_ns
-                elif st is not None and not st.is_dir:
-                    await self._session(cid, lambda s: s.touch(path, attr.st_mtime_ns))
+            # Not while a flush is landing this file: it would land the old size or mtime.
+            async with self._flush_locks.setdefault(cid, trio.Lock()):
+                st = await self._quick(self._lookup_cid, cid, path)
+                if st is None and self.overlay.get(cid, path) is None:
+                    raise _fail(errno.ENOENT)
+                if fields.update_size:
+                    dirty = await self._dirty_for_write(node.repo, cid, path, truncate=False)
+                    dirty.truncate(attr.st_size)
+                    if dirty.opens == 0:
+                        self._schedule_flush(cid)
+                if fields.update_mtime:
+                    dirty = self.overlay.get(cid, path)
+                    if dirty is not None:
+                        dirty.mtime_ns = attr.st_mtime_ns
+                    elif st is not None and not st.is_dir:
+                        await self._session(cid, lambda s: s.touch(path, attr.st_mtime_ns))
         # Modes and owners are not versioned: accepted and ignored, as on vfat.
         return await self.getattr(inode, ctx)
 
@@ -704,6 +740,7 @@ class PfsOperations(pyfuse3.Operations):
                     await self._run(self.pfs.finish_commit, repo, cid)
                     finished.append(cid)
                 self.opened.pop(cid, None)
+                self.forget_commit(cid)
         return finished
 
     async def watch_idle(self) -> None:
@@ -722,6 +759,7 @@ class PfsOperations(pyfuse3.Operations):
                     if row[6] is None:
                         await self._run(self.pfs.finish_commit, self.repo_of[cid], cid)
                     self.opened.pop(cid, None)
+                    self.forget_commit(cid)
 
     # -- not supported: links ------------------------------------------------------------
 

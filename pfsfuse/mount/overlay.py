@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 
 SPILL = 4 << 20  # bytes kept in memory per file before spilling to disk
@@ -26,30 +27,36 @@ class DirtyFile:
         self.mtime_ns = time.time_ns()
         self.opens = 0
         self.version = 0  # bumped by every change, so a flush knows what it saw
+        # One file position, used by the loop (reads, writes) and by the thread
+        # ingesting the file: every seek-and-access holds this.
+        self.lock = threading.RLock()
 
     def write(self, offset: int, buf: bytes) -> int:
-        if offset > self.size:  # a hole reads back as zeros
-            self.data.seek(self.size)
-            self.data.write(b"\0" * (offset - self.size))
-        self.data.seek(offset)
-        self.data.write(buf)
-        self.size = max(self.size, offset + len(buf))
-        self._changed()
+        with self.lock:
+            if offset > self.size:  # a hole reads back as zeros
+                self.data.seek(self.size)
+                self.data.write(b"\0" * (offset - self.size))
+            self.data.seek(offset)
+            self.data.write(buf)
+            self.size = max(self.size, offset + len(buf))
+            self._changed()
         return len(buf)
 
     def read(self, offset: int, length: int) -> bytes:
-        if offset >= self.size:
-            return b""
-        self.data.seek(offset)
-        return self.data.read(min(length, self.size - offset))
+        with self.lock:
+            if offset >= self.size:
+                return b""
+            self.data.seek(offset)
+            return self.data.read(min(length, self.size - offset))
 
     def truncate(self, size: int) -> None:
-        if size > self.size:
-            self.write(self.size, b"\0" * (size - self.size))
-        else:
-            self.data.truncate(size)
-            self.size = size
-            self._changed()
+        with self.lock:
+            if size > self.size:
+                self.write(self.size, b"\0" * (size - self.size))
+            else:
+                self.data.truncate(size)
+                self.size = size
+                self._changed()
 
     def _changed(self) -> None:
         self.mtime_ns = time.time_ns()
@@ -57,26 +64,28 @@ class DirtyFile:
 
     def reader(self):
         """A file object over the content from its start (for ingestion)."""
-        self.data.seek(0)
-        return _Limited(self.data, self.size)
+        return _Limited(self, self.size)
 
     def close(self) -> None:
         self.data.close()
 
 
 class _Limited:
-    """readinto() over the first ``size`` bytes of a file object."""
+    """readinto() over the first ``size`` bytes of a dirty file, with its own position."""
 
-    def __init__(self, f, size: int):
-        self.f, self.left = f, size
+    def __init__(self, dirty: DirtyFile, size: int):
+        self.dirty, self.pos, self.left = dirty, 0, size
 
     def readinto(self, view) -> int:
         if self.left <= 0:
             return 0
         mv = memoryview(view)[: self.left]
-        n = self.f.readinto(mv)
-        self.left -= n or 0
-        return n or 0
+        with self.dirty.lock:
+            self.dirty.data.seek(self.pos)
+            n = self.dirty.data.readinto(mv) or 0
+        self.pos += n
+        self.left -= n
+        return n
 
 
 class Overlay:
