@@ -24,7 +24,7 @@ class ChunkCache:
     """Decoded chunks by hash, at most ``max_bytes``; concurrent fetches of one
     chunk share a single read."""
 
-    def __init__(self, store: ObjectStore, max_bytes: int = 96 << 20, threads: int = 4):
+    def __init__(self, store: ObjectStore, max_bytes: int = 64 << 20, threads: int = 4):
         self.store = store
         self.max_bytes = max_bytes
         self._data: OrderedDict[bytes, bytes] = OrderedDict()
