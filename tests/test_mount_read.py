@@ -15,7 +15,6 @@ mount, ``pachctl mount --foreground`` with Ctrl-C, and shell tools.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import io
@@ -25,7 +24,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,11 +37,23 @@ from mountd import wire
 from pachctl.client import Client, errors
 from pfsfuse.mount import pachy_mounts
 from tests.conftest import Daemon, spawn_daemon, wait_for, wait_until_answering
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-    reason="needs /dev/fuse and fuse3",
+from tests.mounting import (
+    PACHCTL,
+    cli_env,
+    detach,
+    errno_of,
+    mounted,
+    pachctl,
+    read,
+    requires_fuse,
 )
+
+# The shared fixtures, by the names tests ask for (``as`` marks them re-exported,
+# so ruff takes them as used and lets test arguments named after them be).
+from tests.mounting import mount as mount
+from tests.mounting import no_mount_left_behind as no_mount_left_behind
+
+pytestmark = requires_fuse
 
 DEADLINE = 3.0  # new commits and repos must show within this (MUTABLE_TIMEOUT is 1 s)
 MiB = 1 << 20
@@ -51,68 +61,9 @@ BIG_SIZE = 20 * MiB  # ~20 chunks of ~1 MiB
 SMALL = 8
 
 
-def _pachctl_argv() -> list[str]:
-    script = shutil.which("pachctl", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "pachctl.cli.main"]
-
-
-PACHCTL = _pachctl_argv()
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("ADDRESS", "PACHD_ADDRESS", "PACHY_ADDRESS", "PACHY_TOKEN", "PACHY_DEBUG"):
-        env.pop(name, None)
-    env["PACHY_HOME"] = str(home)
-    env["PACHY_NO_AUTOSTART"] = "1"
-    env["NO_COLOR"] = "1"
-    return env
-
-
-def pachctl(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    res = subprocess.run(
-        [*PACHCTL, *args], env=cli_env(home), capture_output=True, text=True, timeout=timeout
-    )
-    assert "Traceback" not in res.stderr, res.stderr
-    return res
-
-
-def mounted(path: Path | str) -> bool:
-    return str(path) in pachy_mounts()
-
-
-def detach(client: Client | None, path: Path | str) -> None:
-    """Take the mount at ``path`` down however it can be done; never leave it."""
-    path = str(path)
-    if not mounted(path):
-        return
-    if client is not None:
-        with contextlib.suppress(Exception):
-            client.unmount(path)
-    for cmd in (["fusermount3", "-u", "-z", path], ["umount", "-l", path]):
-        if not mounted(path):
-            break
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(cmd, capture_output=True, timeout=10)
-    assert not mounted(path), f"could not unmount {path}"
-
-
-def errno_of(fn: Callable[[], object]) -> int | None:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return None
-
-
 def try_open(path: Path, mode: str = "rb") -> None:
     with open(path, mode):
         pass
-
-
-def read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def pread_all(fd: int, length: int, offset: int) -> bytes:
@@ -167,16 +118,6 @@ def run_19_6_session(c: Client) -> list[str]:
     return ids
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    base = str(tmp_path_factory.getbasetemp())
-    yield
-    left = [p for p in pachy_mounts() if p.startswith(base)]
-    for p in left:
-        detach(None, p)
-    assert not left, f"pachy mounts left behind: {left}"
-
-
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     root = tmp_path_factory.mktemp("mount-read")
@@ -217,30 +158,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         yield Seeded(d, t0, foo, big, small, tree, needles)
     finally:
         d.stop()
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """``mount(client, path=None, repos=None)``: mount through the daemon; every
-    mount made (or ``track``-ed) is taken down at teardown, whatever happened."""
-    made: list[tuple[Client | None, Path]] = []
-
-    def do(client: Client, path: Path | None = None, repos: list[str] | None = None) -> Path:
-        if path is None:
-            path = tmp_path / f"mnt{len(made)}"
-            path.mkdir()
-        made.append((client, path))
-        client.mount(str(path), repos=repos)
-        assert mounted(path)
-        return path
-
-    def track(client: Client | None, path: Path) -> None:
-        made.append((client, path))
-
-    do.track = track  # type: ignore[attr-defined]
-    yield do
-    for client, path in reversed(made):
-        detach(client, path)
 
 
 # -- the docs' layout ---------------------------------------------------------------

@@ -30,7 +30,6 @@ import hashlib
 import mmap
 import os
 import random
-import shutil
 import stat
 import subprocess
 import sys
@@ -41,13 +40,15 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client, errors
-from pfsfuse.mount import pachy_mounts
 from tests.conftest import wait_for
+from tests.mounting import Mounts, errno_of, mounted, pachctl, read, requires_fuse
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
-    reason="needs /dev/fuse and fuse3",
-)
+# The shared fixtures, by the names tests ask for (``as`` marks them re-exported,
+# so ruff takes them as used and lets test arguments named after them be).
+from tests.mounting import mount as mount
+from tests.mounting import no_mount_left_behind as no_mount_left_behind
+
+pytestmark = requires_fuse
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -56,59 +57,9 @@ MiB = 1 << 20
 # -- helpers ------------------------------------------------------------------------
 
 
-def _pachctl_argv() -> list[str]:
-    script = shutil.which("pachctl", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "pachctl.cli.main"]
-
-
-def pachctl(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    for name in ("ADDRESS", "PACHD_ADDRESS", "PACHY_ADDRESS", "PACHY_TOKEN", "PACHY_DEBUG"):
-        env.pop(name, None)
-    env.update(PACHY_HOME=str(home), PACHY_NO_AUTOSTART="1", NO_COLOR="1")
-    res = subprocess.run(
-        [*_pachctl_argv(), *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert "Traceback" not in res.stderr, res.stderr
-    return res
-
-
-def mounted(path: Path | str) -> bool:
-    return str(path) in pachy_mounts()
-
-
-def detach(client: Client | None, path: Path | str) -> None:
-    """Take the mount at ``path`` down however it can be done; never leave it."""
-    path = str(path)
-    if not mounted(path):
-        return
-    if client is not None:
-        with contextlib.suppress(Exception):
-            client.unmount(path)
-    for cmd in (["fusermount3", "-u", "-z", path], ["umount", "-l", path]):
-        if not mounted(path):
-            break
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(cmd, capture_output=True, timeout=10)
-    assert not mounted(path), f"could not unmount {path}"
-
-
-def errno_of(fn: Callable[[], object]) -> int | None:
-    try:
-        fn()
-    except OSError as exc:
-        return exc.errno
-    return None
-
-
 def write(path: Path, data: bytes, mode: str = "wb") -> None:
     with open(path, mode) as f:
         f.write(data)
-
-
-def read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def head(c: Client, repo: str, branch: str = "master"):
@@ -144,51 +95,6 @@ def rename_noreplace(src: str, dst: str) -> None:
 
 
 # -- fixtures -----------------------------------------------------------------------
-
-
-class Mounts:
-    """Mounts made by a test, all taken down at teardown."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.n = 0
-        self.tracked: list[tuple[Client | None, Path]] = []
-
-    def __call__(self, c: Client, path: Path | None = None, **kw) -> Path:
-        if path is None:
-            self.n += 1
-            path = self.base / f"mnt{self.n}"
-        path.mkdir(parents=True, exist_ok=True)
-        self.tracked.append((c, path))
-        c.mount(str(path), **kw)
-        assert mounted(path)
-        return path
-
-    def track(self, c: Client | None, path: Path) -> None:
-        self.tracked.append((c, path))
-
-    def close(self) -> None:
-        for c, path in reversed(self.tracked):
-            detach(c, path)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    base = str(tmp_path_factory.getbasetemp())
-    yield
-    left = [p for p in pachy_mounts() if p.startswith(base)]
-    for p in left:
-        detach(None, p)
-    assert not left, f"pachy mounts left behind: {left}"
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Mounts]:
-    m = Mounts(tmp_path)
-    try:
-        yield m
-    finally:
-        m.close()
 
 
 @pytest.fixture
