@@ -59,6 +59,12 @@ def decode(data: bytes) -> Entry:
     return Entry(FILE, v[1], v[2], refs, v[4])
 
 
+def decode_stat(data: bytes) -> tuple[bool, int, int]:
+    """(is a directory, size, mtime_ns) without building the chunk list: listings."""
+    v = msgpack.unpackb(data, raw=False)
+    return v[0] == DIR, v[1], v[2]
+
+
 def encode_ref_list(refs: list[ChunkRef]) -> bytes:
     return msgpack.packb([x for ref in refs for x in ref], use_bin_type=True)
 

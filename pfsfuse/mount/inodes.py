@@ -52,8 +52,8 @@ class InodeTable:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT)}
         self._counts: dict[int, int] = {}
 
-    def remember(self, node: Node) -> int:
-        ino = inode_of(node)
+    def remember(self, node: Node, ino: int | None = None) -> int:
+        ino = inode_of(node) if ino is None else ino
         self._nodes[ino] = node
         self._counts[ino] = self._counts.get(ino, 0) + 1
         return ino

@@ -15,12 +15,14 @@ import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import pyfuse3
 import trio
 
 from pfsfuse import names
+from pfsfuse.entries import decode_stat
 from pfsfuse.errors import (
     AlreadyExists,
     Conflict,
@@ -51,6 +53,7 @@ MUTABLE_TIMEOUT = 1.0  # branch heads, repo lists, open commits: seen within a s
 BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
 FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
 FLUSH_FILES = 2000  # ...or until this many are waiting
+LISTING_CACHE = 200_000  # entries of finished directories kept listed
 SMALL_FILE = 4 << 20  # landed from memory in one piece; larger files stream through the chunker
 
 
@@ -137,6 +140,8 @@ class PfsOperations(pyfuse3.Operations):
         self._flush_due: dict[str, bool] = {}
         self._open_lock = trio.Lock()
         self._open_heads: dict[tuple[str, str], str] = {}  # (repo, branch) -> its open head
+        self._listings: OrderedDict[tuple[str, str], list] = OrderedDict()  # finished dirs
+        self._listed = 0
         self._flush_locks: dict[str, trio.Lock] = {}
         self.repos = repos
         self.inodes = InodeTable()
@@ -283,6 +288,8 @@ class PfsOperations(pyfuse3.Operations):
         if node.kind == BRANCH and not self.writable:
             node = Node(COMMIT, node.repo, row[0])
         mutable = row[6] is None or node.kind in (BRANCH, BENTRY)
+        if not mutable:
+            return self._list_finished(node, row, path)
         seen = set()
         for child_path, e in self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row)):
             name = child_path.rpartition("/")[2]
@@ -299,11 +306,35 @@ class PfsOperations(pyfuse3.Operations):
                     out.append((name.encode(), child, Stat(False, dirty.size, dirty.mtime_ns, True)))
         return out
 
+    def _list_finished(self, node: Node, row: tuple, path: str) -> list[tuple[bytes, Node, Stat]]:
+        """A finished commit's directory: immutable, so listed lean and kept."""
+        key = (row[0], path)
+        cached = self._listings.get(key)
+        if cached is not None:
+            self._listings.move_to_end(key)
+            return cached
+        prefix = names.dir_prefix(path)
+        cut = len(prefix)
+        base = f"{path}/" if path else ""
+        kind, repo, ref = (ENTRY, node.repo, node.ref) if node.kind != BRANCH else (ENTRY, node.repo, row[0])
+        out = []
+        for k, raw in self.pfs.tree.iter_prefix(row[7], prefix):
+            name = k[cut:]
+            is_dir, size, mtime = decode_stat(raw)
+            out.append((name, Node(kind, repo, ref, base + name.decode()), Stat(is_dir, size, mtime, False)))
+        self._listings[key] = out
+        self._listed += len(out)
+        while self._listed > LISTING_CACHE and len(self._listings) > 1:
+            self._listed -= len(self._listings.popitem(last=False)[1])
+        return out
+
     # -- attributes ---------------------------------------------------------------
 
-    def _attr(self, node: Node, st: Stat, entry_timeout: float | None = None) -> pyfuse3.EntryAttributes:
+    def _attr(
+        self, node: Node, st: Stat, entry_timeout: float | None = None, ino: int | None = None
+    ) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
-        a.st_ino = inode_of(node)
+        a.st_ino = inode_of(node) if ino is None else ino
         write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
         if st.is_dir:
             a.st_mode = stat.S_IFDIR | 0o555 | write_bits
@@ -388,11 +419,14 @@ class PfsOperations(pyfuse3.Operations):
         if start_id == 0 or fh not in self._dirs:
             self._dirs[fh] = await self._run(self._list_sync, node)
         entries = self._dirs[fh]
+        remember = self.inodes.remember
         for i in range(start_id, len(entries)):
             name, child, st = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._attr(child, st, self._entry_timeout(node, child, st)), i + 1):
+            ino = inode_of(child)
+            attr = self._attr(child, st, self._entry_timeout(node, child, st), ino)
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
                 return
-            self.inodes.remember(child)
+            remember(child, ino)
 
     @_boundary
     async def releasedir(self, fh):
