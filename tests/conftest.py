@@ -213,3 +213,21 @@ def daemon(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> Daemon:
 @pytest.fixture
 def client(daemon: Daemon) -> Client:
     return daemon.client
+
+
+@contextlib.contextmanager
+def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (made if missing) for the block's
+    duration. The suite runs as root (FUSE mounts need it anyway): a failure to
+    mount is a failure, not a skip."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)

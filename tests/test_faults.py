@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client, errors
-from tests.conftest import Daemon, free_port, stop_pid, wait_for
+from tests.conftest import Daemon, free_port, stop_pid, tmpfs_at, wait_for
 
 MiB = 1 << 20
 
@@ -238,20 +237,8 @@ def test_kill9_between_small_puts(tmp_path: Path, start_daemon: Callable[..., Da
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 40 MiB tmpfs, unmounted at teardown (request it before ``start_daemon``,
     so the daemon stops first)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m,mode=0700", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs_at(tmp_path / "disk", "40m") as disk:
         yield disk
-    finally:
-        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_full_disk(small_disk: Path, start_daemon: Callable[..., Daemon]) -> None:

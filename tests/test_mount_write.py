@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client, errors
-from tests.conftest import wait_for
+from tests.conftest import tmpfs_at, wait_for
 from tests.mounting import Mounts, errno_of, mounted, pachctl, read, requires_fuse
 
 # The shared fixtures, by the names tests ask for (``as`` marks them re-exported,
@@ -105,20 +105,9 @@ def wmount(client: Client, mount: Mounts) -> Path:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A reference directory on tmpfs (a plain directory where tmpfs cannot be mounted)."""
-    ref = tmp_path / "ref"
-    ref.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(ref)], capture_output=True
-    )
-    try:
+    """The reference directory the mount is compared with: a tmpfs, like a local disk."""
+    with tmpfs_at(tmp_path / "ref", "512m") as ref:
         yield ref
-    finally:
-        if (
-            res.returncode == 0
-            and subprocess.run(["umount", str(ref)], capture_output=True).returncode != 0
-        ):
-            subprocess.run(["umount", "-l", str(ref)], capture_output=True)
 
 
 # -- 7.1 and opening commits ----------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -17,6 +16,7 @@ from pfsfuse.errors import InvalidArgument, NoSpace, NotFound, PfsError, Unreach
 from pfsfuse.objstore import LocalStore, MemoryStore, ObjectMissing, ObjectStore, open_store
 from pfsfuse.objstore.local import TMP_PREFIX
 from pfsfuse.objstore.s3 import S3Store
+from tests.conftest import tmpfs_at
 from tests.s3server import s3_endpoint  # noqa: F401
 
 MiB = 1024 * 1024
@@ -305,16 +305,7 @@ def test_local_cleanup_temporaries(tmp_path: Path) -> None:
 
 
 def test_local_full_disk_raises_no_space_and_leaves_nothing(tmp_path: Path) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs_at(tmp_path / "disk", "1m") as disk:
         store = LocalStore(str(disk))
         with pytest.raises(NoSpace):
             store.put("packs/ab/big", os.urandom(2 * MiB))
@@ -323,5 +314,3 @@ def test_local_full_disk_raises_no_space_and_leaves_nothing(tmp_path: Path) -> N
         # The disk is usable again once the failed write is gone.
         store.put("packs/ab/small", b"fits")
         assert store.get("packs/ab/small") == b"fits"
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
