@@ -1,17 +1,17 @@
 """The pyfuse3 ``Operations`` that show PFS as directories.
 
-One class; every handler goes through ``_boundary``, so only ``FUSEError``
-ever reaches pyfuse3 (an escaping exception would take the mount down), and
-each failure becomes the errno a local disk would give. Engine calls run in
-worker threads: a long commit finishing elsewhere must not stall the loop.
+One class (its write side mixed in from writes.py); every handler goes
+through ``errno_boundary``, so only ``FUSEError`` ever reaches pyfuse3 (an
+escaping exception would take the mount down), and each failure becomes the
+errno a local disk would give. Engine calls run in worker threads unless
+the engine's lock is free: a long commit finishing elsewhere must not stall
+the loop.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
-import logging
 import os
 import stat
 import time
@@ -24,13 +24,17 @@ import trio
 from pfsfuse import names
 from pfsfuse.entries import decode_stat
 from pfsfuse.errors import (
-    AlreadyExists,
-    Conflict,
-    Damaged,
     InvalidArgument,
-    NoSpace,
     NotFound,
-    PfsError,
+)
+from pfsfuse.mount.common import (
+    BLOCK,
+    IMMUTABLE_TIMEOUT,
+    LISTING_CACHE,
+    MUTABLE_TIMEOUT,
+    Stat,
+    errno_boundary,
+    fuse_error,
 )
 from pfsfuse.mount.inodes import (
     BENTRY,
@@ -45,63 +49,7 @@ from pfsfuse.mount.inodes import (
 )
 from pfsfuse.mount.overlay import DirtyFile, Overlay
 from pfsfuse.mount.reader import ChunkCache, FileReader
-
-log = logging.getLogger("pachy.mount")
-
-IMMUTABLE_TIMEOUT = 3600.0  # finished commits never change
-MUTABLE_TIMEOUT = 1.0  # branch heads, repo lists, open commits: seen within a second
-BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
-FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
-FLUSH_FILES = 2000  # ...or until this many are waiting
-LISTING_CACHE = 200_000  # entries of finished directories kept listed
-SMALL_FILE = 4 << 20  # landed from memory in one piece; larger files stream through the chunker
-
-
-def _errno_of(exc: BaseException) -> int:
-    if isinstance(exc, NotFound):
-        return errno.ENOENT
-    if isinstance(exc, AlreadyExists):
-        return errno.EEXIST
-    if isinstance(exc, Conflict):
-        return errno.EROFS if "finished" in str(exc) else errno.EBUSY
-    if isinstance(exc, InvalidArgument):
-        return errno.EINVAL
-    if isinstance(exc, NoSpace):
-        return errno.ENOSPC
-    if isinstance(exc, Damaged):
-        return errno.EIO
-    if isinstance(exc, OSError) and exc.errno:
-        return exc.errno
-    return errno.EIO
-
-
-def _boundary(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    async def handler(self, *args):
-        try:
-            return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except (PfsError, OSError) as exc:
-            raise pyfuse3.FUSEError(_errno_of(exc)) from None
-        except Exception:
-            log.exception("mount: %s failed", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return handler
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
-
-
-class Stat:
-    """What getattr needs to know about a node."""
-
-    __slots__ = ("is_dir", "size", "mtime_ns", "mutable")
-
-    def __init__(self, is_dir: bool, size: int, mtime_ns: int, mutable: bool):
-        self.is_dir, self.size, self.mtime_ns, self.mutable = is_dir, size, mtime_ns, mutable
+from pfsfuse.mount.writes import WriteOps
 
 
 class ReadHandle:
@@ -116,7 +64,7 @@ class DirtyHandle:
         self.dirty, self.writing, self.append = dirty, writing, append
 
 
-class PfsOperations(pyfuse3.Operations):
+class PfsOperations(WriteOps, pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -365,30 +313,30 @@ class PfsOperations(pyfuse3.Operations):
     def _node(self, ino: int) -> Node:
         node = self.inodes.get(ino)
         if node is None:
-            raise _fail(errno.ESTALE)
+            raise fuse_error(errno.ESTALE)
         return node
 
     # -- pyfuse3 handlers: namespace ---------------------------------------------
 
-    @_boundary
+    @errno_boundary
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
         if text in (".", ".."):
-            raise _fail(errno.ENOENT)
+            raise fuse_error(errno.ENOENT)
         try:
             node, st = await self._quick(self._child_sync, parent, text)
         except (NotFound, InvalidArgument):
-            raise _fail(errno.ENOENT) from None
+            raise fuse_error(errno.ENOENT) from None
         self.inodes.remember(node)
         return self._attr(node, st, self._entry_timeout(parent, node, st))
 
-    @_boundary
+    @errno_boundary
     async def forget(self, inode_list):
         for ino, n in inode_list:
             self.inodes.forget(ino, n)
 
-    @_boundary
+    @errno_boundary
     async def getattr(self, inode, ctx=None):
         node = self._node(inode)
         if node.kind == BENTRY and (cid := self._open_heads.get((node.repo, node.ref))):
@@ -398,24 +346,24 @@ class PfsOperations(pyfuse3.Operations):
         try:
             st = await self._quick(self._stat_sync, node)
         except NotFound:
-            raise _fail(errno.ENOENT) from None
+            raise fuse_error(errno.ENOENT) from None
         return self._attr(node, st)
 
-    @_boundary
+    @errno_boundary
     async def opendir(self, inode, ctx):
         node = self._node(inode)
         st = await self._quick(self._stat_sync, node)
         if not st.is_dir:
-            raise _fail(errno.ENOTDIR)
+            raise fuse_error(errno.ENOTDIR)
         fh = next(self._fh)
         self._handles[fh] = node
         return fh
 
-    @_boundary
+    @errno_boundary
     async def readdir(self, fh, start_id, token):
         node = self._handles.get(fh)
         if node is None:
-            raise _fail(errno.EBADF)
+            raise fuse_error(errno.EBADF)
         if start_id == 0 or fh not in self._dirs:
             self._dirs[fh] = await self._run(self._list_sync, node)
         entries = self._dirs[fh]
@@ -428,12 +376,12 @@ class PfsOperations(pyfuse3.Operations):
                 return
             remember(child, ino)
 
-    @_boundary
+    @errno_boundary
     async def releasedir(self, fh):
         self._handles.pop(fh, None)
         self._dirs.pop(fh, None)
 
-    @_boundary
+    @errno_boundary
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = BLOCK
@@ -455,15 +403,15 @@ class PfsOperations(pyfuse3.Operations):
             raise IsADirectoryError(errno.EISDIR, path)
         return self.pfs.locate(self.pfs.load_refs(e)), row[6] is not None and node.kind == ENTRY
 
-    @_boundary
+    @errno_boundary
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
         if node.kind not in (ENTRY, BENTRY):
-            raise _fail(errno.EISDIR)
+            raise fuse_error(errno.EISDIR)
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         if writing:
             if not self.writable:
-                raise _fail(errno.EROFS)
+                raise fuse_error(errno.EROFS)
             cid, path = await self._target(node)
             dirty = await self._dirty_for_write(node.repo, cid, path, truncate=bool(flags & os.O_TRUNC))
             return self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
@@ -483,16 +431,16 @@ class PfsOperations(pyfuse3.Operations):
         self._handles[fh] = DirtyHandle(dirty, writing, append)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
 
-    @_boundary
+    @errno_boundary
     async def read(self, fh, off, size):
         handle = self._handles.get(fh)
         if isinstance(handle, ReadHandle):
             return await handle.reader.read(off, size)
         if isinstance(handle, DirtyHandle):
             return handle.dirty.read(off, size)
-        raise _fail(errno.EBADF)
+        raise fuse_error(errno.EBADF)
 
-    @_boundary
+    @errno_boundary
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, DirtyHandle):
@@ -500,11 +448,11 @@ class PfsOperations(pyfuse3.Operations):
             if handle.dirty.opens == 0 and (cid := handle.dirty.commit_id) in self.repo_of:
                 self._schedule_flush(cid)
 
-    @_boundary
+    @errno_boundary
     async def write(self, fh, off, buf):
         handle = self._handles.get(fh)
         if not isinstance(handle, DirtyHandle) or not handle.writing:
-            raise _fail(errno.EBADF)
+            raise fuse_error(errno.EBADF)
         dirty = handle.dirty
         self.last_write[dirty.commit_id] = time.monotonic()
         return dirty.write(dirty.size if handle.append else off, buf)
@@ -512,295 +460,18 @@ class PfsOperations(pyfuse3.Operations):
     # No flush handler: pyfuse3 answers ENOSYS once and the kernel stops sending
     # FLUSH on every close(); data lands on release, or at fsync.
 
-    @_boundary
+    @errno_boundary
     async def fsync(self, fh, datasync):
         handle = self._handles.get(fh)
         if isinstance(handle, DirtyHandle):
             await self.flush_commit(handle.dirty.commit_id, include_open=True)
 
-    # -- writes ---------------------------------------------------------------------
-
-    def _ensure_open_sync(self, node: Node) -> str:
-        """The open commit that writes under ``node`` go to; writing under a
-        branch whose head is finished starts a commit on it."""
-        if node.kind in (BRANCH, BENTRY):
-            cached = self._open_heads.get((node.repo, node.ref))
-            if cached is not None:
-                return cached
-            for _ in range(3):
-                head = self._head(node.repo, node.ref)
-                if head is not None and self._commit_row(head)[6] is None:
-                    self._open_heads[(node.repo, node.ref)] = head
-                    return head
-                try:
-                    c = self.pfs.start_commit(node.repo, node.ref)
-                except Conflict:
-                    continue  # someone opened one meanwhile: use it
-                self.opened[c.id] = node.repo
-                self._open_heads[(node.repo, node.ref)] = c.id
-                return c.id
-            raise Conflict(f"cannot open a commit on branch '{node.ref}'")
-        if node.kind in (COMMIT, ENTRY):
-            row = self._commit_row(node.ref)
-            if row[6] is not None:
-                raise OSError(errno.EROFS, "commit is finished")
-            return row[0]
-        raise OSError(errno.EPERM, "only commits hold files")
-
-    def forget_commit(self, cid: str) -> None:
-        """A commit finished or went away: writes on its branch open a new one."""
-        for key, head in list(self._open_heads.items()):
-            if head == cid:
-                del self._open_heads[key]
-
-    async def _target(self, node: Node) -> tuple[str, str]:
-        if not self.writable:
-            raise _fail(errno.EROFS)
-        async with self._open_lock:
-            cid = await self._quick(self._ensure_open_sync, node)
-        self.repo_of[cid] = node.repo
-        self.last_write[cid] = time.monotonic()
-        return cid, node.path
-
-    def _lookup_cid(self, cid: str, path: str) -> Stat | None:
-        return self._lookup_entry(self.pfs._row(cid), path)
-
-    def _content_sync(self, cid: str, path: str) -> tuple[bool, list]:
-        """(is it a directory, chunk locations) of what ``path`` holds in the commit now."""
-        e = self.pfs.lookup_row(self.pfs._row(cid), path)
-        if e is None:
-            return False, []
-        return e.is_dir, ([] if e.is_dir else self.pfs.locate(self.pfs.load_refs(e)))
-
-    async def _dirty_for_write(self, repo: str, cid: str, path: str, truncate: bool) -> DirtyFile:
-        dirty = self.overlay.get(cid, path)
-        if dirty is None and truncate:
-            dirty = self.overlay.create(cid, path)  # the old content does not matter
-        if dirty is None:
-            is_dir, locations = await self._quick(self._content_sync, cid, path)
-            if is_dir:
-                raise _fail(errno.EISDIR)
-            dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path)
-            if not truncate and locations and dirty.size == 0:
-                # Writing into an existing file: start from its content.
-                reader = FileReader(self.cache, locations, self._spawn)
-                pos = 0
-                while pos < reader.size:
-                    piece = await reader.read(pos, 4 << 20)
-                    dirty.write(pos, piece)
-                    pos += len(piece)
-        if truncate:
-            dirty.truncate(0)
-        return dirty
-
-    def _child_node(self, parent: Node, cid: str, path: str) -> Node:
-        if parent.kind in (BRANCH, BENTRY):
-            return Node(BENTRY, parent.repo, parent.ref, path)
-        return Node(ENTRY, parent.repo, cid, path)
-
-    @_boundary
-    async def create(self, parent_inode, name, mode, flags, ctx):
-        parent = self._node(parent_inode)
-        cid, ppath = await self._target(parent)
-        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        if flags & os.O_EXCL:
-            st = await self._quick(self._lookup_cid, cid, path)
-            if st is not None:
-                raise _fail(errno.EEXIST)
-        dirty = await self._dirty_for_write(parent.repo, cid, path, truncate=True)
-        info = self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
-        node = self._child_node(parent, cid, path)
-        self.inodes.remember(node)
-        return info, self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True), MUTABLE_TIMEOUT)
-
-    async def _session(self, cid: str, apply: Callable) -> None:
-        """Run metadata changes in one write session on the commit (in a thread)."""
-        repo = self.repo_of[cid]
-
-        def run() -> None:
-            with self.pfs.write_session(repo, cid) as session:
-                apply(session)
-                session.commit()
-
-        await self._run(run)
-
-    @_boundary
-    async def mkdir(self, parent_inode, name, mode, ctx):
-        parent = self._node(parent_inode)
-        cid, ppath = await self._target(parent)
-        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        if self.overlay.get(cid, path) or await self._quick(self._lookup_cid, cid, path):
-            raise _fail(errno.EEXIST)
-        await self._session(cid, lambda s: s.mkdir(path))
-        node = self._child_node(parent, cid, path)
-        st = await self._quick(self._stat_sync, node)
-        self.inodes.remember(node)
-        return self._attr(node, st, MUTABLE_TIMEOUT)
-
-    @_boundary
-    async def unlink(self, parent_inode, name, ctx):
-        parent = self._node(parent_inode)
-        cid, ppath = await self._target(parent)
-        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        # Not while a flush is landing this file: it would come back after the delete.
-        async with self._flush_locks.setdefault(cid, trio.Lock()):
-            dirty = self.overlay.get(cid, path)
-            is_dir, _ = await self._quick(self._content_sync, cid, path)
-            if is_dir:
-                raise _fail(errno.EISDIR)
-            in_pfs = await self._run(self.pfs.lookup_row, self.pfs._row(cid), path) is not None
-            if dirty is None and not in_pfs:
-                raise _fail(errno.ENOENT)
-            self.overlay.drop(cid, path)
-            if in_pfs:
-                await self._session(cid, lambda s: s.delete(path))
-
-    @_boundary
-    async def rmdir(self, parent_inode, name, ctx):
-        parent = self._node(parent_inode)
-        cid, ppath = await self._target(parent)
-        path = names.clean_path(f"{ppath}/{os.fsdecode(name)}" if ppath else os.fsdecode(name))
-        st = await self._quick(self._lookup_cid, cid, path)
-        if st is None:
-            raise _fail(errno.ENOENT)
-        if not st.is_dir:
-            raise _fail(errno.ENOTDIR)
-        row = self.pfs._row(cid)
-        children = await self._run(lambda: next(iter(self.pfs._children(self.pfs.root_of(row), path, (self.pfs.db, cid))), None))
-        if children is not None or self.overlay.names_in(cid, path):
-            raise _fail(errno.ENOTEMPTY)
-        await self._session(cid, lambda s: s.delete(path))
-
-    @_boundary
-    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise _fail(errno.EINVAL)
-        old_parent, new_parent = self._node(parent_inode_old), self._node(parent_inode_new)
-        cid, old_dir = await self._target(old_parent)
-        cid2, new_dir = await self._target(new_parent)
-        if cid != cid2:
-            raise _fail(errno.EXDEV)
-        src = names.clean_path(f"{old_dir}/{os.fsdecode(name_old)}" if old_dir else os.fsdecode(name_old))
-        dst = names.clean_path(f"{new_dir}/{os.fsdecode(name_new)}" if new_dir else os.fsdecode(name_new))
-        # Moves work on commit content: land written files first.
-        await self.flush_commit(cid, include_open=True)
-        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-        await self._session(cid, lambda s: s.move(src, dst, noreplace))
-
-    @_boundary
-    async def setattr(self, inode, attr, fields, fh, ctx):
-        node = self._node(inode)
-        if node.kind not in (ENTRY, BENTRY, COMMIT, BRANCH):
-            raise _fail(errno.EROFS if not self.writable else errno.EPERM)
-        if fields.update_size or fields.update_mtime:
-            cid, path = await self._target(node)
-            # Not while a flush is landing this file: it would land the old size or mtime.
-            async with self._flush_locks.setdefault(cid, trio.Lock()):
-                st = await self._quick(self._lookup_cid, cid, path)
-                if st is None and self.overlay.get(cid, path) is None:
-                    raise _fail(errno.ENOENT)
-                if fields.update_size:
-                    dirty = await self._dirty_for_write(node.repo, cid, path, truncate=False)
-                    dirty.truncate(attr.st_size)
-                    if dirty.opens == 0:
-                        self._schedule_flush(cid)
-                if fields.update_mtime:
-                    dirty = self.overlay.get(cid, path)
-                    if dirty is not None:
-                        dirty.mtime_ns = attr.st_mtime_ns
-                    elif st is not None and not st.is_dir:
-                        await self._session(cid, lambda s: s.touch(path, attr.st_mtime_ns))
-        # Modes and owners are not versioned: accepted and ignored, as on vfat.
-        return await self.getattr(inode, ctx)
-
-    # -- landing written files ----------------------------------------------------------
-
-    def _schedule_flush(self, cid: str) -> None:
-        waiting = [f for f in self.overlay.of_commit(cid) if f.opens == 0]
-        if len(waiting) >= FLUSH_FILES:
-            self._spawn(self.flush_commit, cid)
-            return
-        if self._flush_due.get(cid):
-            return
-        self._flush_due[cid] = True
-
-        async def later() -> None:
-            await trio.sleep(FLUSH_DELAY)
-            self._flush_due[cid] = False
-            try:
-                await self.flush_commit(cid)
-            except Exception:
-                log.exception("mount: landing written files in commit %s failed", cid)
-
-        self._spawn(later)
-
-    async def flush_commit(self, cid: str, include_open: bool = False) -> int:
-        """Ingest the overlay's files of one commit in one write session."""
-        lock = self._flush_locks.setdefault(cid, trio.Lock())
-        async with lock:
-            files = [f for f in self.overlay.of_commit(cid) if include_open or f.opens == 0]
-            repo = self.repo_of.get(cid)
-            if not files or repo is None:
-                return 0
-            seen = [(f, f.version) for f in files]
-
-            def ingest() -> None:
-                with self.pfs.write_session(repo, cid) as session:
-                    for f, _ in seen:
-                        if f.size <= SMALL_FILE:  # most files: no chunker windows to set up
-                            session.put_bytes(f.path, f.read(0, f.size), overwrite=True)
-                        else:
-                            stream = session.put_stream(f.path)
-                            stream.write_from(f.reader())
-                            session.add(f.path, stream.finish(), stream.size, overwrite=True)
-                        session.touch(f.path, f.mtime_ns)
-                    session.commit()
-
-            await self._run(ingest)
-            for f, version in seen:
-                if f.version == version and f.opens == 0 and self.overlay.get(cid, f.path) is f:
-                    self.overlay.drop(cid, f.path)
-            return len(seen)
-
-    async def flush_all(self, finish: bool) -> list[str]:
-        """Land everything written; with ``finish``, finish the commits this mount opened."""
-        for cid in list(self.overlay.commits()):
-            await self.flush_commit(cid, include_open=True)
-        finished = []
-        if finish:
-            for cid, repo in list(self.opened.items()):
-                row = await self._run(self.pfs._row, cid)
-                if row[6] is None:
-                    await self._run(self.pfs.finish_commit, repo, cid)
-                    finished.append(cid)
-                self.opened.pop(cid, None)
-                self.forget_commit(cid)
-        return finished
-
-    async def watch_idle(self) -> None:
-        """Finish commits nobody has written to for ``commit_idle`` seconds."""
-        if not self.commit_idle:
-            return
-        while True:
-            await trio.sleep(min(self.commit_idle / 4, 1.0))
-            now = time.monotonic()
-            for cid, when in list(self.last_write.items()):
-                busy = any(f.opens for f in self.overlay.of_commit(cid))
-                if now - when >= self.commit_idle and not busy:
-                    self.last_write.pop(cid, None)
-                    await self.flush_commit(cid, include_open=True)
-                    row = await self._run(self.pfs._row, cid)
-                    if row[6] is None:
-                        await self._run(self.pfs.finish_commit, self.repo_of[cid], cid)
-                    self.opened.pop(cid, None)
-                    self.forget_commit(cid)
-
     # -- not supported: links ------------------------------------------------------------
 
-    @_boundary
+    @errno_boundary
     async def symlink(self, parent_inode, name, target, ctx):
-        raise _fail(errno.EPERM if self.writable else errno.EROFS)
+        raise fuse_error(errno.EPERM if self.writable else errno.EROFS)
 
-    @_boundary
+    @errno_boundary
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise _fail(errno.EPERM if self.writable else errno.EROFS)
+        raise fuse_error(errno.EPERM if self.writable else errno.EROFS)
