@@ -1,0 +1,1 @@
+"""PPS: pipelines, datums and jobs (Pachyderm's pipeline system)."""
