@@ -33,27 +33,34 @@ async def run(fn: Callable, *args):
     return await trio.to_thread.run_sync(fn, *args)
 
 
-async def pump(request: Request, feed: Callable[[bytearray], None]) -> None:
-    """Receive the body on the event loop while a worker thread consumes it."""
+async def pump(request: Request, feed: Callable[[bytes], None]) -> None:
+    """Receive the body on the event loop while a worker thread consumes it,
+    a few MiB of pieces per hand-off (handed over as they came: no copy)."""
     send, recv = trio.open_memory_channel(1)
 
     async def produce() -> None:
         async with send:
-            buf = bytearray()
+            pieces: list[bytes] = []
+            size = 0
             async for piece in request.stream():
-                buf += piece
-                if len(buf) >= BATCH:
-                    await send.send(buf)
-                    buf = bytearray()
-            if buf:
-                await send.send(buf)
+                pieces.append(piece)
+                size += len(piece)
+                if size >= BATCH:
+                    await send.send(pieces)
+                    pieces, size = [], 0
+            if pieces:
+                await send.send(pieces)
+
+    def consume(pieces: list[bytes]) -> None:
+        for piece in pieces:
+            feed(piece)
 
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(produce)
             async with recv:
-                async for data in recv:
-                    await run(feed, data)
+                async for pieces in recv:
+                    await run(consume, pieces)
     except BaseExceptionGroup as group:
         # trio wraps what the nursery raised in a group; re-raise the error
         # itself so the PfsError/OSError handlers answer with its kind, not 500.
@@ -125,7 +132,7 @@ class BatchIngest:
             self.session.add(self._path, refs, self._stream.size, self._overwrite)
         self._small = self._stream = None
 
-    def feed(self, data: bytearray) -> None:
+    def feed(self, data: bytes) -> None:
         try:
             self.decoder.feed(data)
         except ValueError as exc:
