@@ -336,6 +336,10 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def squash_commit(repo: str, body: models.SquashCommit):
         return _commit(await run(pfs.squash_commits, repo, body.sources, body.to))
 
+    @app.post("/v1/repos/{repo}/replay", response_model=list[models.Commit])
+    async def replay_commit(repo: str, body: models.ReplayCommits):
+        return [_commit(c) for c in await run(pfs.replay_commits, repo, body.sources, body.branch)]
+
     # -- branches -----------------------------------------------------------
 
     @app.get("/v1/repos/{repo}/branches", response_model=list[models.Branch])

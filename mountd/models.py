@@ -63,6 +63,11 @@ class SquashCommit(BaseModel):
     to: str
 
 
+class ReplayCommits(BaseModel):
+    sources: list[str] = Field(alias="from")
+    branch: str
+
+
 class Branch(BaseModel):
     repo: str
     name: str

@@ -316,6 +316,11 @@ class Client:
         body = {"from": sources, "to": to}
         return Commit(**self._json("POST", f"/v1/repos/{_seg(repo)}/squash", json=body))
 
+    def replay_commit(self, repo: str, sources: list[str], branch: str) -> list[Commit]:
+        """One new commit on ``branch`` per source commit, with the same changes."""
+        body = {"from": sources, "branch": branch}
+        return [Commit(**c) for c in self._json("POST", f"/v1/repos/{_seg(repo)}/replay", json=body)]
+
     # -- branches ---------------------------------------------------------------
 
     def list_branch(self, repo: str) -> list[Branch]:

@@ -265,3 +265,22 @@ class Maintenance:
                     else:
                         stager.put_entry(path, e, now)
         return self.info_of(self._row(target[0]))
+
+    def replay_commits(self, repo: str, sources: list[str], branch: str) -> list:
+        """Make one new commit on ``branch`` per source commit, each carrying
+        the changes its source made relative to its own parent (git's
+        cherry-pick, in order)."""
+        rows = [self.resolve(repo, s) for s in sources]  # every ref checked before anything changes
+        for s, row in zip(sources, rows, strict=True):
+            if row[6] is None:
+                raise Conflict(f"commit '{s}' in repo '{repo}' is still open; finish it before replaying it")
+        made = []
+        for row in rows:
+            target = self.start_commit(repo, branch)
+            try:
+                self.squash_commits(repo, [row[0]], target.id)
+            except BaseException:
+                self.delete_commit(repo, target.id)
+                raise
+            made.append(self.finish_commit(repo, target.id))
+        return made

@@ -551,6 +551,13 @@ def test_commit_operations(pach: Pach) -> None:
     assert [line.split()[1] for line in shown.lines[1:]] == ["cops/master/1", "cops/master/2"]
     assert [line.split()[1] for line in shown_all.lines[1:]] == ["cops/master/0", "cops/master/1", "cops/master/2"]
 
+    # replay-commit: master/2's change (b.txt) lands on "side" as a new commit.
+    replayed = pach("replay-commit", "cops", "master/2", "side")
+    assert replayed.text == "side/1\n"
+    files = pach("list-file", "cops", "side", "--json").json()
+    assert [f["path"] for f in files] == ["/a.txt", "/b.txt"]
+    pach("replay-commit", "cops", "side", rc=2)  # no target branch
+
     pach("delete-repo", "cops")
     pach("inspect-repo", "cops", rc=3)
 

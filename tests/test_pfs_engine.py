@@ -945,3 +945,28 @@ def test_move_and_touch_in_an_open_commit(pfs) -> None:
     assert info.size == 6
     assert pfs.inspect_file("mv", "master", "g.txt").mtime == 123.0
     assert b"".join(pfs.read_file("mv", "master", "e/d2/sub/b.txt")[1]) == b"bb"
+
+
+def test_replay_commits_onto_another_branch(pfs) -> None:
+    """replay-commit: each source commit's changes become a new commit on the
+    target branch, in order, on top of what that branch already has."""
+    pfs.create_repo("rp")
+    for name, data in (("a", b"1"), ("b", b"2")):
+        c = pfs.start_commit("rp", "master")
+        with pfs.write_session("rp", c.id) as s:
+            s.put_bytes(name, data)
+            s.commit()
+        pfs.finish_commit("rp", c.id)
+    c = pfs.start_commit("rp", "dev")
+    with pfs.write_session("rp", c.id) as s:
+        s.put_bytes("base", b"x")
+        s.commit()
+    pfs.finish_commit("rp", c.id)
+    made = pfs.replay_commits("rp", ["master/0", "master/1"], "dev")
+    assert [m.ref for m in made] == ["dev/1", "dev/2"]
+    assert sorted(f.path for f in pfs.list_files("rp", "dev")) == ["/a", "/b", "/base"]
+    assert sorted(f.path for f in pfs.list_files("rp", "dev/1")) == ["/a", "/base"]
+    assert [d["path"] for d in pfs.diff_files("rp", "dev/2")] == ["/b"]
+    with pytest.raises(NotFound):
+        pfs.replay_commits("rp", ["master/0", "nope"], "dev")
+    assert pfs.inspect_commit("rp", "dev").ref == "dev/2"  # nothing made when a ref is bad

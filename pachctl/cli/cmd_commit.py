@@ -95,6 +95,16 @@ def squash_commit(args) -> int:
     return 0
 
 
+def replay_commit(args) -> int:
+    if len(args.args) < 2:
+        from mountd.models import errors
+
+        raise errors.InvalidArgument("usage: replay-commit REPO FROM-COMMIT... TO-BRANCH")
+    for c in client().replay_commit(args.repo, args.args[:-1], args.args[-1]):
+        print(c.id if args.v2 else c.ref)
+    return 0
+
+
 def archive_commit(args) -> int:
     for ref in args.commits:
         client().archive_commit(args.repo, ref)
@@ -161,6 +171,9 @@ def register(sub) -> None:
     p = add(sub, "squash-commit", "Squash a number of commits into a single (open) commit.", squash_commit)
     p.add_argument("repo")
     p.add_argument("commits", nargs="+", metavar="COMMIT", help="FROM... TO")
+    p = add(sub, "replay-commit", "Replay a number of commits onto a branch.", replay_commit)
+    p.add_argument("repo")
+    p.add_argument("args", nargs="+", metavar="ARG", help="FROM-COMMIT... TO-BRANCH")
     p = add(sub, "archive-commit", "Archive commits: hidden from list-commit unless -a.", archive_commit)
     p.add_argument("repo")
     p.add_argument("commits", nargs="+", metavar="COMMIT")
