@@ -391,12 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=str(BENCH / "out"), help="scratch parent, on the disk to test")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = p.parse_args(argv)
+    return in_scratch(args, "ingest-", lambda rep, work: run(rep, work, args.quick, not (args.quick or args.no_dvc)))
+
+
+def in_scratch(args, prefix: str, body) -> int:
+    """Run ``body(report, scratch_dir)`` in a fresh scratch directory under
+    ``args.dir`` (removed afterwards unless ``--keep``); print the table."""
     os.makedirs(args.dir, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix="ingest-", dir=args.dir))
+    work = pathlib.Path(tempfile.mkdtemp(prefix=prefix, dir=os.path.abspath(args.dir)))
     log(f"scratch: {work}")
     rep = Report(args.quick)
     try:
-        run(rep, work, args.quick, not (args.quick or args.no_dvc))
+        body(rep, work)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -16,7 +16,19 @@ import sys
 import tempfile
 import time
 
-from bench.ingest import BENCH, MB, Daemon, MiB, Report, connect, log, sh, timed, write_file
+from bench.ingest import (
+    BENCH,
+    MB,
+    Daemon,
+    MiB,
+    Report,
+    connect,
+    in_scratch,
+    log,
+    sh,
+    timed,
+    write_file,
+)
 from mountd import wire
 from pfsfuse.mount import mount_device
 
@@ -333,16 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         p.error("needs root: cold figures write /proc/sys/vm/drop_caches")
-    os.makedirs(args.dir, exist_ok=True)
-    work = pathlib.Path(tempfile.mkdtemp(prefix="mount-", dir=os.path.abspath(args.dir)))
-    log(f"scratch: {work}")
-    rep = Report(args.quick)
-    try:
-        run(rep, work, args.quick, args.sections, args.py_spy)
-    finally:
-        if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-    return rep.finish(args.json)
+    return in_scratch(args, "mount-", lambda rep, work: run(rep, work, args.quick, args.sections, args.py_spy))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -129,15 +130,20 @@ class Client:
     # -- transport ------------------------------------------------------------
 
     def _ensure_daemon(self) -> None:
+        """Start the embedded daemon if nothing listens on its socket. A bare
+        connect answers that in microseconds; an HTTP round trip per command
+        would double every call. Remote daemons (and wrong tokens) answer on
+        the first real request."""
         if self._checked:
             return
-        try:
-            # _check, not raise_for_status: a 401 (wrong token) is errors.Unauthorized.
-            self._check(self._http.get("/v1/version"))
-        except httpx.TransportError:
-            if not self.autostart:
-                raise
-            self._start_daemon()
+        if self.socket is not None:
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(self.socket)
+            except OSError as exc:
+                if not self.autostart:
+                    raise httpx.ConnectError(str(exc)) from None
+                self._start_daemon()
         self._checked = True
 
     def _start_daemon(self) -> None:
