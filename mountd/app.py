@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from mountd import models, wire
 from mountd.mounts import MountManager
 from pfsfuse import __version__
-from pfsfuse.errors import InvalidArgument, NoSpace, PfsError
+from pfsfuse.errors import Conflict, InvalidArgument, NoSpace, PfsError
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
@@ -206,7 +206,7 @@ def ingest_local(pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int,
     return _put_result(session)
 
 
-def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = None) -> FastAPI:
+def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = None, scheduler=None) -> FastAPI:
     app = FastAPI(
         title="pachy mountd",
         version=__version__,
@@ -291,6 +291,13 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.delete("/v1/repos/{repo}")
     async def delete_repo(repo: str, force: bool = False):
+        if scheduler is not None and not force:
+            readers = await run(scheduler.readers_of, repo)
+            if readers:
+                raise Conflict(
+                    f"repo '{repo}' is an input of pipeline(s) {', '.join(readers)}; delete those first "
+                    f"(pachctl delete-pipeline {readers[0]}) or pass --force"
+                )
         await run(pfs.delete_repo, repo, force)
         return {}
 
@@ -438,4 +445,8 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def diff_files(repo: str, ref: str = Query(...), old: str | None = None):
         return [models.DiffEntry(**d) for d in await run(pfs.diff_files, repo, ref, old)]
 
+    if scheduler is not None:
+        from mountd.pps_api import add_pps_routes  # pps_api imports this module's helpers
+
+        add_pps_routes(app, pfs, scheduler)
     return app

@@ -7,6 +7,10 @@ a msgpack header:
        one whose size is not known up front (a URL being downloaded);
   b"M" {"path"}: make a directory;
   b"D" {"path"}: delete a file or directory.
+A worker's task result (``POST /v1/workers/tasks/{id}/result``, pps/WORKERS.md)
+adds b"U" {"unit_id", "state", ...}: a unit header, no data, before that
+unit's records. Decoders accept it only when asked (``tags=RESULT_TAGS``), so
+a plain file upload can never carry one.
 Pure framing, shared by the client and the daemon.
 """
 
@@ -17,7 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import msgpack
 
-PUT, MKDIR, DELETE = b"P", b"M", b"D"
+PUT, MKDIR, DELETE, UNIT = b"P", b"M", b"D", b"U"
+UPLOAD_TAGS = (PUT, MKDIR, DELETE)
+RESULT_TAGS = (PUT, MKDIR, DELETE, UNIT)
 _U32 = struct.Struct(">I")
 SEGMENT = 1 << 20
 
@@ -59,7 +65,9 @@ class Decoder:
         on_start: Callable[[bytes, dict], None],
         on_data: Callable[[memoryview], None],
         on_end: Callable[[], None],
+        tags: tuple[bytes, ...] = UPLOAD_TAGS,
     ):
+        self._tags = tags
         self._buf = bytearray()
         self._state = "tag"
         self._need = 1
@@ -74,7 +82,7 @@ class Decoder:
         while n - pos >= self._need:
             if self._state == "tag":
                 self._tag = bytes(buf[pos : pos + 1])
-                if self._tag not in (PUT, MKDIR, DELETE):
+                if self._tag not in self._tags:
                     raise ValueError(f"bad record tag {self._tag!r} in upload stream")
                 pos += 1
                 self._state, self._need = "hlen", 4

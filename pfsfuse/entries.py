@@ -12,6 +12,7 @@ date when a commit finishes.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import msgpack
@@ -72,3 +73,12 @@ def encode_ref_list(refs: list[ChunkRef]) -> bytes:
 def decode_ref_list(data: bytes) -> list[ChunkRef]:
     flat = msgpack.unpackb(data, raw=False)
     return [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+
+def content_key(raw: bytes) -> str:
+    """A file value's content identity (its chunk list), blind to mtime: equal keys, equal bytes."""
+    v = msgpack.unpackb(raw, raw=False)
+    if v[0] == DIR:
+        return ""
+    body = v[4] if v[4] is not None else msgpack.packb(v[3], use_bin_type=True)
+    return hashlib.blake2b(body, digest_size=16).hexdigest()

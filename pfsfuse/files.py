@@ -40,24 +40,66 @@ def _info(path: str, e: Entry, chunks: int = 0) -> FileInfo:
     return FileInfo("/" + path, e.type_name, e.size, e.mtime_ns / 1e9, chunks)
 
 
-class WriteSession:
-    """Puts and deletes for one open commit, landing all at once in ``commit()``."""
+class _ChunkSession:
+    """Bytes streamed into chunks and packs outside any lock, indexed at commit().
 
-    def __init__(self, pfs, repo: str, ref: str):
+    Holds the writer gate from the first byte to commit() or close(), so gc
+    never frees a chunk this session has counted on as already stored."""
+
+    def __init__(self, pfs):
         self.pfs = pfs
-        self.repo = repo
-        self.ref = ref
-        row = pfs.require_open(repo, ref)
-        self.commit_id = row[0]
         self._gate = pfs.writer()
         self._gate.__enter__()
         self._open = True
         self.sink = ChunkSink(pfs.store, pfs.has_chunk, pfs.zstd_level)
         self._packs: set[str] = set()
         self.sink.packs.on_pack = self._on_pack
-        self._ops: list[tuple[str, str, list[ChunkRef] | None, int, bool]] = []
         self.files = 0
         self.bytes = 0
+
+    def _on_pack(self, key: str) -> None:
+        self._packs.add(key)
+        self.pfs.inflight_packs.add(key)
+
+    def close(self) -> None:
+        """Release the session; without commit() what it wrote becomes garbage."""
+        if self._open:
+            self._open = False
+            # Indexed by commit() or garbage now: either way no longer in flight.
+            self.pfs.inflight_packs.difference_update(self._packs)
+            self._gate.__exit__(None, None, None)
+
+    def _close_sink(self) -> list[ChunkLocation]:
+        try:
+            return self.sink.close()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _index(db, locations: list[ChunkLocation]) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored, size, codec) VALUES(?,?,?,?,?,?)",
+            [(c.hash, c.pack, c.offset, c.stored, c.size, c.codec) for c in locations],
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class WriteSession(_ChunkSession):
+    """Puts and deletes for one open commit, landing all at once in ``commit()``."""
+
+    def __init__(self, pfs, repo: str, ref: str):
+        row = pfs.require_open(repo, ref)
+        super().__init__(pfs)
+        self.repo = repo
+        self.ref = ref
+        self.commit_id = row[0]
+        self._ops: list[tuple[str, str, list[ChunkRef] | None, int, bool]] = []
 
     def put_stream(self, path: str) -> StreamChunker:
         names.clean_path(path)
@@ -78,6 +120,9 @@ class WriteSession:
     def delete(self, path: str) -> None:
         self._ops.append(("delete", names.clean_path(path), None, 0, False))
 
+    def delete_if_present(self, path: str) -> None:
+        self._ops.append(("discard", names.clean_path(path), None, 0, False))
+
     def move(self, src: str, dst: str, noreplace: bool = False) -> None:
         """rename(2): a file or a whole directory, replacing what POSIX allows."""
         self._ops.append(("move", names.clean_path(src), [names.clean_path(dst)], 0, noreplace))
@@ -85,40 +130,15 @@ class WriteSession:
     def touch(self, path: str, mtime_ns: int) -> None:
         self._ops.append(("touch", names.clean_path(path), None, mtime_ns, False))
 
-    def _on_pack(self, key: str) -> None:
-        self._packs.add(key)
-        self.pfs.inflight_packs.add(key)
-
-    def close(self) -> None:
-        """Release the session; without commit() what it wrote becomes garbage."""
-        if self._open:
-            self._open = False
-            # Indexed by commit() or garbage now: either way no longer in flight.
-            self.pfs.inflight_packs.difference_update(self._packs)
-            self._gate.__exit__(None, None, None)
-
-    def __enter__(self) -> WriteSession:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     def commit(self) -> None:
         pfs = self.pfs
-        try:
-            locations = self.sink.close()
-        except BaseException:
-            self.close()
-            raise
+        locations = self._close_sink()
         try:
             with pfs.tx() as db:
                 row = db.execute("SELECT finished, parent FROM commits WHERE id=?", (self.commit_id,)).fetchone()
                 if row is None or row[0] is not None:
                     raise Conflict(f"commit '{self.ref}' in repo '{self.repo}' was finished or deleted meanwhile")
-                db.executemany(
-                    "INSERT OR IGNORE INTO chunks(hash, pack, offset, stored, size, codec) VALUES(?,?,?,?,?,?)",
-                    [(c.hash, c.pack, c.offset, c.stored, c.size, c.codec) for c in locations],
-                )
+                self._index(db, locations)
                 stager = _Stager(pfs, db, self.commit_id, pfs.root_of(pfs._row(self.commit_id)))
                 now = time.time_ns()
                 for op, path, refs, size, overwrite in self._ops:
@@ -130,11 +150,62 @@ class WriteSession:
                         stager.move(path, refs[0], overwrite, now)
                     elif op == "touch":
                         stager.touch(path, size)
+                    elif op == "discard":
+                        if stager.current(path) is not None:
+                            stager.delete(path)
                     else:
                         stager.delete(path)
         finally:
             for c in locations:
                 pfs.inflight_packs.discard(c.pack)
+            self.close()
+
+
+class PinSession(_ChunkSession):
+    """Files stored but in no commit yet, pinned under ``owner`` until unpinned.
+
+    A job's unit outputs wait here until the job's output commit takes them:
+    ``pinned(owner)`` gives the recorded operations back in order, gc keeps
+    their chunks, and ``unpin`` drops them once a commit holds them (or the
+    job failed). ``commit()`` lands everything in one transaction."""
+
+    def __init__(self, pfs, owner: str):
+        super().__init__(pfs)
+        self.owner = owner
+        self._records: list[tuple[str, str, bytes | None]] = []
+
+    def put_stream(self, path: str) -> StreamChunker:
+        names.clean_path(path)
+        return self.sink.stream()
+
+    def add(self, path: str, refs: list[ChunkRef], size: int, op: str = "put") -> None:
+        """``op`` "put" (the whole file) or "append" (bytes added to what it was)."""
+        entry = Entry(FILE, size, time.time_ns(), list(refs))
+        self._records.append((op, names.clean_path(path), entries.encode(entry)))
+        self.files += 1
+        self.bytes += size
+
+    def put_bytes(self, path: str, data: bytes, op: str = "put") -> None:
+        self.add(path, self.sink.add_bytes(data), len(data), op)
+
+    def mark(self, op: str, path: str) -> None:
+        """A record with no content: "mkdir" or "delete"."""
+        self._records.append((op, names.clean_path(path), None))
+
+    def commit(self) -> None:
+        locations = self._close_sink()
+        try:
+            with self.pfs.tx() as db:
+                self._index(db, locations)
+                base = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM pins WHERE owner=?", (self.owner,))
+                start = base.fetchone()[0]
+                db.executemany(
+                    "INSERT INTO pins(owner, seq, op, path, value) VALUES(?,?,?,?,?)",
+                    [(self.owner, start + i, *r) for i, r in enumerate(self._records)],
+                )
+        finally:
+            for c in locations:
+                self.pfs.inflight_packs.discard(c.pack)
             self.close()
 
 
@@ -290,6 +361,23 @@ class FileOps:
     def write_session(self, repo: str, ref: str) -> WriteSession:
         return WriteSession(self, repo, ref)
 
+    def pin_session(self, owner: str) -> PinSession:
+        return PinSession(self, owner)
+
+    def pinned(self, owner: str) -> list[tuple[str, str, Entry | None]]:
+        """(op, path, entry) records pinned under ``owner``, in the order written."""
+        rows = self.q("SELECT op, path, value FROM pins WHERE owner=? ORDER BY seq", (owner,))
+        return [(op, path, entries.decode(v) if v is not None else None) for op, path, v in rows]
+
+    def unpin(self, owner_prefix: str, db=None) -> None:
+        """Drop every pin whose owner starts with ``owner_prefix`` (in ``db``'s transaction if given)."""
+        sql, args = "DELETE FROM pins WHERE owner>=? AND owner<?", (owner_prefix, owner_prefix + "\uffff")
+        if db is not None:
+            db.execute(sql, args)
+        else:
+            with self.tx() as tx:
+                tx.execute(sql, args)
+
     # -- lookups ------------------------------------------------------------
 
     def _staged(self, cid: str, key: bytes) -> tuple[bool, bytes | None]:
@@ -328,6 +416,38 @@ class FileOps:
             raise InvalidArgument(f"'/{path}' is a directory; use list-file")
         locations = self.locate(self.load_refs(e))
         return _info(path, e, len(locations)), read_chunks(self.store, locations)
+
+    def read_range(self, repo: str, ref: str, path: str, offset: int = 0, length: int = -1) -> tuple[int, Iterator[bytes]]:
+        """Bytes [offset, offset+length) of a file (length -1: to the end) as a lazy
+        iterator; chunks wholly before the range are skipped unread."""
+        path = names.clean_path(path)
+        row = self.resolve(repo, ref)
+        e = self._require_entry(repo, row, path)
+        if e.is_dir:
+            raise InvalidArgument(f"'/{path}' is a directory")
+        offset = min(max(0, offset), e.size)
+        end = e.size if length < 0 else min(e.size, offset + length)
+        refs, pos, first = self.load_refs(e), 0, 0
+        for i, (_h, size) in enumerate(refs):
+            if pos + size > offset:
+                first = i
+                break
+            pos += size
+        else:
+            first = len(refs)
+
+        def pieces() -> Iterator[bytes]:
+            at = pos
+            wanted = refs[first:]
+            for chunk in read_chunks(self.store, self.locate(wanted)):
+                lo, hi = max(offset - at, 0), min(end - at, len(chunk))
+                if hi > lo:
+                    yield chunk if (lo, hi) == (0, len(chunk)) else chunk[lo:hi]
+                at += len(chunk)
+                if at >= end:
+                    return
+
+        return end - offset, pieces()
 
     # -- listings -----------------------------------------------------------
 

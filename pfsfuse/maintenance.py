@@ -103,6 +103,7 @@ class Maintenance:
     def _roots(self) -> tuple[list[tuple[str, bytes]], list[bytes]]:
         finished = [(r[0], r[1]) for r in self.q("SELECT id, root FROM commits WHERE root IS NOT NULL")]
         staged = [r[0] for r in self.q("SELECT value FROM staging WHERE value IS NOT NULL")]
+        staged += [r[0] for r in self.q("SELECT value FROM pins WHERE value IS NOT NULL")]
         return finished, staged
 
     def _mark(self, problems: list[str] | None) -> tuple[set[bytes], dict[bytes, int], int]:

@@ -11,6 +11,9 @@ Tables:
   chunks    chunk hash -> (pack, offset, stored, size, codec)
   nodes     hash -> zstd(node bytes): tree nodes and large chunk lists,
             content-addressed and shared between commits
+  pins      (owner, seq) -> (op, path, entry value): files stored but in no
+            commit yet (a job's outputs waiting for its output commit);
+            gc keeps their chunks
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ CREATE INDEX IF NOT EXISTS chunks_by_pack ON chunks(pack);
 CREATE TABLE IF NOT EXISTS nodes(
     hash BLOB PRIMARY KEY,
     data BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins(
+    owner TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    op TEXT NOT NULL,
+    path TEXT NOT NULL,
+    value BLOB,
+    PRIMARY KEY(owner, seq)
 ) WITHOUT ROWID;
 """
 

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 from pfsfuse import entries, names
@@ -93,6 +93,9 @@ class PFS(FileOps, Maintenance):
         # gc must not mistake them for garbage.
         self.inflight_packs: set[str] = set()
         self._parent_roots: dict[str, bytes | None] = {}
+        # Called with the CommitInfo after every finish, outside any lock (the
+        # pipeline scheduler listens here; pfsfuse knows nothing of it).
+        self.on_finish: list[Callable[[CommitInfo], None]] = []
         self._init_maintenance()
 
     def close(self) -> None:
@@ -370,7 +373,10 @@ class PFS(FileOps, Maintenance):
                 (time.time(), root, size, description, cid),
             )
             db.execute("DELETE FROM staging WHERE commit_id=?", (cid,))
-        return self._info(self._row(cid))
+        info = self._info(self._row(cid))
+        for listener in list(self.on_finish):
+            listener(info)
+        return info
 
     def _apply_sizes(
         self, base: bytes | None, staged: list[tuple[bytes, bytes | None]]

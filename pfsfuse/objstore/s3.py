@@ -8,8 +8,9 @@ non-AWS endpoint.
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -145,6 +146,11 @@ class S3Store(ObjectStore):
             raise PfsError(f"invalid object key '{key}'")
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def upload_stream(self, key: str, pieces: Iterable[bytes]) -> None:
+        """Upload an object of any size from a stream of pieces (multipart when big)."""
+        with self._translate(key):
+            self._client.upload_fileobj(_PieceReader(pieces), self.bucket, self._key(key))
+
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         # botocore takes bytes/bytearray/file objects but not memoryviews.
         body = bytes(data) if isinstance(data, memoryview) else data
@@ -204,3 +210,25 @@ class S3Store(ObjectStore):
 
     def close(self) -> None:
         self._client.close()
+
+
+class _PieceReader(io.RawIOBase):
+    """A read-only file over an iterator of byte pieces (for upload_fileobj)."""
+
+    def __init__(self, pieces: Iterable[bytes]):
+        self._it = iter(pieces)
+        self._buf = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            piece = next(self._it, None)
+            if piece is None:
+                return 0
+            self._buf = memoryview(piece)
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n

@@ -1,0 +1,406 @@
+"""The pipeline half of the HTTP API: pipelines, jobs, datums, logs, flush, secrets,
+and the worker endpoints the shim uses (pps/WORKERS.md)."""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+import uuid
+from collections.abc import Iterator
+
+import trio
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import StreamingResponse
+
+from mountd import models, pps_models, wire
+from mountd.app import drain, pump, run
+from pfsfuse.errors import InvalidArgument, NotFound
+from pfsfuse.files import PinSession
+from pfsfuse.pfs import PFS
+from pps.scheduler import Scheduler
+from pps.store import JobRow, PipelineRow
+
+_U64 = struct.Struct(">Q")
+SMALL = 1 << 20
+
+
+def input_summary(node: dict | None) -> str:
+    """A one-line view of an input tree: ``data:/*``, ``(a:/* ⨯ b:/*)``."""
+    if not node:
+        return "none"
+    for kind, sep in (("cross", " ⨯ "), ("union", " ∪ "), ("join", " ⋈ "), ("group", " ⊔ ")):
+        if kind in node:
+            return "(" + sep.join(input_summary(c) for c in node[kind]) + ")"
+    if "pfs" in node:
+        p = node["pfs"]
+        label = p.get("repo", "")
+        if p.get("branch", "master") != "master":
+            label += "@" + p["branch"]
+        method = p.get("method")
+        if method:
+            how = method if isinstance(method, str) else f"{method.get('partition')}/{method.get('incremental')}"
+            return f"{label}:{how}"
+        return f"{label}:{p.get('glob', '')}"
+    if "cron" in node:
+        return f"{node['cron'].get('name')}:@{node['cron'].get('spec')}"
+    if "git" in node:
+        return f"git:{node['git'].get('URL') or node['git'].get('url')}"
+    return "?"
+
+
+def pipeline_model(s: Scheduler, row: PipelineRow) -> pps_models.Pipeline:
+    spec = row.spec
+    jobs = s.store.list_jobs(row.name)
+    last = jobs[0] if jobs else None
+    return pps_models.Pipeline(
+        name=row.name, version=row.version, generation=spec.get("generation", 2), state=row.state,
+        stopped=row.stopped, reason=row.reason, input=input_summary(spec.get("input")), output_repo=row.name,
+        output_branch=spec.get("output_branch", "master"), description=spec.get("description", ""),
+        created=row.created, updated=row.updated,
+        workers=s.runner.running(row.name) if s.runner is not None else 0,
+        last_job=last.id if last else None, last_job_state=last.state if last else None,
+        spec=spec, notes=[pps_models.Note(**n) for n in row.notes],
+    )
+
+
+def job_model(row: JobRow) -> pps_models.Job:
+    return pps_models.Job(
+        id=row.id, pipeline=row.pipeline, pipeline_version=row.version, state=row.state, reason=row.reason,
+        created=row.created, started=row.started, finished=row.finished,
+        input_commits=[pps_models.InputCommit(**i) for i in row.inputs],
+        output_commit=pps_models.OutputCommit(repo=row.output_repo, branch=row.output_branch,
+                                              commit=row.output_commit) if row.output_commit else None,
+        data_total=row.total, data_processed=row.processed, data_skipped=row.skipped, data_failed=row.failed,
+        data_recovered=row.recovered,
+    )
+
+
+class ResultIngest:
+    """A task's result stream (WORKERS.md): each ``U`` record opens a unit whose
+    outputs are pinned under their own owner as they stream in."""
+
+    def __init__(self, pfs: PFS, job_id: str):
+        self.pfs, self.job_id = pfs, job_id
+        self.decoder = wire.Decoder(self._start, self._data, self._end, tags=wire.RESULT_TAGS)
+        self.results: list[dict] = []
+        self._session: PinSession | None = None
+        self._unit: dict | None = None
+        self._path = ""
+        self._op = "put"
+        self._small: bytearray | None = None
+        self._stream = None
+
+    def _close_unit(self) -> None:
+        if self._session is not None:
+            self._session.commit()
+            self._session = None
+
+    def _need_session(self) -> PinSession:
+        if self._unit is None:
+            raise InvalidArgument("result stream: an output record before any unit record")
+        if self._session is None:
+            owner = f"job/{self.job_id}/{self._unit['unit_id']}/{uuid.uuid4().hex[:8]}"
+            self._unit["owner"] = owner
+            self._session = self.pfs.pin_session(owner)
+        return self._session
+
+    def _start(self, tag: bytes, header: dict) -> None:
+        if tag == wire.UNIT:
+            self._close_unit()
+            self._unit = dict(header)
+            self._unit.setdefault("owner", None)
+            self.results.append(self._unit)
+            return
+        session = self._need_session()
+        path = header.get("path", "")
+        if tag == wire.PUT:
+            session.put_stream(path)  # validates the path
+            self._path, self._op = path, "append" if header.get("append") else "put"
+            self._small, self._stream = bytearray(), None
+        elif tag == wire.MKDIR:
+            session.mark("mkdir", path)
+        else:
+            session.mark("delete", path)
+
+    def _data(self, data: memoryview) -> None:
+        if self._stream is None and len(self._small) + len(data) <= SMALL:
+            self._small += data
+            return
+        if self._stream is None:
+            self._stream = self._session.put_stream(self._path)
+            self._stream.write(self._small)
+            self._small = None
+        self._stream.write(data)
+
+    def _end(self) -> None:
+        if self._stream is None:
+            self._session.put_bytes(self._path, bytes(self._small), self._op)
+        else:
+            refs = self._stream.finish()
+            self._session.add(self._path, refs, self._stream.size, self._op)
+        self._small = self._stream = None
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.decoder.feed(data)
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed result stream: {exc}") from None
+
+    def close(self) -> list[dict]:
+        try:
+            self.decoder.close()
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed result stream: {exc}") from None
+        self._close_unit()
+        return self.results
+
+    def abort(self) -> None:
+        if self._session is not None:
+            self._session.close()
+        for r in self.results:
+            if r.get("owner"):
+                self.pfs.unpin(r["owner"])
+
+
+def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
+    poll_limiter = trio.CapacityLimiter(256)  # long polls wait in threads of their own
+
+    # -- pipelines -------------------------------------------------------------
+
+    @app.post("/v1/pipelines", response_model=list[pps_models.Pipeline], status_code=201)
+    async def create_pipelines(body: pps_models.CreatePipelines):
+        rows = await run(lambda: s.create_pipelines(body.text, update=body.update, reprocess=body.reprocess))
+        return [await run(pipeline_model, s, s.store.get_pipeline(r.name)) for r in rows]
+
+    @app.get("/v1/pipelines", response_model=list[pps_models.Pipeline])
+    async def list_pipelines():
+        return await run(lambda: [pipeline_model(s, r) for r in s.store.list_pipelines()])
+
+    @app.get("/v1/pipelines/{name}", response_model=pps_models.Pipeline)
+    async def inspect_pipeline(name: str):
+        return await run(lambda: pipeline_model(s, s.store.get_pipeline(name)))
+
+    @app.delete("/v1/pipelines/{name}")
+    async def delete_pipeline(name: str, force: bool = False, keep_repo: bool = False):
+        await run(lambda: s.delete_pipeline(name, force=force, keep_repo=keep_repo))
+        return {}
+
+    @app.delete("/v1/pipelines")
+    async def delete_all_pipelines(all: bool = False, force: bool = False):
+        if not all:
+            raise InvalidArgument("name a pipeline, or pass all=true")
+
+        def delete_all() -> list[str]:
+            names = [p.name for p in reversed(s.store.list_pipelines())]
+            for n in names:
+                s.delete_pipeline(n, force=True)
+            return names
+
+        return {"deleted": await run(delete_all)}
+
+    @app.post("/v1/pipelines/{name}/stop", response_model=pps_models.Pipeline)
+    async def stop_pipeline(name: str):
+        return await run(lambda: pipeline_model(s, s.stop_pipeline(name)))
+
+    @app.post("/v1/pipelines/{name}/start", response_model=pps_models.Pipeline)
+    async def start_pipeline(name: str):
+        return await run(lambda: pipeline_model(s, s.start_pipeline(name)))
+
+    @app.post("/v1/pipelines/{name}/run", response_model=pps_models.Job)
+    async def run_pipeline(name: str, body: pps_models.RunPipeline | None = None):
+        commits = [c.model_dump() for c in (body.commits if body else [])]
+        before = {j.id for j in await run(s.store.list_jobs, name)}
+        await run(s.request_run, name, commits)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs = [j for j in await run(s.store.list_jobs, name) if j.id not in before]
+            if jobs:
+                return job_model(jobs[-1])
+            await trio.sleep(0.02)
+        raise InvalidArgument(f"pipeline '{name}' did not start a job within 30 s; is it stopped?")
+
+    @app.post("/v1/jobs", response_model=pps_models.Job, status_code=201)
+    async def create_job(body: pps_models.CreatePipelines):
+        """create-job: a one-off run of a spec: a stopped pipeline given one job."""
+        def create() -> str:
+            rows = s.create_pipelines(body.text, update=body.update)
+            return rows[0].name
+
+        name = await run(create)
+        return await run_pipeline(name, None)
+
+    # -- jobs and datums ---------------------------------------------------------
+
+    @app.get("/v1/jobs", response_model=list[pps_models.Job])
+    async def list_jobs(pipeline: str | None = None, input: str | None = None, output: str | None = None):
+        def jobs() -> list[pps_models.Job]:
+            rows = s.store.list_jobs(pipeline)
+            if input:
+                repo, _, ref = input.partition("@")
+                cid = pfs.inspect_commit(repo, ref or "master").id
+                rows = [r for r in rows if any(p["commit"] == cid for p in r.provenance)]
+            if output:
+                repo, _, ref = output.partition("@")
+                cid = pfs.inspect_commit(repo, ref or "master").id
+                rows = [r for r in rows if r.output_commit == cid]
+            return [job_model(r) for r in rows]
+
+        return await run(jobs)
+
+    @app.get("/v1/jobs/{job_id}", response_model=pps_models.Job)
+    async def inspect_job(job_id: str, wait: bool = False, timeout: float | None = None):
+        if not wait:
+            return job_model(await run(s.store.get_job, job_id))
+        row = await run(s.store.get_job, job_id)
+        deadline = None if timeout is None else trio.current_time() + timeout
+        while not row.done and (deadline is None or trio.current_time() < deadline):
+            await trio.to_thread.run_sync(s.wait_changed, 0.5, abandon_on_cancel=True, limiter=poll_limiter)
+            row = await run(s.store.get_job, job_id)
+        return job_model(row)
+
+    @app.delete("/v1/jobs/{job_id}", response_model=pps_models.Job)
+    async def stop_job(job_id: str):
+        return job_model(await run(s.stop_job, job_id))
+
+    @app.get("/v1/jobs/{job_id}/datums", response_model=list[pps_models.Datum])
+    async def list_datums(job_id: str):
+        job = await run(s.store.get_job, job_id)
+        return [pps_models.Datum(**d) for d in await run(s.store.list_datums, job.id)]
+
+    @app.get("/v1/jobs/{job_id}/datums/{datum_id}", response_model=pps_models.Datum)
+    async def inspect_datum(job_id: str, datum_id: str):
+        job = await run(s.store.get_job, job_id)
+        return pps_models.Datum(**await run(s.store.get_datum, job.id, datum_id))
+
+    # -- logs --------------------------------------------------------------------
+
+    @app.get("/v1/logs")
+    async def get_logs(pipeline: str | None = None, job: str | None = None, datum: str | None = None,
+                       follow: bool = False):
+        if job:
+            row = await run(s.store.get_job, job)
+            job_ids = [row.id]
+
+            def jobs() -> list[str]:
+                return job_ids
+
+            def running() -> bool:
+                return not s.store.get_job(job_ids[0]).done
+        elif pipeline:
+            await run(s.store.get_pipeline, pipeline)
+
+            def jobs() -> list[str]:
+                return [j.id for j in reversed(s.store.list_jobs(pipeline))] + ["_pipeline"]
+
+            def running() -> bool:
+                return s.store.find_pipeline(pipeline) is not None
+        else:
+            def jobs() -> list[str]:
+                return [j.id for j in reversed(s.store.list_jobs())] + ["_pipeline"]
+
+            def running() -> bool:
+                return True
+
+        lines = s.logs.read(jobs, pipeline=pipeline, datum=datum, follow=running if follow else None)
+
+        async def body():
+            while True:
+                line = await trio.to_thread.run_sync(next, lines, None, abandon_on_cancel=True,
+                                                     limiter=poll_limiter)
+                if line is None:
+                    return
+                yield (json.dumps(line) + "\n").encode()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    # -- provenance --------------------------------------------------------------
+
+    @app.post("/v1/flush", response_model=pps_models.FlushResult)
+    async def flush(body: pps_models.Flush):
+        commits = [(c.repo, c.commit) for c in body.commits]
+        ids, failed = await trio.to_thread.run_sync(
+            lambda: s.flush(commits, body.repos or None, body.timeout), abandon_on_cancel=True,
+            limiter=poll_limiter)
+
+        def infos() -> list[dict]:
+            out = []
+            for cid in ids:
+                repo = pfs.q1("SELECT repo FROM commits WHERE id=?", (cid,))
+                if repo is not None:
+                    info = pfs.inspect_commit(repo[0], cid)
+                    out.append(models.Commit(**info.to_dict()).model_dump())
+            return out
+
+        return pps_models.FlushResult(commits=await run(infos), failed_jobs=[job_model(j) for j in failed])
+
+    # -- secrets -----------------------------------------------------------------
+
+    @app.put("/v1/secrets/{name}")
+    async def put_secret(name: str, body: pps_models.Secret):
+        await run(s.store.put_secret, name, body.data)
+        return {}
+
+    @app.get("/v1/secrets")
+    async def list_secrets():
+        return await run(s.store.list_secrets)
+
+    @app.delete("/v1/secrets/{name}")
+    async def delete_secret(name: str):
+        await run(s.store.delete_secret, name)
+        return {}
+
+    # -- workers (the shim) ------------------------------------------------------
+
+    @app.post("/v1/workers/{pipeline}/next")
+    async def next_task(pipeline: str, worker: str, wait: float = 20.0):
+        task = await trio.to_thread.run_sync(s.queue.take, pipeline, worker, min(wait, 60.0),
+                                             abandon_on_cancel=True, limiter=poll_limiter)
+        if task is None:
+            return Response(status_code=204)
+        return task.payload
+
+    @app.post("/v1/workers/read")
+    async def read_batch(request: Request):
+        items = (await request.json()).get("items", [])
+
+        def chunks() -> Iterator[bytes]:
+            for it in items:
+                n, pieces = pfs.read_range(it["repo"], it["commit"], it["path"], int(it.get("offset", 0)),
+                                           int(it.get("length", -1)))
+                yield _U64.pack(n)
+                yield from pieces
+
+        gen = chunks()
+        first = await run(next, gen, None)  # errors (a missing file) answer before the 200
+
+        async def body():
+            piece = first
+            while piece is not None:
+                yield piece
+                piece = await run(next, gen, None)
+
+        return StreamingResponse(body(), media_type="application/octet-stream")
+
+    @app.post("/v1/workers/tasks/{task_id}/result")
+    async def task_result(request: Request, task_id: str, worker: str = ""):
+        found = await run(s.job_for_task, task_id)
+        if found is None:
+            await drain(request)
+            raise NotFound(f"task '{task_id}' is not running (its job ended, or another worker finished it)")
+        ingest = ResultIngest(pfs, found[1].row.id)
+        try:
+            await pump(request, ingest.feed)
+            results = await run(ingest.close)
+        except BaseException:
+            await run(ingest.abort)
+            raise
+        accepted = await run(s.task_result, task_id, results)
+        return {"accepted": len(results) if accepted else 0}
+
+    @app.post("/v1/workers/logs")
+    async def worker_logs(request: Request):
+        body = await request.body()
+        lines = [json.loads(t) for t in body.decode("utf-8", "replace").splitlines() if t.strip()]
+        await run(s.logs.write, lines)
+        return {}

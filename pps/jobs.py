@@ -1,0 +1,313 @@
+"""From a pipeline and its input commits to a job plan: datums, units, what to skip.
+
+A *unit* is what one process start sees: one datum, or a ``chunk_spec``
+batch of them (2.x), or one 1.x shard. 2.x units whose datums all still
+exist are *intact*: they are skipped and their outputs stay in the output
+commit (which starts from the previous one). Every other previous unit is
+*dropped*: its outputs are deleted and its surviving datums run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+from pfsfuse import names
+from pfsfuse.entries import Entry
+from pps import datums as dm
+from pps.spec import PipelineSpec
+from pps.spec_inputs import (
+    CronInput,
+    CrossInput,
+    GitInput,
+    GroupInput,
+    Input,
+    JoinInput,
+    PfsInput,
+    UnionInput,
+    walk,
+)
+
+
+@dataclass
+class LeafCommit:
+    """One leaf input of a job: which commit it reads."""
+
+    name: str
+    repo: str
+    branch: str | None
+    commit: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "repo": self.repo, "branch": self.branch, "commit": self.commit}
+
+
+@dataclass
+class Unit:
+    unit_id: str
+    datums: list[str]
+    files: list[dict] = field(default_factory=list)
+    dirs: list[dict] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    datum_files: dict[str, list[dict]] = field(default_factory=dict)
+
+    def task_part(self) -> dict[str, Any]:
+        return {"unit_id": self.unit_id, "datums": self.datums, "files": self.files, "dirs": self.dirs,
+                "env": self.env}
+
+
+@dataclass
+class JobPlan:
+    inputs: list[LeafCommit]
+    to_run: list[Unit]
+    skipped: list[tuple[str, str, list[dict]]]  # (datum, unit, files) carried forward
+    kept_units: dict[str, list[str]]
+    dropped_units: list[str]
+    total: int
+
+    @property
+    def env(self) -> dict[str, str]:
+        """PACH_<REPO>_COMMIT_ID for every input repo (1.x docs 9.3.3)."""
+        out = {}
+        for leaf in self.inputs:
+            key = "".join(c if c.isalnum() else "_" for c in leaf.repo.upper())
+            out[f"PACH_{key}_COMMIT_ID"] = leaf.commit
+        return out
+
+
+def leaves(spec: PipelineSpec) -> list[PfsInput | CronInput | GitInput]:
+    return [leaf for leaf, _ in walk(spec.input)]
+
+
+def leaf_repo(leaf: PfsInput | CronInput | GitInput, pipeline: str) -> str:
+    if isinstance(leaf, GitInput):
+        return leaf.name
+    return leaf.repo
+
+
+def leaf_branch(leaf: PfsInput | CronInput | GitInput) -> str:
+    return leaf.branch if isinstance(leaf, PfsInput | GitInput) else "master"
+
+
+def _h(parts: list[str]) -> str:
+    return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def content_of(e: Entry) -> str:
+    """A file's content identity from its chunk list (blind to mtime)."""
+    if e.list_ref is not None:
+        return e.list_ref.hex()
+    return _h([r[0].hex() + ":" + str(r[1]) for r in (e.refs or [])])
+
+
+class Tree:
+    """One input commit's files: paths, dirs, sizes and content keys (one walk)."""
+
+    def __init__(self, pfs, repo: str, commit: str):
+        row = pfs.resolve(repo, commit)
+        self.entries: list[tuple[str, bool]] = []
+        self.sizes: dict[str, int] = {}
+        self.keys: dict[str, str] = {}
+        for path, e in pfs.walk_tree(pfs.root_of(row), ""):
+            p = "/" + path
+            self.entries.append((p, e.is_dir))
+            if not e.is_dir:
+                self.sizes[p] = e.size
+                self.keys[p] = content_of(e)
+
+
+def to_node(node: Input) -> dm.Node:
+    if isinstance(node, PfsInput):
+        return dm.PfsNode(node.name, node.repo, node.glob or "/*", node.join_on or None, node.group_by or None,
+                          node.outer_join, node.empty_files, node.lazy, node.branch)
+    if isinstance(node, CronInput):
+        return dm.PfsNode(node.name, node.repo, "/*", branch="master")
+    if isinstance(node, GitInput):
+        return dm.PfsNode(node.name, node.name, "/", branch=node.branch)
+    kids = tuple(to_node(c) for c in node.inputs)
+    kind = {CrossInput: dm.CrossNode, UnionInput: dm.UnionNode, JoinInput: dm.JoinNode,
+            GroupInput: dm.GroupNode}[type(node)]
+    return kind(kids)
+
+
+def _pfs_path(name: str, path: str) -> str:
+    return f"/pfs/{name}{path if path != '/' else '/'}"
+
+
+def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit], previous: dict[str, list[str]],
+            *, reprocess: bool = False) -> JobPlan:
+    trees: dict[tuple[str, str], Tree] = {}
+    listing: dict[Any, dm.Listing] = {}
+    hashes: dict[tuple[str, str], str] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for leaf in inputs:
+        key = (leaf.repo, leaf.commit)
+        if key not in trees:
+            trees[key] = Tree(pfs, leaf.repo, leaf.commit)
+        t = trees[key]
+        listing[(leaf.repo, leaf.branch or "master")] = dm.Listing(leaf.commit, t.entries)
+        for p, k in t.keys.items():
+            hashes[(leaf.repo, p)] = k
+            sizes[(leaf.repo, p)] = t.sizes[p]
+    current: dict[str, dm.Datum] = {}
+    for d in dm.datums_for(to_node(spec.input), listing, hashes, salt=salt):
+        current.setdefault(d.datum_id, d)
+    kept: dict[str, list[str]] = {}
+    dropped: list[str] = []
+    covered: set[str] = set()
+    if not reprocess:
+        for unit, ds in previous.items():
+            if all(d in current for d in ds):
+                kept[unit] = ds
+                covered.update(ds)
+            else:
+                dropped.append(unit)
+    else:
+        dropped = list(previous)
+    skipped = []
+    for unit, ds in kept.items():
+        for d in ds:
+            skipped.append((d, unit, _datum_files(current[d], sizes)))
+    todo = [d for d in current.values() if d.datum_id not in covered]
+    chunk = spec.chunk_spec
+    number = chunk.number if chunk and chunk.number > 0 else (0 if chunk and chunk.size_bytes else 1)
+    size_limit = chunk.size_bytes if chunk else 0
+    units: list[Unit] = []
+    batch: list[dm.Datum] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal batch, batch_bytes
+        if batch:
+            units.append(_unit_v2(batch, sizes))
+        batch, batch_bytes = [], 0
+
+    for d in todo:
+        batch.append(d)
+        batch_bytes += sum(sizes.get((e.repo, f), 0) for e in d.inputs for f in e.files)
+        if (number and len(batch) >= number) or (size_limit and batch_bytes >= size_limit):
+            flush()
+    flush()
+    return JobPlan(inputs, units, skipped, kept, dropped, len(current))
+
+
+def _datum_files(d: dm.Datum, sizes: dict[tuple[str, str], int]) -> list[dict]:
+    return [{"input": e.name, "repo": e.repo, "commit": e.commit, "path": f, "size": sizes.get((e.repo, f), 0)}
+            for e in d.inputs for f in e.files]
+
+
+def _unit_v2(batch: list[dm.Datum], sizes: dict[tuple[str, str], int]) -> Unit:
+    ids = [d.datum_id for d in batch]
+    unit = Unit(ids[0] if len(ids) == 1 else _h(ids), ids)
+    for d in batch:
+        unit.datum_files[d.datum_id] = _datum_files(d, sizes)
+        for e in d.inputs:
+            for f in e.files:
+                unit.files.append({"input": e.name, "path": f, "repo": e.repo, "commit": e.commit, "src": f,
+                                   "offset": 0, "length": -1, "size": sizes.get((e.repo, f), 0),
+                                   "empty": e.empty_files})
+            if e.is_dir:
+                unit.dirs.append({"input": e.name, "path": e.path})
+            if len(batch) == 1:
+                unit.env[e.name] = _pfs_path(e.name, e.path)
+                unit.env[f"{e.name}_COMMIT"] = e.commit
+        if len(batch) > 1:
+            for e in d.inputs:
+                unit.env.setdefault(f"{e.name}_COMMIT", e.commit)
+                unit.env.setdefault(e.name, f"/pfs/{e.name}")
+    return unit
+
+
+# -- 1.x: methods, diffs and shards ---------------------------------------------
+
+
+def _pieces_v1(pfs, leaf: PfsInput, lc: LeafCommit, triggered: bool) -> list[dm.Piece]:
+    """What a 1.x input shows for this job (docs 9.1.5, 15.1): everything, or
+    only what the triggering commit added (DIFF) or the files it touched (FILE)."""
+    method = leaf.method or dm_method_default()
+    tree = Tree(pfs, lc.repo, lc.commit)
+    whole = [dm.Piece(p, 0, s) for p, s in sorted(tree.sizes.items())]
+    if method.incremental == "NONE" or not triggered:
+        return whole
+    row = pfs.resolve(lc.repo, lc.commit)
+    parent = row[4]
+    if parent is None:
+        return whole
+    old = Tree(pfs, lc.repo, parent)
+    if method.incremental == "FILE":
+        changed_tops = {_top(p) for p in tree.sizes if old.keys.get(p) != tree.keys[p]}
+        changed_tops |= {_top(p) for p in old.sizes if p not in tree.sizes}
+        return [p for p in whole if _top(p.path) in changed_tops]
+    out = []
+    for p, size in sorted(tree.sizes.items()):
+        key = tree.keys[p]
+        if old.keys.get(p) == key:
+            continue
+        if p in old.sizes and _is_append(pfs, lc.repo, parent, lc.commit, p):
+            if size > old.sizes[p]:
+                out.append(dm.Piece(p, old.sizes[p], size - old.sizes[p]))
+        else:
+            out.append(dm.Piece(p, 0, size))
+    return out
+
+
+def dm_method_default():
+    from pps.spec_inputs import DEFAULT_METHOD
+
+    return DEFAULT_METHOD
+
+
+def _top(path: str) -> str:
+    return "/" + path.lstrip("/").split("/", 1)[0]
+
+
+def _is_append(pfs, repo: str, old: str, new: str, path: str) -> bool:
+    """Is the old file's chunk list a prefix of the new one's (put-file appends so)?"""
+    p = names.clean_path(path)
+    a = pfs.lookup_row(pfs.resolve(repo, old), p)
+    b = pfs.lookup_row(pfs.resolve(repo, new), p)
+    if a is None or b is None:
+        return False
+    ra, rb = pfs.load_refs(a), pfs.load_refs(b)
+    return len(ra) <= len(rb) and rb[: len(ra)] == ra
+
+
+def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | None) -> JobPlan | None:
+    """1.x: the cross product of every input's shards; None when the triggering
+    input shows nothing new and does not ``run_empty`` (docs 9.1.4)."""
+    workers = max(1, spec.parallelism_spec.workers())
+    per_input: list[list[tuple[LeafCommit, list[dm.Piece]]]] = []
+    by_name = {lc.name: lc for lc in inputs}
+    for leaf in leaves(spec):
+        if not isinstance(leaf, PfsInput):
+            continue
+        lc = by_name[leaf.name]
+        pieces = _pieces_v1(pfs, leaf, lc, triggered=leaf.name == trigger)
+        if not pieces:
+            if leaf.name == trigger and not leaf.run_empty:
+                return None
+            per_input.append([(lc, [])])
+            continue
+        method = leaf.method or dm_method_default()
+        shards = dm.partition_1x(pieces, method.partition, workers)
+        per_input.append([(lc, s) for s in shards])
+    units = []
+    for combo in product(*per_input):
+        files = []
+        parts = []
+        env: dict[str, str] = {}
+        for lc, shard in combo:
+            env[lc.name] = f"/pfs/{lc.name}"
+            env[f"{lc.name}_COMMIT"] = lc.commit
+            for p in shard:
+                files.append({"input": lc.name, "path": p.path, "repo": lc.repo, "commit": lc.commit, "src": p.path,
+                              "offset": p.offset, "length": p.length, "size": p.length, "empty": False})
+                parts += [lc.name, lc.commit, p.path, str(p.offset), str(p.length)]
+        did = _h(parts)
+        dirs = [{"input": lc.name, "path": "/"} for lc, _ in combo]
+        datum_files = [{"input": f["input"], "repo": f["repo"], "commit": f["commit"], "path": f["path"],
+                        "size": f["size"]} for f in files]
+        units.append(Unit(did, [did], files, dirs, env, {did: datum_files}))
+    return JobPlan(inputs, units, [], {}, [], len(units))

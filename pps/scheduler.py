@@ -1,0 +1,744 @@
+"""The scheduler: input commits become jobs, jobs become tasks, results become output commits.
+
+One thread owns every state change of a job (start, completion, failure,
+timeout); the API and workers only report to it and wake it. Per pipeline,
+jobs run one after another, in input-commit order, because a job's output
+commit starts from the previous job's (1.x ``/pfs/out``, 2.x carry-forward).
+
+Ordering rules for a job (so that a crash leaves nothing half-written):
+  1. one transaction: job row, datum rows, input cursor; then the output
+     commit is started (open: readers see a job in progress);
+  2. each unit's outputs are pinned as they arrive (files stored, in no commit);
+  3. all units succeeded: one write session applies every pinned output to
+     the output commit, then the commit is finished with its provenance;
+  4. one transaction: units/paths bookkeeping, pins dropped, job success.
+A failure at any point deletes the open output commit and the job's pins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError
+from pps import jobs as jp
+from pps.datums import OutputCollisionError, check_output_collisions
+from pps.egress import egress
+from pps.logs import LogStore
+from pps.queue import Task, TaskQueue
+from pps.spec import Capabilities, PipelineSpec, parse_spec, parse_specs
+from pps.spec_inputs import CronInput, GitInput, PfsInput
+from pps.store import JobRow, PipelineRow, PpsStore
+
+log = logging.getLogger("pps.scheduler")
+
+TICK = 1.0
+CRASH_WINDOW = 60.0
+CRASH_LIMIT = 3
+
+
+@dataclass
+class ActiveJob:
+    row: JobRow
+    spec: PipelineSpec
+    plan: jp.JobPlan
+    units: dict[str, jp.Unit]
+    results: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # unit -> (state, pin owner)
+    deadline: float | None = None
+    failure: str = ""
+
+
+@dataclass
+class Trigger:
+    inputs: list[jp.LeafCommit]
+    trigger: str | None
+    cursors: list[tuple[str, str, int]]  # (repo, branch, seq) to advance
+
+
+class Scheduler:
+    def __init__(self, pfs, home: str, *, runner=None, capabilities: Capabilities | None = None):
+        self.pfs = pfs
+        self.store = PpsStore(pfs)
+        self.queue = TaskQueue()
+        self.logs = LogStore(home)
+        self.runner = runner
+        self.capabilities = capabilities or Capabilities()
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._lock = threading.RLock()
+        self.active: dict[str, ActiveJob] = {}
+        self._runs: dict[str, list[list[jp.LeafCommit]]] = {}
+        self._crashes: dict[str, list[float]] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        pfs.on_finish.append(lambda _info: self.notify())
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self._recover()
+        self._thread = threading.Thread(target=self._loop, name="pps-scheduler", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self.queue.close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self.runner is not None:
+            self.runner.close()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def _changed_now(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_changed(self, timeout: float) -> None:
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(TICK)
+            self._wake.clear()
+            if self._closed:
+                return
+            try:
+                self.tick()
+            except Exception:  # keep scheduling: one bad pipeline must not stop the rest
+                log.exception("scheduler tick failed")
+
+    # -- pipelines -------------------------------------------------------------
+
+    def create_pipelines(self, text: str, *, update: bool = False, reprocess: bool = False) -> list[PipelineRow]:
+        specs = parse_specs(text)
+        out = []
+        for spec in specs:
+            out.append(self._put_pipeline(spec, update=update, reprocess=reprocess))
+        self.notify()
+        return out
+
+    def _put_pipeline(self, spec: PipelineSpec, *, update: bool, reprocess: bool) -> PipelineRow:
+        for leaf, path in spec.leaves():
+            if isinstance(leaf, PfsInput):
+                try:
+                    self.pfs.inspect_repo(leaf.repo)
+                except NotFound:
+                    raise NotFound(f"{path}.repo: repo '{leaf.repo}' not found; create it first "
+                                   f"(pachctl create-repo {leaf.repo})") from None
+                if leaf.repo == spec.name:
+                    raise InvalidArgument(f"{path}.repo: pipeline '{spec.name}' cannot read its own output repo")
+            elif isinstance(leaf, CronInput):
+                self._ensure_repo(leaf.repo, f"cron ticks of pipeline {spec.name}")
+            elif isinstance(leaf, GitInput):
+                self._ensure_repo(leaf.name, f"git input of pipeline {spec.name}")
+        old = self.store.find_pipeline(spec.name)
+        if old is None and not update:
+            try:
+                self.pfs.inspect_repo(spec.name)
+                users = [p.name for p in self.store.list_pipelines()]
+                if spec.name not in users:
+                    raise Conflict(f"repo '{spec.name}' already exists and would be the output repo of "
+                                   f"pipeline '{spec.name}'; delete it or name the pipeline differently")
+            except NotFound:
+                pass
+        notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(self.capabilities)]
+        salt = spec.salt or (old.salt if old is not None and not reprocess else uuid.uuid4().hex)
+        with self.pfs.tx() as db:
+            row = self.store.put_pipeline(db, spec.name, spec.to_dict() | {"generation": spec.generation}, salt,
+                                          notes, update=update)
+            if reprocess and old is not None and spec.generation == 1:
+                db.execute("DELETE FROM pps_cursors WHERE pipeline=?", (spec.name,))
+        self._ensure_repo(spec.name, f"output of pipeline {spec.name}")
+        if old is None and spec.generation != 1:
+            self._start_at_heads(spec)
+        if old is not None and reprocess:
+            if spec.generation == 1:
+                self._archive_outputs(spec)
+            else:
+                self.request_run(spec.name, [])
+        elif old is not None and spec.generation != 1:
+            self.request_run(spec.name, [])
+        return row
+
+    def _ensure_repo(self, name: str, description: str) -> None:
+        try:
+            self.pfs.create_repo(name, description)
+        except PfsError:
+            pass
+
+    def _start_at_heads(self, spec: PipelineSpec) -> None:
+        """2.x: a new pipeline processes its inputs' heads, not their history."""
+        with self.pfs.tx() as db:
+            for leaf in jp.leaves(spec):
+                repo, branch = jp.leaf_repo(leaf, spec.name), jp.leaf_branch(leaf)
+                r = db.execute("SELECT MAX(seq) FROM commits WHERE repo=? AND branch=? AND finished IS NOT NULL",
+                               (repo, branch)).fetchone()
+                if r[0] is not None and r[0] > 0:
+                    self.store.set_cursor(db, spec.name, repo, branch, r[0] - 1)
+
+    def _archive_outputs(self, spec: PipelineSpec) -> None:
+        """1.x update without --no-archive (docs ch. 11): old results are archived, all input reprocessed."""
+        for c in self.pfs.list_commits(spec.name):
+            if c.finished is not None:
+                self.pfs.archive_commit(spec.name, c.id)
+        try:
+            self.pfs.delete_branch(spec.name, spec.output_branch)
+        except PfsError:
+            pass
+        with self.pfs.tx() as db:
+            self.store.clear_units(db, spec.name)
+
+    def spec_of(self, row: PipelineRow) -> PipelineSpec:
+        return parse_spec(row.spec)
+
+    def delete_pipeline(self, name: str, *, force: bool = False, keep_repo: bool = False) -> None:
+        row = self.store.get_pipeline(name)
+        downstream = [p.name for p in self.store.list_pipelines()
+                      if p.name != name and name in self._input_repos(p)]
+        if downstream and not force and not keep_repo:
+            raise Conflict(f"pipeline(s) {', '.join(downstream)} read the output of pipeline '{name}'; delete "
+                           "them first, or pass --force")
+        with self._lock:
+            job = self.active.pop(name, None)
+            if job is not None:
+                self.queue.drop_job(job.row.id)
+        if self.runner is not None:
+            self.runner.stop(name)
+        jobs = [j.id for j in self.store.list_jobs(name)]
+        if job is not None:
+            self._discard_output(job)
+        with self.pfs.tx() as db:
+            self.store.delete_pipeline(db, name)
+            for j in jobs:
+                self.pfs.unpin(f"job/{j}/", db)
+        self.logs.delete_jobs(jobs)
+        if not keep_repo:
+            try:
+                self.pfs.delete_repo(row.name, force=True)
+            except NotFound:
+                pass
+        self._changed_now()
+
+    def _input_repos(self, row: PipelineRow) -> set[str]:
+        try:
+            return {jp.leaf_repo(leaf, row.name) for leaf in jp.leaves(self.spec_of(row))}
+        except PfsError:
+            return set()
+
+    def readers_of(self, repo: str) -> list[str]:
+        """Pipelines reading ``repo`` (delete-repo refuses while there are any)."""
+        return [p.name for p in self.store.list_pipelines() if repo in self._input_repos(p)]
+
+    def stop_pipeline(self, name: str) -> PipelineRow:
+        self.store.get_pipeline(name)
+        self.store.set_pipeline_state(name, "paused", "", stopped=True)
+        if self.runner is not None:
+            self.runner.stop(name)
+        self.notify()
+        return self.store.get_pipeline(name)
+
+    def start_pipeline(self, name: str) -> PipelineRow:
+        self.store.get_pipeline(name)
+        self.store.set_pipeline_state(name, "starting", "", stopped=False)
+        self._crashes.pop(name, None)
+        self.notify()
+        return self.store.get_pipeline(name)
+
+    def request_run(self, name: str, commits: list[dict]) -> None:
+        """run-pipeline: a job on the heads, or on the given commits of some inputs."""
+        row = self.store.get_pipeline(name)
+        spec = self.spec_of(row)
+        pinned = {}
+        for c in commits:
+            info = self.pfs.inspect_commit(c["repo"], c["commit"])
+            pinned[c["repo"]] = info
+        inputs = []
+        for leaf in jp.leaves(spec):
+            repo, branch = jp.leaf_repo(leaf, name), jp.leaf_branch(leaf)
+            if repo in pinned:
+                info = pinned[repo]
+                inputs.append(jp.LeafCommit(leaf.name, repo, info.branch, info.id))
+                continue
+            head = self._latest_finished(repo, branch)
+            if head is None:
+                raise Conflict(f"input repo '{repo}' has no finished commit on branch '{branch}' to run on")
+            inputs.append(jp.LeafCommit(leaf.name, repo, branch, head[0]))
+        with self._lock:
+            self._runs.setdefault(name, []).append(inputs)
+        self.notify()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for row in self.store.list_pipelines():
+            with self._lock:
+                job = self.active.get(row.name)
+            if job is not None:
+                if job.deadline is not None and now > job.deadline and not job.failure:
+                    job.failure = f"job timed out after {job.spec.job_timeout:g}s (job_timeout)"
+                    self._kill_workers(row.name)
+                self._maybe_complete(job)
+            if row.stopped:
+                continue
+            try:
+                self._cron_ticks(row)
+            except PfsError as exc:
+                self.logs.note(row.name, None, f"cron tick failed: {exc.message}")
+            with self._lock:
+                busy = row.name in self.active
+            if not busy:
+                try:
+                    self._maybe_start(row)
+                except PfsError as exc:
+                    self.store.set_pipeline_state(row.name, "failure", exc.message)
+                    self.logs.note(row.name, None, f"cannot start a job: {exc.message}")
+            self._manage_workers(row)
+
+    def _manage_workers(self, row: PipelineRow) -> None:
+        if self.runner is None:
+            return
+        spec = self.spec_of(row)
+        with self._lock:
+            busy = row.name in self.active
+        want = 0 if row.stopped else max(1, spec.parallelism_spec.workers())
+        if spec.standby and not busy:
+            want = 0
+        crashes = [t for t in self._crashes.get(row.name, []) if time.monotonic() - t < CRASH_WINDOW]
+        self._crashes[row.name] = crashes
+        if len(crashes) >= CRASH_LIMIT and want:
+            if row.state != "crashing":
+                self.store.set_pipeline_state(row.name, "crashing", f"{len(crashes)} worker(s) died in the "
+                                              f"last minute; see {self.logs.dir}/../workers/")
+            if time.monotonic() - crashes[-1] < 5.0:
+                return
+        self.runner.ensure(row.name, want)
+        state = "paused" if row.stopped else "standby" if want == 0 else "running"
+        if row.state != state and not (row.state == "crashing" and len(crashes) >= CRASH_LIMIT):
+            self.store.set_pipeline_state(row.name, state, "")
+
+    def _cron_ticks(self, row: PipelineRow) -> None:
+        """Cron inputs: a commit in the input's repo at each tick, holding a file named
+        by the tick's time (only the latest with ``overwrite``); missed ticks collapse
+        into one."""
+        spec = self.spec_of(row)
+        for leaf in jp.leaves(spec):
+            if not isinstance(leaf, CronInput):
+                continue
+            last = self.pfs.q1("SELECT description FROM commits WHERE repo=? AND branch='master' AND finished IS"
+                               " NOT NULL ORDER BY seq DESC LIMIT 1", (leaf.repo,))
+            if last is not None and last[0].startswith("cron tick "):
+                base = datetime.fromisoformat(last[0].removeprefix("cron tick ").replace("Z", "+00:00"))
+            else:
+                base = leaf.start or datetime.fromtimestamp(row.created, UTC)
+            now = datetime.now(UTC)
+            tick = leaf.schedule.next_after(base)
+            if tick is None or tick > now:
+                continue
+            while (after := leaf.schedule.next_after(tick)) is not None and after <= now:
+                tick = after
+            stamp = tick.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            info = self.pfs.start_commit(leaf.repo, "master", description=f"cron tick {stamp}")
+            with self.pfs.write_session(leaf.repo, info.id) as ws:
+                if leaf.overwrite:
+                    for f in self.pfs.list_files(leaf.repo, info.id, ""):
+                        ws.delete_if_present(f.path)
+                ws.put_bytes(stamp, stamp.encode() + b"\n", overwrite=True)
+                ws.commit()
+            self.pfs.finish_commit(leaf.repo, info.id)
+
+    def worker_exited(self, pipeline: str, worker: str, code: int) -> None:
+        """The runner's on_exit: the worker's task goes to another worker."""
+        self.queue.release_worker(worker)
+        self._crashes.setdefault(pipeline, []).append(time.monotonic())
+        self.logs.note(pipeline, None, f"worker {worker} exited with code {code}")
+        self.notify()
+
+    def _kill_workers(self, pipeline: str) -> None:
+        if self.runner is not None:
+            self.runner.stop(pipeline)
+
+    def _latest_finished(self, repo: str, branch: str) -> tuple | None:
+        return self.pfs.q1("SELECT id, seq FROM commits WHERE repo=? AND branch=? AND finished IS NOT NULL"
+                           " AND archived=0 ORDER BY seq DESC LIMIT 1", (repo, branch))
+
+    def _next_trigger(self, row: PipelineRow, spec: PipelineSpec) -> Trigger | None:
+        with self._lock:
+            runs = self._runs.get(row.name)
+            if runs:
+                return Trigger(runs.pop(0), None, [])
+        best = None
+        heads = {}
+        for leaf in jp.leaves(spec):
+            repo, branch = jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)
+            head = self._latest_finished(repo, branch)
+            if head is None:
+                return None  # docs 15.1: no job until every input has data
+            heads[leaf.name] = (repo, branch, head)
+            cur = self.store.cursor(row.name, repo, branch)
+            nxt = self.pfs.q1("SELECT id, seq, finished FROM commits WHERE repo=? AND branch=? AND seq>?"
+                              " AND finished IS NOT NULL AND archived=0 ORDER BY seq LIMIT 1",
+                              (repo, branch, -1 if cur is None else cur))
+            if nxt is not None and (best is None or nxt[2] < best[3][2]):
+                best = (leaf.name, repo, branch, nxt)
+        if best is None:
+            return None
+        name, repo, branch, nxt = best
+        inputs = []
+        for leaf in jp.leaves(spec):
+            r, b, head = heads[leaf.name]
+            if (r, b) == (repo, branch):
+                inputs.append(jp.LeafCommit(leaf.name, r, b, nxt[0]))
+            else:
+                inputs.append(jp.LeafCommit(leaf.name, r, b, head[0]))
+        return Trigger(inputs, name, [(repo, branch, nxt[1])])
+
+    def _maybe_start(self, row: PipelineRow) -> None:
+        spec = self.spec_of(row)
+        if spec.spout is not None or spec.input is None:
+            return
+        trig = self._next_trigger(row, spec)
+        if trig is None:
+            return
+        if spec.generation == 1:
+            plan = jp.plan_v1(self.pfs, spec, trig.inputs, trig.trigger)
+        else:
+            previous = self.store.units(row.name)
+            plan = jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, previous,
+                              reprocess=spec.reprocess_spec == "every_job")
+        self._start_job(row, spec, trig, plan)
+
+    def _provenance(self, inputs: list[jp.LeafCommit]) -> list[dict]:
+        seen: dict[str, dict] = {}
+        for lc in inputs:
+            seen.setdefault(lc.commit, {"repo": lc.repo, "branch": lc.branch, "commit": lc.commit})
+            for p in self.pfs.inspect_commit(lc.repo, lc.commit).provenance:
+                seen.setdefault(p["commit"], p)
+        return list(seen.values())
+
+    def _start_job(self, row: PipelineRow, spec: PipelineSpec, trig: Trigger, plan: jp.JobPlan | None) -> None:
+        now = time.time()
+        prov = self._provenance(trig.inputs)
+        job_id = uuid.uuid4().hex
+        out = self.pfs.start_commit(spec.name, spec.output_branch, provenance=prov,
+                                    description=f"output of job {job_id}")
+        job = JobRow(job_id, row.name, row.version, "running", "", now, now, None,
+                     [lc.to_dict() for lc in trig.inputs], trig.trigger, spec.name, spec.output_branch, out.id,
+                     provenance=prov)
+        if plan is None:  # 1.x: nothing new and not run_empty: an empty output commit, no datums
+            plan = jp.JobPlan(trig.inputs, [], [], {}, [], 0)
+        job.total = plan.total
+        job.skipped = len(plan.skipped)
+        datum_rows = []
+        order = 0
+        for unit in plan.to_run:
+            for d in unit.datums:
+                datum_rows.append((d, unit.unit_id, order, "starting", unit.datum_files.get(d, [])))
+                order += 1
+        for d, unit_id, files in plan.skipped:
+            datum_rows.append((d, unit_id, order, "skipped", files))
+            order += 1
+        with self.pfs.tx() as db:
+            self.store.insert_job(db, job)
+            self.store.insert_datums(db, job_id, datum_rows)
+            for repo, branch, seq in trig.cursors:
+                self.store.set_cursor(db, row.name, repo, branch, seq)
+        active = ActiveJob(job, spec, plan, {u.unit_id: u for u in plan.to_run})
+        if spec.job_timeout:
+            active.deadline = time.monotonic() + spec.job_timeout
+        with self._lock:
+            self.active[row.name] = active
+        self.logs.note(row.name, job_id, f"started job {job_id}: {len(plan.to_run)} unit(s) to run, "
+                                         f"{len(plan.skipped)} datum(s) skipped")
+        self.queue.put(self._tasks(active))
+        self._changed_now()
+        self._maybe_complete(active)
+
+    def _tasks(self, job: ActiveJob) -> list[Task]:
+        spec = job.spec
+        units = [u for u in job.plan.to_run if u.unit_id not in job.results]
+        if not units:
+            return []
+        workers = max(1, spec.parallelism_spec.workers())
+        per_task = max(1, min(64, len(units) // (workers * 4) or 1))
+        t = spec.transform
+        base = {
+            "job_id": job.row.id, "pipeline": spec.name, "generation": spec.generation,
+            "transform": {"cmd": list(t.cmd), "stdin": list(t.stdin), "err_cmd": list(t.err_cmd),
+                          "err_stdin": list(t.err_stdin), "env": dict(t.env),
+                          "accept_return_code": list(t.accept_return_code), "user": t.user,
+                          "working_dir": t.working_dir},
+            "secrets": [self._secret(s) for s in t.secrets],
+            "datum_timeout": spec.datum_timeout, "datum_tries": spec.datum_tries,
+            "env": {"PACH_JOB_ID": job.row.id, "PACH_OUTPUT_COMMIT_ID": job.row.output_commit} | job.plan.env,
+            "prev": self._prev(job) if spec.generation == 1 else None,
+        }
+        tasks = []
+        for i in range(0, len(units), per_task):
+            part = units[i : i + per_task]
+            tid = uuid.uuid4().hex
+            payload = base | {"task_id": tid, "units": [u.task_part() for u in part]}
+            tasks.append(Task(tid, job.row.id, spec.name, [u.unit_id for u in part], payload))
+        return tasks
+
+    def _secret(self, s) -> dict[str, Any]:
+        return {"name": s.name, "mount_path": s.mount_path, "env_var": s.env_var, "key": s.key,
+                "data": self.store.get_secret(s.name)}
+
+    def _prev(self, job: ActiveJob) -> dict | None:
+        info = self.pfs.inspect_commit(job.row.output_repo, job.row.output_commit)
+        if info.parent is None:
+            return None
+        return {"repo": job.row.output_repo, "commit": info.parent}
+
+    # -- results -------------------------------------------------------------
+
+    def job_for_task(self, task_id: str) -> tuple[Task, ActiveJob] | None:
+        t = self.queue.get(task_id)
+        if t is None:
+            return None
+        with self._lock:
+            job = self.active.get(t.pipeline)
+        if job is None or job.row.id != t.job_id:
+            return None
+        return t, job
+
+    def task_result(self, task_id: str, results: list[dict]) -> bool:
+        """A worker's results for a task: ``[{unit_id, state, reason, tries, started,
+        finished, owner}]`` with outputs already pinned under ``owner``. False if
+        the task was already done elsewhere (its pins are then dropped)."""
+        t = self.queue.complete(task_id)
+        found = self.job_for_task(task_id) if t is None else None
+        with self._lock:
+            job = self.active.get(t.pipeline) if t is not None else None
+        if t is None or job is None or job.row.id != t.job_id or found is not None:
+            for r in results:
+                if r.get("owner"):
+                    self.pfs.unpin(r["owner"])
+            return False
+        counts = {"success": 0, "failed": 0, "recovered": 0}
+        with self.pfs.tx() as db:
+            for r in results:
+                unit = job.units.get(r["unit_id"])
+                if unit is None or r["unit_id"] in job.results:
+                    continue
+                state = r["state"] if r["state"] in counts else "failed"
+                n = self.store.finish_unit(db, job.row.id, unit.unit_id, state, r.get("reason", ""),
+                                           int(r.get("tries", 1)), r.get("started"), r.get("finished"))
+                counts[state] += n
+                job.results[unit.unit_id] = (state, r.get("owner"))
+                if state == "failed" and not job.failure:
+                    job.failure = f"datum {unit.datums[0]} failed: {r.get('reason') or 'user code failed'}"
+            job.row.processed += counts["success"]
+            job.row.failed += counts["failed"]
+            job.row.recovered += counts["recovered"]
+            self.store.update_job(db, job.row)
+        self._changed_now()
+        self.notify()
+        return True
+
+    def _maybe_complete(self, job: ActiveJob) -> None:
+        if job.failure:
+            self._fail(job, job.failure)
+            return
+        if len(job.results) < len(job.units):
+            return
+        try:
+            self._merge(job)
+        except (OutputCollisionError, PfsError) as exc:
+            self._fail(job, str(exc) if isinstance(exc, OutputCollisionError) else exc.message)
+            return
+        self._changed_now()
+
+    def _merge(self, job: ActiveJob) -> None:
+        row, spec = job.row, job.spec
+        pinned = {u: self.pfs.pinned(owner) if owner else [] for u, (_state, owner) in job.results.items()}
+        order = [u.unit_id for u in job.plan.to_run]
+        new_paths = {u: [p for op, p, _e in pinned[u] if op in ("put", "append")] for u in order}
+        if spec.generation != 1:
+            self._check_collisions(job, new_paths)
+        ws = self.pfs.write_session(row.output_repo, row.output_commit)
+        try:
+            if spec.generation != 1:
+                for unit in job.plan.dropped_units:
+                    for path in self.store.paths_of(row.pipeline, unit):
+                        ws.delete_if_present(path)
+                for u in order:
+                    for op, path, e in pinned[u]:
+                        if op == "mkdir":
+                            ws.mkdir(path)
+                        elif e is not None:
+                            ws.add(path, self.pfs.load_refs(e), e.size, overwrite=True)
+            else:
+                written: set[str] = set()
+                for u in order:
+                    for op, path, e in pinned[u]:
+                        if op == "delete":
+                            ws.delete_if_present(path)
+                        elif op == "mkdir":
+                            ws.mkdir(path)
+                        elif e is not None:
+                            overwrite = op == "put" and path not in written
+                            ws.add(path, self.pfs.load_refs(e), e.size, overwrite=overwrite)
+                            written.add(path)
+            ws.commit()
+        finally:
+            ws.close()
+        self.pfs.finish_commit(row.output_repo, row.output_commit)
+        state = "success"
+        if spec.egress is not None:
+            try:
+                n = egress(self.pfs, row.output_repo, row.output_commit, spec.egress.url)
+                self.logs.note(row.pipeline, row.id, f"egress: {n} file(s) to {spec.egress.url}")
+            except PfsError as exc:
+                row.reason = f"egress to {spec.egress.url} failed: {exc.message}"
+                self.logs.note(row.pipeline, row.id, row.reason)
+                state = "failure"  # the output commit stands; only the copy out failed
+        row.state, row.finished = state, time.time()
+        with self.pfs.tx() as db:
+            if spec.generation != 1:
+                added = {u: job.units[u].datums for u in order}
+                self.store.replace_units(db, row.pipeline, job.plan.dropped_units, added, new_paths)
+            self.pfs.unpin(f"job/{row.id}/", db)
+            self.store.update_job(db, row)
+        with self._lock:
+            if self.active.get(row.pipeline) is job:
+                del self.active[row.pipeline]
+        self.logs.note(row.pipeline, row.id, f"job {row.id} succeeded: {row.processed} processed, "
+                                             f"{row.skipped} skipped")
+        self.notify()
+
+    def _check_collisions(self, job: ActiveJob, new_paths: dict[str, list[str]]) -> None:
+        """2.x: two datums writing one path fail the job, naming both (seed 2.x)."""
+        first_datum = {u: job.units[u].datums[0] for u in new_paths}
+        outputs = {first_datum[u]: ps for u, ps in new_paths.items()}
+        dropped = set(job.plan.dropped_units)
+        for u, ps in new_paths.items():
+            for p in ps:
+                owner = self.store.owner_of(job.row.pipeline, p)
+                if owner and owner not in dropped and owner not in new_paths:
+                    raise OutputCollisionError(p, owner, first_datum[u])
+        check_output_collisions(outputs, mode="2.x")
+
+    def _discard_output(self, job: ActiveJob) -> None:
+        try:
+            self.pfs.delete_commit(job.row.output_repo, job.row.output_commit)
+        except PfsError:
+            pass
+
+    def _fail(self, job: ActiveJob, reason: str, state: str = "failure") -> None:
+        row = job.row
+        self.queue.drop_job(row.id)
+        with self._lock:
+            if self.active.get(row.pipeline) is job:
+                del self.active[row.pipeline]
+        self._discard_output(job)
+        row.state, row.reason, row.finished = state, reason, time.time()
+        with self.pfs.tx() as db:
+            self.pfs.unpin(f"job/{row.id}/", db)
+            self.store.update_job(db, row)
+            db.execute("UPDATE pps_datums SET state='failed', reason='job ended' WHERE job=? AND state IN"
+                       " ('starting', 'running')", (row.id,))
+        self.logs.note(row.pipeline, row.id, f"job {row.id} {state}: {reason}")
+        self._changed_now()
+        self.notify()
+
+    def stop_job(self, job_id: str) -> JobRow:
+        row = self.store.get_job(job_id)
+        with self._lock:
+            job = self.active.get(row.pipeline)
+        if job is None or job.row.id != row.id:
+            raise Conflict(f"job '{row.id}' is not running (state {row.state})")
+        self._kill_workers(row.pipeline)
+        self._fail(job, "stopped by the user", state="killed")
+        return self.store.get_job(row.id)
+
+    # -- restart -----------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """After a crash or kill -9: running jobs are marked failed and their open
+        output commits deleted; the next tick starts the job again from its input."""
+        for row in self.store.list_jobs(states=("created", "running")):
+            if row.output_commit:
+                try:
+                    info = self.pfs.inspect_commit(row.output_repo, row.output_commit)
+                    if info.finished is None:
+                        self.pfs.delete_commit(row.output_repo, row.output_commit)
+                except PfsError:
+                    pass
+            with self.pfs.tx() as db:
+                self.pfs.unpin(f"job/{row.id}/", db)
+                db.execute("UPDATE pps_jobs SET state='killed', reason=?, finished=? WHERE id=?",
+                           ("the daemon stopped while the job ran; it runs again", time.time(), row.id))
+                # Let the triggering commit be picked again.
+                for lc in row.inputs:
+                    if lc.get("name") == row.trigger:
+                        seq = db.execute("SELECT seq FROM commits WHERE id=?", (lc["commit"],)).fetchone()
+                        if seq is not None and seq[0] is not None:
+                            db.execute("UPDATE pps_cursors SET seq=? WHERE pipeline=? AND repo=? AND branch=?"
+                                       " AND seq>=?", (seq[0] - 1, row.pipeline, lc["repo"], lc["branch"],
+                                                      seq[0]))
+
+    # -- waiting -------------------------------------------------------------------
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> JobRow:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            row = self.store.get_job(job_id)
+            if row.done or (deadline is not None and time.monotonic() > deadline):
+                return row
+            self.wait_changed(0.5)
+
+    def downstream(self, repo: str) -> list[str]:
+        """Pipelines fed, directly or not, by ``repo``."""
+        out: list[str] = []
+        frontier = [repo]
+        pipes = self.store.list_pipelines()
+        while frontier:
+            r = frontier.pop()
+            for p in pipes:
+                if p.name not in out and r in self._input_repos(p):
+                    out.append(p.name)
+                    frontier.append(p.name)
+        return out
+
+    def flush(self, commits: list[tuple[str, str]], repos: list[str] | None = None,
+              timeout: float | None = None) -> tuple[list[str], list[JobRow]]:
+        """Block until every pipeline downstream of the commits has finished an
+        output commit from them (or failed a job on them). Returns (commit ids, failed jobs)."""
+        targets = []
+        for repo, ref in commits:
+            info = self.pfs.inspect_commit(repo, ref)
+            for p in self.downstream(repo):
+                if not repos or p in repos:
+                    targets.append((info.id, p))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            found, failed, missing = [], [], False
+            for cid, pipeline in targets:
+                hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND provenance"
+                                  " LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
+                if hit is not None:
+                    found.append(hit[0])
+                    continue
+                bad = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state='failure'"
+                                  " AND provenance LIKE ? ORDER BY created DESC LIMIT 1",
+                                  (pipeline, f'%"{cid}"%'))
+                if bad is not None:
+                    failed.append(self.store.get_job(bad[0]))
+                    continue
+                missing = True
+            if not missing:
+                return list(dict.fromkeys(found)), failed
+            if deadline is not None and time.monotonic() > deadline:
+                raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
+            self.wait_changed(0.5)
