@@ -187,14 +187,14 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         return {}
 
     @app.delete("/v1/pipelines")
-    async def delete_all_pipelines(all: bool = False, force: bool = False):
+    async def delete_all_pipelines(all: bool = False, force: bool = False, keep_repo: bool = False):
         if not all:
             raise InvalidArgument("name a pipeline, or pass all=true")
 
         def delete_all() -> list[str]:
             names = [p.name for p in reversed(s.store.list_pipelines())]
             for n in names:
-                s.delete_pipeline(n, force=True)
+                s.delete_pipeline(n, force=True, keep_repo=keep_repo)
             return names
 
         return {"deleted": await run(delete_all)}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import socket
 import subprocess
@@ -38,6 +39,19 @@ from mountd.models import (
     Repo,
     Version,
     errors,
+)
+from mountd.pps_models import (
+    CreatePipelines,
+    Datum,
+    Flush,
+    FlushResult,
+    InputCommit,
+    Job,
+    LogLine,
+    OutputCommit,
+    Pipeline,
+    RunPipeline,
+    Secret,
 )
 from pachctl import config
 
@@ -445,6 +459,131 @@ class Client:
             params["old"] = old
         return [DiffEntry(**d) for d in self._json("GET", f"/v1/repos/{_seg(repo)}/diff", params=params)]
 
+    # =========================================================================
+    # -- pipelines (PPS): pipelines, jobs, datums, logs, flush, secrets --------
+    # =========================================================================
+    #
+    # Calls that wait for work to happen (a job to finish, a flush, followed
+    # logs) have no read timeout: they may legitimately block for hours.
+
+    def create_pipeline(
+        self, spec: str | dict | list[dict], update: bool = False, reprocess: bool = False
+    ) -> list[Pipeline]:
+        """Create (or, with ``update``, replace) pipelines from a spec: its text
+        as written (one or several JSON objects, 1.x or 2.x), a dict, or a list
+        of dicts. The daemon parses it; returns the pipelines, each with
+        ``notes`` on the fields it accepted but cannot act on."""
+        body = CreatePipelines(text=_spec_text(spec), update=update, reprocess=reprocess)
+        return [Pipeline(**p) for p in self._json("POST", "/v1/pipelines", json=body.model_dump())]
+
+    def update_pipeline(self, spec: str | dict | list[dict], reprocess: bool = False) -> list[Pipeline]:
+        return self.create_pipeline(spec, update=True, reprocess=reprocess)
+
+    def list_pipeline(self) -> list[Pipeline]:
+        return [Pipeline(**p) for p in self._json("GET", "/v1/pipelines")]
+
+    def inspect_pipeline(self, name: str) -> Pipeline:
+        return Pipeline(**self._json("GET", f"/v1/pipelines/{_seg(name)}"))
+
+    def delete_pipeline(self, name: str, force: bool = False, keep_repo: bool = False) -> None:
+        params = {"force": force, "keep_repo": keep_repo}
+        self._request("DELETE", f"/v1/pipelines/{_seg(name)}", params=params)
+
+    def delete_all_pipelines(self, force: bool = False, keep_repo: bool = False) -> None:
+        params = {"all": True, "force": force, "keep_repo": keep_repo}
+        self._request("DELETE", "/v1/pipelines", params=params)
+
+    def stop_pipeline(self, name: str) -> Pipeline:
+        return Pipeline(**self._json("POST", f"/v1/pipelines/{_seg(name)}/stop"))
+
+    def start_pipeline(self, name: str) -> Pipeline:
+        return Pipeline(**self._json("POST", f"/v1/pipelines/{_seg(name)}/start"))
+
+    def run_pipeline(self, name: str, commits: Iterable[InputCommit | tuple[str, str]] = ()) -> Job:
+        """A job now, on the inputs' heads, or on the given (repo, commit)s."""
+        body = RunPipeline(commits=[_input_commit(c) for c in commits])
+        return Job(**self._json("POST", f"/v1/pipelines/{_seg(name)}/run", json=body.model_dump()))
+
+    def create_job(self, spec: str | dict) -> Job:
+        """A one-off job from a pipeline spec (1.x ``create-job``)."""
+        body = CreatePipelines(text=_spec_text(spec))
+        return Job(**self._json("POST", "/v1/jobs", json=body.model_dump()))
+
+    def list_job(
+        self, pipeline: str | None = None, input: str | None = None, output: str | None = None
+    ) -> list[Job]:
+        """Newest first; ``input``/``output`` as ``repo@commit``."""
+        params = {k: v for k, v in (("pipeline", pipeline), ("input", input), ("output", output)) if v}
+        return [Job(**j) for j in self._json("GET", "/v1/jobs", params=params)]
+
+    def inspect_job(self, job: str, wait: bool = False) -> Job:
+        """A job by ID (or a unique prefix); ``wait``: once it has finished."""
+        kw: dict[str, Any] = {"timeout": _NO_READ_TIMEOUT} if wait else {}
+        return Job(**self._json("GET", f"/v1/jobs/{_seg(job)}", params={"wait": wait}, **kw))
+
+    def wait_job(self, job: str) -> Job:
+        return self.inspect_job(job, wait=True)
+
+    def stop_job(self, job: str) -> None:
+        self._request("DELETE", f"/v1/jobs/{_seg(job)}")
+
+    def list_datum(self, job: str) -> list[Datum]:
+        return [Datum(**d) for d in self._json("GET", f"/v1/jobs/{_seg(job)}/datums")]
+
+    def inspect_datum(self, job: str, datum: str) -> Datum:
+        return Datum(**self._json("GET", f"/v1/jobs/{_seg(job)}/datums/{_seg(datum)}"))
+
+    def get_logs(
+        self,
+        pipeline: str | None = None,
+        job: str | None = None,
+        datum: str | None = None,
+        follow: bool = False,
+    ) -> Iterator[LogLine]:
+        """Log lines as they arrive; with ``follow``, until the caller stops."""
+        self._ensure_daemon_or_raise()
+        params: dict[str, Any] = {k: v for k, v in (("pipeline", pipeline), ("job", job), ("datum", datum)) if v}
+        params["follow"] = follow
+        kw: dict[str, Any] = {"timeout": _NO_READ_TIMEOUT} if follow else {}
+        try:
+            with self._http.stream("GET", "/v1/logs", params=params, **kw) as resp:
+                self._check(resp)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield LogLine.model_validate_json(line)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+
+    def flush_commit(
+        self,
+        commits: Iterable[OutputCommit | tuple[str, str]],
+        repos: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> FlushResult:
+        """Wait until everything downstream of ``commits`` ((repo, commit)
+        pairs; branch names allowed) is finished; ``repos``: only these
+        downstream repos. ``timeout`` is the daemon's (seconds); the call
+        itself waits as long as that takes."""
+        oc = [c if isinstance(c, OutputCommit) else OutputCommit(repo=c[0], commit=c[1]) for c in commits]
+        body = Flush(commits=oc, repos=list(repos), timeout=timeout)
+        return FlushResult(**self._json("POST", "/v1/flush", json=body.model_dump(), timeout=_NO_READ_TIMEOUT))
+
+    def flush_commits(self, commits: Iterable[OutputCommit | tuple[str, str]], repos: Iterable[str] = ()) -> list[Commit]:
+        """The downstream commits of a flush as ``Commit``s (failed jobs ignored)."""
+        return [Commit(**c) for c in self.flush_commit(commits, repos).commits]
+
+    def create_secret(self, name: str, data: dict[str, str]) -> None:
+        """Create or replace a secret; ``data`` maps keys to (plain-text) values."""
+        body = Secret(name=name, data=data)
+        self._request("PUT", f"/v1/secrets/{_seg(name)}", json=body.model_dump())
+
+    def list_secret(self) -> list[str]:
+        """Secret names only: values never come back."""
+        return [s if isinstance(s, str) else s["name"] for s in self._json("GET", "/v1/secrets")]
+
+    def delete_secret(self, name: str) -> None:
+        self._request("DELETE", f"/v1/secrets/{_seg(name)}")
+
 
 def _seg(name: str) -> str:
     """A path segment; names are validated server-side, but never let one
@@ -454,6 +593,24 @@ def _seg(name: str) -> str:
     if "/" in name or name in ("", ".", ".."):
         raise errors.InvalidArgument(f"invalid name '{name}': names use letters, digits, '_' and '-'")
     return quote(name, safe="")
+
+
+_NO_READ_TIMEOUT = httpx.Timeout(None, connect=10.0)
+
+
+def _spec_text(spec: str | dict | list[dict]) -> str:
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict):
+        return json.dumps(spec, indent=2)
+    return "\n".join(json.dumps(s, indent=2) for s in spec)
+
+
+def _input_commit(c: InputCommit | tuple[str, str]) -> InputCommit:
+    if isinstance(c, InputCommit):
+        return c
+    repo, commit = c
+    return InputCommit(name=repo, repo=repo, commit=commit)
 
 
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 
+from mountd.models import Commit, errors
 from pachctl.cli.common import add, client, json_flag
-from pachctl.cli.output import ago, emit_json, human_duration, human_size, kv, table
+from pachctl.cli.output import ago, emit_json, error, human_duration, human_size, kv, table
 
 
 def _name(c) -> str:
@@ -34,21 +36,25 @@ def list_commit(args) -> int:
     if args.json:
         emit_json(commits)
         return 0
-    now = time.time()
-    rows = []
-    for c in reversed(commits):  # oldest first, as the 1.x docs show
-        rows.append(
-            (
-                c.branch or "",
-                f"{c.repo}/{c.ref}",
-                c.parent_ref or "<none>",
-                ago(c.started, now),
-                ago(c.finished, now),
-                human_size(c.size),
-            )
-        )
-    table(["BRANCH", "REPO/ID", "PARENT", "STARTED", "FINISHED", "SIZE"], rows)
+    commit_table(reversed(commits))  # oldest first, as the 1.x docs show
     return 0
+
+
+def commit_table(commits: Iterable[Commit]) -> None:
+    """The list-commit table (also flush-commit's), rows in the order given."""
+    now = time.time()
+    rows = [
+        (
+            c.branch or "",
+            f"{c.repo}/{c.ref}",
+            c.parent_ref or "<none>",
+            ago(c.started, now),
+            ago(c.finished, now),
+            human_size(c.size),
+        )
+        for c in commits
+    ]
+    table(["BRANCH", "REPO/ID", "PARENT", "STARTED", "FINISHED", "SIZE"], rows)
 
 
 def inspect_commit(args) -> int:
@@ -69,7 +75,7 @@ def inspect_commit(args) -> int:
             ("Size", human_size(c.size)),
             ("Description", c.description),
             ("Archived", "yes" if c.archived else "no"),
-            ("Provenance", ", ".join(f"{p.get('repo')}/{p.get('commit')}" for p in c.provenance) or "<none>"),
+            ("Provenance", ", ".join(f"{p.get('repo')}@{p.get('commit')}" for p in c.provenance) or "<none>"),
         ]
     )
     return 0
@@ -116,6 +122,45 @@ def archive_all(args) -> int:
     if args.verbose:
         print(f"archived {n} commits")
     return 0
+
+
+def commit_specs(tokens: list[str], usage: str) -> list[tuple[str, str]]:
+    """Commits named as ``repo@commit``, ``repo/commit`` (1.x: the first '/'
+    splits, so ``Data/master/4`` is commit ``master/4`` of ``Data``) or as
+    two words ``repo commit`` (what the 2.x ``repo@commit`` becomes)."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        sep = "@" if "@" in tok else "/" if "/" in tok else None
+        if sep:
+            repo, _, commit = tok.partition(sep)
+            i += 1
+        elif i + 1 < len(tokens):
+            repo, commit = tok, tokens[i + 1]
+            i += 2
+        else:
+            raise errors.InvalidArgument(f"'{tok}' names no commit; {usage}")
+        if not repo or not commit:
+            raise errors.InvalidArgument(f"'{tok}' is not a commit; {usage}")
+        out.append((repo, commit))
+    return out
+
+
+def flush_commit(args) -> int:
+    """Wait for everything downstream of the commits; print the commits it made."""
+    usage = "use REPO@COMMIT, REPO/COMMIT or REPO COMMIT"
+    commits = commit_specs(args.commits, usage)
+    repos = [r for part in args.repos or [] for r in part.split(",") if r]
+    result = client().flush_commit(commits, repos=repos)
+    downstream = [Commit(**c) for c in result.commits]
+    if args.json:
+        emit_json(downstream)
+    else:
+        commit_table(downstream)
+    for job in result.failed_jobs:
+        error(f"job {job.id} of pipeline {job.pipeline} failed: {job.reason or job.state}")
+    return 1 if result.failed_jobs else 0
 
 
 def list_branch(args) -> int:
@@ -178,6 +223,16 @@ def register(sub) -> None:
     p.add_argument("repo")
     p.add_argument("commits", nargs="+", metavar="COMMIT")
     add(sub, "archive-all", "Archives all commits in all repos.", archive_all)
+    p = add(
+        sub,
+        "flush-commit",
+        "Wait for all commits caused by the specified commits to finish and return them.",
+        flush_commit,
+        aliases=("wait-commit",),
+    )
+    p.add_argument("commits", nargs="+", metavar="COMMIT", help="REPO@COMMIT, REPO/COMMIT or REPO COMMIT")
+    p.add_argument("-r", "--repos", action="append", metavar="REPO,...", help="only wait for commits in these repos")
+    json_flag(p)
     p = add(sub, "list-branch", "Return all branches on a repo.", list_branch)
     p.add_argument("repo")
     json_flag(p)

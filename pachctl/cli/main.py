@@ -11,13 +11,23 @@ import os
 import sys
 
 from mountd.models import errors
-from pachctl.cli import cmd_admin, cmd_commit, cmd_file, cmd_mount, cmd_repo
+from pachctl.cli import (
+    cmd_admin,
+    cmd_commit,
+    cmd_file,
+    cmd_job,
+    cmd_mount,
+    cmd_pipeline,
+    cmd_repo,
+    cmd_secret,
+)
 from pachctl.cli.output import error
 
-VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay"}
-NOUNS = {"repo", "commit", "branch", "file", "job", "pipeline", "datum"}
+VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay",
+         "stop", "run", "update"}
+NOUNS = {"repo", "commit", "branch", "file", "job", "pipeline", "datum", "secret"}
 # Options whose value is never a repo@ref argument.
-VALUE_OPTS = {"-f", "--file", "-i", "--input", "-o", "--output", "-m", "--message", "-d", "--description", "--head", "-p", "--parent", "--old", "--listen", "--token", "--store", "--home", "-n"}
+VALUE_OPTS = {"-f", "--file", "-i", "--input", "-o", "--output", "-m", "--message", "-d", "--description", "--head", "-p", "--parent", "--old", "--listen", "--token", "--store", "--home", "-n", "-j", "--job"}
 
 
 def normalize(argv: list[str]) -> tuple[list[str], bool]:
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_mount, cmd_admin):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin):
         module.register(sub)
     return p
 
