@@ -25,6 +25,9 @@ _U64 = struct.Struct(">Q")
 SMALL = 1 << 20
 
 
+_ALIASES = {("BLOCK", "DIFF"): "map", ("FILE", "NONE"): "reduce", ("REPO", "NONE"): "global"}
+
+
 def input_summary(node: dict | None) -> str:
     """A one-line view of an input tree: ``data:/*``, ``(a:/* ⨯ b:/*)``."""
     if not node:
@@ -39,7 +42,11 @@ def input_summary(node: dict | None) -> str:
             label += "@" + p["branch"]
         method = p.get("method")
         if method:
-            how = method if isinstance(method, str) else f"{method.get('partition')}/{method.get('incremental')}"
+            if isinstance(method, str):
+                how = method
+            else:
+                pair = (method.get("partition"), method.get("incremental"))
+                how = _ALIASES.get(pair) or "/".join(str(x) for x in pair)
             return f"{label}:{how}"
         return f"{label}:{p.get('glob', '')}"
     if "cron" in node:

@@ -24,6 +24,8 @@ from mountd.mounts import MountManager
 from pfsfuse.errors import PfsError
 from pfsfuse.objstore import open_store
 from pfsfuse.pfs import PFS
+from pps.runners.local import LocalRunner
+from pps.scheduler import Scheduler
 
 
 def default_home() -> str:
@@ -128,15 +130,20 @@ def main(argv: list[str] | None = None) -> int:
                 os.unlink(sock)  # left by a killed daemon; we hold the lock
             config.bind = [f"unix:{sock}"]
         mounts = MountManager(pfs)
-        app = build_app(pfs, token, mounts)
+        scheduler = Scheduler(pfs, home)
+        address = args.listen or f"unix:{socket_path(home)}"
+        scheduler.runner = LocalRunner(address, home, token=token, on_exit=scheduler.worker_exited)
+        app = build_app(pfs, token, mounts, scheduler)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     old_umask = os.umask(0o077)  # the socket is created 0600
     try:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
+        scheduler.start()
         trio.run(_serve, app, config, mounts)
     finally:
+        scheduler.close()
         os.umask(old_umask)
         pfs.close()
         if not args.listen and os.path.exists(socket_path(home)):

@@ -1,0 +1,182 @@
+"""The local runner: a pipeline's workers as ``python -m shim`` processes here.
+
+Each worker runs in a session of its own (so a signal to the daemon's
+terminal does not reach it, and a stop reaches all of it); its stdout and
+stderr are appended to ``<home>/logs/workers/<worker>.log``. The runner
+never restarts a worker: when one exits unasked it calls
+``on_exit(pipeline, worker_id, returncode)`` from a watcher thread, and the
+scheduler calls ``ensure`` again if it still wants it.
+
+Imports only the standard library: pps must not depend on the daemon, the
+client or the shim; the worker is reached as a command line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+OnExit = Callable[[str, str, int], None]
+# The directory holding the pps package (and shim next to it): workers import
+# shim from there whether or not the project is installed.
+_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Worker:
+    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen):
+        self.pipeline, self.id, self.proc = pipeline, worker_id, proc
+        self.stopping = False  # asked to stop: its exit is not news
+        self.exited = threading.Event()
+
+    def alive(self) -> bool:
+        return not self.exited.is_set()
+
+
+class LocalRunner:
+    def __init__(
+        self,
+        address: str,
+        home: str,
+        *,
+        token: str | None = None,
+        on_exit: OnExit | None = None,
+    ):
+        self.address = address
+        self.home = os.path.abspath(home)
+        self.token = token
+        self.on_exit = on_exit
+        self._lock = threading.Lock()
+        self._workers: dict[str, dict[str, _Worker]] = {}
+        self._closed = False
+
+    # -- the interface --------------------------------------------------------
+
+    def ensure(self, pipeline: str, workers: int) -> None:
+        """Have exactly ``workers`` live workers ``<pipeline>-0`` .. ``-<workers-1>``."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the local runner is closed")
+            have = self._workers.setdefault(pipeline, {})
+            for i in range(workers):
+                wid = f"{pipeline}-{i}"
+                w = have.get(wid)
+                if w is None or not w.alive():
+                    have[wid] = self._start(pipeline, wid)
+            extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
+        _terminate(extra, 5.0)
+
+    def stop(self, pipeline: str, timeout: float = 5.0) -> None:
+        """SIGTERM the pipeline's workers, SIGKILL what is left after ``timeout``; waits."""
+        with self._lock:
+            workers = list(self._workers.pop(pipeline, {}).values())
+        _terminate(workers, timeout)
+
+    def running(self, pipeline: str) -> int:
+        with self._lock:
+            return sum(1 for w in self._workers.get(pipeline, {}).values() if w.alive())
+
+    def close(self) -> None:
+        """Stop every worker (all at once, not one pipeline after another)."""
+        with self._lock:
+            self._closed = True
+            workers = [w for ws in self._workers.values() for w in ws.values()]
+            self._workers.clear()
+        _terminate(workers, 5.0)
+
+    # -- processes ------------------------------------------------------------
+
+    def _start(self, pipeline: str, wid: str) -> _Worker:
+        logs = os.path.join(self.home, "logs", "workers")
+        os.makedirs(logs, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
+        env.pop("PACHY_TOKEN", None)
+        if self.token:
+            env["PACHY_TOKEN"] = self.token  # not on the command line, where ps shows it
+        cmd = [
+            sys.executable, "-m", "shim",
+            "--pipeline", pipeline,
+            "--worker", wid,
+            "--address", self.address,
+            "--scratch", os.path.join(self.home, "scratch", wid),
+        ]  # fmt: skip
+        with open(os.path.join(logs, f"{wid}.log"), "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd="/",
+                start_new_session=True,
+                close_fds=True,
+            )
+        w = _Worker(pipeline, wid, proc)
+        threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
+        return w
+
+    def _watch(self, w: _Worker) -> None:
+        rc = w.proc.wait()
+        w.exited.set()
+        with self._lock:
+            have = self._workers.get(w.pipeline, {})
+            if have.get(w.id) is w:
+                del have[w.id]
+        if w.stopping or self.on_exit is None:
+            return
+        try:
+            self.on_exit(w.pipeline, w.id, rc)
+        except Exception as exc:  # a broken callback must not kill the watcher silently
+            print(f"local runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
+
+
+def _index(wid: str) -> int:
+    try:
+        return int(wid.rpartition("-")[2])
+    except ValueError:
+        return 1 << 30
+
+
+def _terminate(workers: list[_Worker], timeout: float) -> None:
+    for w in workers:
+        w.stopping = True
+        _signal_group(w.proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        if not w.exited.wait(max(0.0, deadline - time.monotonic())):
+            _kill_session(w.proc.pid)
+    for w in workers:
+        w.exited.wait(5.0)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL the worker and everything in its session (user code runs in its own
+    process group there, so the worker's group alone would miss it)."""
+    _signal_group(sid, signal.SIGKILL)
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 3 and int(fields[3]) == sid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

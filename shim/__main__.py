@@ -1,0 +1,56 @@
+"""``python -m shim --pipeline NAME --worker ID``: one pipeline worker.
+
+The daemon's address and token come from ``--address``/``--token``, else
+from the environment and config file exactly as for ``pachctl``
+(``PACHY_ADDRESS``, ``PACHY_TOKEN``, ...). Exit codes: 0 stopped (signal,
+or the pipeline is gone), 2 cannot work here (no /pfs mount point, no
+mount namespaces, bad token), 3 gave up on an unreachable daemon.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from shim import sandbox
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shim", description="A pachy pipeline worker.")
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--worker", required=True, help="this worker's id, unique within the pipeline")
+    parser.add_argument("--address", default=None, help="unix:/path/to/mountd.sock or host:port")
+    parser.add_argument("--token", default=None)
+    parser.add_argument("--scratch", default=None, help="where units' inputs are laid out (default <home>/scratch/<worker>)")
+    parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if os.geteuid() != 0:
+        # Before anything starts a thread: the kernel refuses a user namespace
+        # to a multithreaded process.
+        try:
+            sandbox.enter_user_namespace()
+        except (sandbox.SandboxError, OSError) as exc:
+            print(f"[{args.worker}] cannot start: {exc}", file=sys.stderr)
+            return 2
+
+    from pachctl import config
+    from shim.link import Link
+    from shim.worker import Worker
+
+    try:
+        settings = config.resolve(args.address, args.token)
+    except Exception as exc:  # a broken config file: say which, exit as a config problem
+        print(f"[{args.worker}] cannot start: {exc}", file=sys.stderr)
+        return 2
+    scratch = args.scratch or os.path.join(settings.home, "scratch", args.worker)
+    link = Link(settings.address, settings.token, settings.home)
+    try:
+        return Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True).run()
+    finally:
+        link.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

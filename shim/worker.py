@@ -1,0 +1,303 @@
+"""The worker loop: poll a task, lay it out, run its units, upload, clean up.
+
+One unit runs at a time per worker process (parallelism is more workers).
+A task's results go up in one streamed request after its last unit, the
+logs just before it. If the daemon goes away (a restart), every call is
+retried with backoff for ``give_up`` seconds (``PACHY_SHIM_GIVE_UP``,
+default 60); after that the worker exits non-zero and its runner decides.
+SIGTERM/SIGINT stop it promptly: a running unit is killed, its task is
+left unreported (the daemon hands it to another worker), scratch removed.
+
+The worker is a child subreaper, so anything a unit daemonized away from
+its process group is reparented here, and killed when the unit ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from pachctl.client import errors
+from shim import collect, execute, sandbox
+from shim.execute import Outcome
+from shim.link import Link, encode_actions, encode_unit
+from shim.logs import LogShipper
+from shim.materialize import MaterializeError, TaskDirs, materialize
+from shim.task import Task, TaskError
+
+T = TypeVar("T")
+PR_SET_CHILD_SUBREAPER = 36
+MARKER = ".pachy-worker-scratch"  # a scratch directory the worker may wipe
+EXIT_OK, EXIT_CONFIG, EXIT_GAVE_UP = 0, 2, 3
+
+
+class Stop(BaseException):
+    """SIGTERM/SIGINT: unwind from wherever the worker is."""
+
+
+class GiveUp(Exception):
+    """The daemon stayed unreachable for the whole give-up period."""
+
+
+Result = tuple[str, Outcome, list[collect.Action]]
+
+
+class Worker:
+    def __init__(
+        self,
+        link: Link,
+        pipeline: str,
+        worker: str,
+        scratch: str,
+        *,
+        give_up: float | None = None,
+        wait: float = 20.0,
+        own_process: bool = False,
+    ):
+        """``own_process``: this worker is the whole process (``python -m shim``):
+        it handles SIGTERM/SIGINT, and adopts and kills what units orphan."""
+        self.link = link
+        self.pipeline, self.worker = pipeline, worker
+        self.scratch = scratch
+        self.give_up = give_up if give_up is not None else float(os.environ.get("PACHY_SHIM_GIVE_UP") or 60)
+        self.wait = wait
+        self.logs = LogShipper(link.post_logs, pipeline, worker)
+        self.own_process = own_process
+        self.stopping = False
+        self._shielded = False
+
+    # -- signals --------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        if not self._shielded:
+            raise Stop(signal.Signals(signum).name)
+
+    def _say(self, message: str) -> None:
+        print(f"[{self.worker}] {message}", file=sys.stderr, flush=True)
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve tasks until stopped; the process exit code."""
+        if self.own_process:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._on_signal)
+        try:
+            sandbox.ensure_mountpoint()
+            self._claim_scratch()
+        except (sandbox.SandboxError, OSError) as exc:
+            self._say(f"cannot start: {exc}")
+            return EXIT_CONFIG
+        if self.own_process:
+            _become_subreaper()
+        self.logs.start()
+        self._say(f"serving pipeline {self.pipeline} from {self.link.where}")
+        try:
+            while not self.stopping:
+                raw = self._retry(lambda: self.link.next_task(self.pipeline, self.worker, self.wait))
+                if raw is None:
+                    continue
+                try:
+                    self.serve(raw)
+                except (GiveUp, errors.Unauthorized):
+                    raise
+                except Exception as exc:  # a bug: fail the task rather than pass it from worker to worker
+                    traceback.print_exc()
+                    self._fail_all(raw, f"the worker failed on this task: {exc!r}")
+            return EXIT_OK
+        except Stop:
+            self._say("stopped")
+            return EXIT_OK
+        except GiveUp as exc:
+            self._say(str(exc))
+            return EXIT_GAVE_UP
+        except errors.NotFound as exc:
+            self._say(f"pipeline {self.pipeline} is gone ({exc}); exiting")
+            return EXIT_OK
+        except errors.Unauthorized as exc:
+            self._say(f"the daemon refused this worker's token ({exc}); start it with the right PACHY_TOKEN")
+            return EXIT_CONFIG
+        finally:
+            self._shielded = True
+            self.logs.stop()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _claim_scratch(self) -> None:
+        """Start from an empty scratch directory, wiping only one a worker made."""
+        if os.path.isdir(self.scratch) and os.listdir(self.scratch):
+            if not os.path.exists(os.path.join(self.scratch, MARKER)):
+                raise OSError(
+                    f"scratch directory {self.scratch} is not empty and not a worker's; "
+                    f"give --scratch an empty or new directory"
+                )
+            shutil.rmtree(self.scratch)  # what a killed predecessor left
+        os.makedirs(self.scratch, mode=0o700, exist_ok=True)
+        open(os.path.join(self.scratch, MARKER), "w").close()
+
+    def _retry(self, call: Callable[[], T]) -> T:
+        """``call()``, retried with backoff while the daemon is unreachable, up to ``give_up`` s."""
+        first = None
+        delay = 0.05
+        while True:
+            try:
+                return call()
+            except errors.Unreachable as exc:
+                now = time.monotonic()
+                if first is None:
+                    first = now
+                    self._say(f"daemon unreachable ({exc}); retrying for up to {self.give_up:g} s")
+                left = first + self.give_up - now
+                if left <= 0:
+                    raise GiveUp(
+                        f"gave up: the daemon at {self.link.where} was unreachable for {self.give_up:g} s; "
+                        f"the runner starts workers again when it is back"
+                    ) from None
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
+
+    # -- one task -------------------------------------------------------------
+
+    def serve(self, raw: dict) -> None:
+        """Run one task (the JSON the daemon sent) and upload its result."""
+        task_id = str(raw.get("task_id") or "")
+        try:
+            task = Task.from_dict(raw)
+        except (TaskError, ValueError, TypeError, KeyError) as exc:
+            self._say(f"task {task_id}: cannot parse it: {exc}")
+            self._fail_all(raw, f"the worker could not parse its task: {exc}")
+            return
+        root = os.path.join(self.scratch, re.sub(r"[^A-Za-z0-9_.-]", "_", task_id) or "task")
+        dirs: TaskDirs | None = None
+
+        def lay_out() -> TaskDirs:
+            shutil.rmtree(root, ignore_errors=True)  # a try cut short by a daemon restart
+            return materialize(task, root, self.link)
+
+        try:
+            try:
+                dirs = self._retry(lay_out)
+            except (MaterializeError, TaskError, sandbox.SandboxError) as exc:
+                results = [(u.unit_id, _failed(str(exc)), []) for u in task.units]
+            except errors.PfsError as exc:
+                reason = f"cannot read the unit's inputs: {exc}"
+                results = [(u.unit_id, _failed(reason), []) for u in task.units]
+            else:
+                results = [self._run(task, dirs, i) for i in range(len(task.units))]
+            self._shielded = True  # the work is done: let the upload finish
+            self._retry(self.logs.flush)
+            self._upload(task.task_id, results)
+        finally:
+            self._shielded = False
+            if dirs is not None:
+                dirs.remove()
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+        if self.stopping:
+            raise Stop("signal during upload")
+
+    def _fail_all(self, raw: dict, reason: str) -> None:
+        """Report every unit of a task failed (one the worker cannot handle)."""
+        units = raw.get("units") if isinstance(raw.get("units"), list) else []
+        ids = [str(u.get("unit_id", "")) for u in units if isinstance(u, dict)]
+        self._upload(str(raw.get("task_id") or ""), [(uid, _failed(reason), []) for uid in ids])
+
+    def _run(self, task: Task, dirs: TaskDirs, i: int) -> Result:
+        unit, udir = task.units[i], dirs.units[i]
+        log = self.logs.bind(task.job_id, unit.log_datum)
+        who = None
+        try:
+            who = execute.resolve_user(task.transform.user)
+        except TaskError:
+            pass  # run_unit reports it as the unit's failure
+
+        def prepare_try(n: int) -> None:
+            if n:
+                dirs.reset_out(udir)
+            if who is not None:
+                dirs.give_to(udir, who.uid, who.gid)
+
+        try:
+            outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)
+        finally:
+            if self.own_process:
+                _reap_orphans()
+        actions: list[collect.Action] = []
+        if outcome.state == "success":
+            try:
+                actions = collect.plan(dirs.view(udir), udir.baseline)
+            except collect.CollectError as exc:
+                outcome.state, outcome.reason = "failed", str(exc)
+            except OSError as exc:
+                outcome.state, outcome.reason = "failed", f"cannot read /pfs/out: {exc}"
+            if outcome.state == "failed":
+                log(outcome.reason, False)
+        return unit.unit_id, outcome, actions
+
+    def _upload(self, task_id: str, results: list[Result]) -> None:
+        def records() -> Iterator[bytes]:
+            for unit_id, outcome, actions in results:
+                yield encode_unit(outcome.header(unit_id))
+                if outcome.state == "success":
+                    yield from encode_actions(actions)
+
+        try:
+            self._retry(lambda: self.link.upload_result(task_id, self.worker, records()))
+        except errors.Unreachable:
+            raise
+        except errors.PfsError as exc:
+            # The task was taken back (the job was killed, or the daemon
+            # restarted and handed it out again): nothing to do but move on.
+            self._say(f"task {task_id}: the daemon did not take the result: {exc}")
+        except OSError as exc:
+            self._say(f"task {task_id}: cannot read an output while uploading: {exc}")
+
+
+def _failed(reason: str) -> Outcome:
+    now = time.time()
+    return Outcome("failed", reason, 0, now, now)
+
+
+def _become_subreaper() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reap_orphans() -> None:
+    """Kill and reap what a unit left behind outside its process group."""
+    for _ in range(10):
+        pids = _children()
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.extend(int(p) for p in f.read().split())
+    except OSError:
+        pass
+    return pids
