@@ -80,6 +80,8 @@ def job_model(row: JobRow) -> pps_models.Job:
                                               commit=row.output_commit) if row.output_commit else None,
         data_total=row.total, data_processed=row.processed, data_skipped=row.skipped, data_failed=row.failed,
         data_recovered=row.recovered,
+        stats_commit=pps_models.OutputCommit(repo=row.output_repo, branch="stats", commit=row.stats_commit)
+        if row.stats_commit else None,
     )
 
 
@@ -231,11 +233,18 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     async def create_job(body: pps_models.CreatePipelines):
         """create-job: a one-off run of a spec: a stopped pipeline given one job."""
         def create() -> str:
-            rows = s.create_pipelines(body.text, update=body.update)
-            return rows[0].name
+            rows = s.create_pipelines(body.text, update=body.update, one_off=True)
+            name = rows[0].name
+            return name
 
         name = await run(create)
-        return await run_pipeline(name, None)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            jobs = await run(s.store.list_jobs, name)
+            if jobs:
+                return job_model(jobs[-1])
+            await trio.sleep(0.02)
+        raise InvalidArgument(f"the job of '{name}' did not start within 30 s")
 
     # -- jobs and datums ---------------------------------------------------------
 

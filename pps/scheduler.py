@@ -17,6 +17,7 @@ A failure at any point deletes the open output commit and the job's pins.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -118,15 +119,22 @@ class Scheduler:
 
     # -- pipelines -------------------------------------------------------------
 
-    def create_pipelines(self, text: str, *, update: bool = False, reprocess: bool = False) -> list[PipelineRow]:
+    def create_pipelines(self, text: str, *, update: bool = False, reprocess: bool = False,
+                         one_off: bool = False) -> list[PipelineRow]:
+        """create-/update-pipeline; ``one_off`` (create-job): the pipeline is created
+        stopped and given one job on its inputs' heads."""
         specs = parse_specs(text)
         out = []
         for spec in specs:
-            out.append(self._put_pipeline(spec, update=update, reprocess=reprocess))
+            row = self._put_pipeline(spec, update=update, reprocess=reprocess, stopped=one_off)
+            if one_off:
+                self.request_run(row.name, [])
+            out.append(row)
         self.notify()
         return out
 
-    def _put_pipeline(self, spec: PipelineSpec, *, update: bool, reprocess: bool) -> PipelineRow:
+    def _put_pipeline(self, spec: PipelineSpec, *, update: bool, reprocess: bool,
+                      stopped: bool = False) -> PipelineRow:
         for leaf, path in spec.leaves():
             if isinstance(leaf, PfsInput):
                 try:
@@ -155,6 +163,8 @@ class Scheduler:
         with self.pfs.tx() as db:
             row = self.store.put_pipeline(db, spec.name, spec.to_dict() | {"generation": spec.generation}, salt,
                                           notes, update=update)
+            if stopped:
+                db.execute("UPDATE pps_pipelines SET stopped=1, state='paused' WHERE name=?", (spec.name,))
             if reprocess and old is not None and spec.generation == 1:
                 db.execute("DELETE FROM pps_cursors WHERE pipeline=?", (spec.name,))
         self._ensure_repo(spec.name, f"output of pipeline {spec.name}")
@@ -289,6 +299,11 @@ class Scheduler:
                     self._kill_workers(row.name)
                 self._maybe_complete(job)
             if row.stopped:
+                with self._lock:
+                    explicit = bool(self._runs.get(row.name)) and row.name not in self.active
+                if explicit:
+                    self._maybe_start(row)
+                self._manage_workers(row)
                 continue
             try:
                 self._cron_ticks(row)
@@ -310,8 +325,8 @@ class Scheduler:
         spec = self.spec_of(row)
         with self._lock:
             busy = row.name in self.active
-        want = 0 if row.stopped else max(1, spec.parallelism_spec.workers())
-        if spec.standby and not busy:
+        want = max(1, spec.parallelism_spec.workers())
+        if (spec.standby or row.stopped) and not busy:
             want = 0
         crashes = [t for t in self._crashes.get(row.name, []) if time.monotonic() - t < CRASH_WINDOW]
         self._crashes[row.name] = crashes
@@ -323,6 +338,8 @@ class Scheduler:
                 return
         self.runner.ensure(row.name, want)
         state = "paused" if row.stopped else "standby" if want == 0 else "running"
+        if row.stopped and row.state == "paused":
+            return
         if row.state != state and not (row.state == "crashing" and len(crashes) >= CRASH_LIMIT):
             self.store.set_pipeline_state(row.name, state, "")
 
@@ -603,6 +620,8 @@ class Scheduler:
                 row.reason = f"egress to {spec.egress.url} failed: {exc.message}"
                 self.logs.note(row.pipeline, row.id, row.reason)
                 state = "failure"  # the output commit stands; only the copy out failed
+        if spec.enable_stats:
+            row.stats_commit = self._write_stats(row)
         row.state, row.finished = state, time.time()
         with self.pfs.tx() as db:
             if spec.generation != 1:
@@ -616,6 +635,31 @@ class Scheduler:
         self.logs.note(row.pipeline, row.id, f"job {row.id} succeeded: {row.processed} processed, "
                                              f"{row.skipped} skipped")
         self.notify()
+
+    def _write_stats(self, row: JobRow) -> str | None:
+        """enable_stats: a commit on the output repo's ``stats`` branch with, per datum
+        this job ran, ``/<datum>/stats.json`` and ``/<datum>/logs`` (its log lines)."""
+        datums = [d for d in self.store.list_datums(row.id) if d["state"] != "skipped"]
+        lines: dict[str, list[str]] = {}
+        for line in self.logs.read(lambda: [row.id]):
+            if line.get("datum"):
+                lines.setdefault(line["datum"], []).append(line.get("message", ""))
+        try:
+            info = self.pfs.start_commit(row.output_repo, "stats", provenance=row.provenance,
+                                         description=f"stats of job {row.id}")
+            with self.pfs.write_session(row.output_repo, info.id) as ws:
+                ws.put_bytes("job.json", json.dumps({"job": row.id, "pipeline": row.pipeline,
+                                                     "output_commit": row.output_commit}).encode(), overwrite=True)
+                for d in datums:
+                    ws.put_bytes(f"{d['id']}/stats.json", json.dumps(d, indent=1).encode(), overwrite=True)
+                    text = "".join(m + "\n" for m in lines.get(d["id"], []))
+                    ws.put_bytes(f"{d['id']}/logs", text.encode(), overwrite=True)
+                ws.commit()
+            self.pfs.finish_commit(row.output_repo, info.id)
+            return info.id
+        except PfsError as exc:
+            self.logs.note(row.pipeline, row.id, f"stats commit failed: {exc.message}")
+            return None
 
     def _check_collisions(self, job: ActiveJob, new_paths: dict[str, list[str]]) -> None:
         """2.x: two datums writing one path fail the job, naming both (seed 2.x)."""
