@@ -26,7 +26,7 @@ from shim import collect, sandbox
 from shim.task import Task, TaskError, Unit, clean_rel
 
 Piece = tuple[str, str, str, int, int]  # (repo, commit, src, offset, length)
-RESERVED = ("out", "prev")
+RESERVED_1X = ("out", "prev")  # /pfs/prev exists only for 1.x specs: a 2.x input may be named "prev"
 
 
 class Reader(Protocol):
@@ -111,6 +111,7 @@ def materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
 def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
     os.makedirs(root, mode=0o700, exist_ok=True)
     dirs = TaskDirs(root, [])
+    reserved = RESERVED_1X if task.generation == 1 else ("out",)
     made: set[str] = set()
 
     def mkdir(path: str) -> None:
@@ -128,7 +129,7 @@ def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
         u = UnitDir(i, pfs, os.path.join(pfs, "out"))
         dirs.units.append(u)
         mkdir(pfs)
-        for name in _inputs(unit):
+        for name in _inputs(unit, reserved):
             mkdir(os.path.join(pfs, name))
         for name, rel in unit.dirs:
             mkdir(os.path.join(pfs, name, rel))
@@ -162,7 +163,7 @@ def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
     _fetch(reader, wanted)
     for src, dst in copies:
         shutil.copyfile(src, dst)
-    _write_secrets(task, dirs)
+    _write_secrets(task, dirs, reserved)
     for u in dirs.units:
         if dirs.prev is not None:
             mkdir(os.path.join(u.pfs, "prev"))  # the mount point for the read-only bind
@@ -170,10 +171,10 @@ def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
     return dirs
 
 
-def _inputs(unit: Unit) -> list[str]:
+def _inputs(unit: Unit, reserved: tuple[str, ...]) -> list[str]:
     names = {f.input for f in unit.files} | {name for name, _ in unit.dirs}
     for name in names:
-        if name in RESERVED:
+        if name in reserved:
             raise TaskError(f"an input is named '{name}', which /pfs reserves; rename the input")
     return sorted(names)
 
@@ -221,14 +222,14 @@ def _fetch(reader: Reader, wanted: dict[str, list[Piece]]) -> None:
             out.close()
 
 
-def _write_secrets(task: Task, dirs: TaskDirs) -> None:
+def _write_secrets(task: Task, dirs: TaskDirs, reserved: tuple[str, ...]) -> None:
     """Secrets with a mount_path: files ``<mount_path>/<key>``, private to the unit."""
     for s in task.secrets:
         if not s.mount_path:
             continue
         if s.mount_path == sandbox.PFS or s.mount_path.startswith(sandbox.PFS + "/"):
             rel = clean_rel(s.mount_path[len(sandbox.PFS) :], "secret mount_path")
-            if not rel or rel.split("/")[0] in RESERVED:
+            if not rel or rel.split("/")[0] in reserved:
                 raise TaskError(f"secret '{s.name}': mount_path '{s.mount_path}' would hide /pfs/out or /pfs/prev")
             targets = [os.path.join(u.pfs, rel) for u in dirs.units]
         else:

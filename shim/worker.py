@@ -88,6 +88,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve tasks until stopped; the process exit code."""
+        self._shielded = True  # set-up is short: a signal during it stops the loop before it starts
         if self.own_process:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, self._on_signal)
@@ -102,6 +103,7 @@ class Worker:
         self.logs.start()
         self._say(f"serving pipeline {self.pipeline} from {self.link.where}")
         try:
+            self._shielded = False
             while not self.stopping:
                 raw = self._retry(lambda: self.link.next_task(self.pipeline, self.worker, self.wait))
                 if raw is None:
@@ -113,6 +115,7 @@ class Worker:
                 except Exception as exc:  # a bug: fail the task rather than pass it from worker to worker
                     traceback.print_exc()
                     self._fail_all(raw, f"the worker failed on this task: {exc!r}")
+            self._say("stopped")
             return EXIT_OK
         except Stop:
             self._say("stopped")
