@@ -376,6 +376,11 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
             return Response(status_code=204)
         return task.payload
 
+    @app.post("/v1/workers/{pipeline}/still")
+    async def still_current(pipeline: str, task: str):
+        """A spout or service worker asks whether to keep running its task."""
+        return {"current": await run(s.still_current, pipeline, task)}
+
     @app.post("/v1/workers/read")
     async def read_batch(request: Request):
         items = (await request.json()).get("items", [])

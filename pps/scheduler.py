@@ -75,6 +75,7 @@ class Scheduler:
         self.active: dict[str, ActiveJob] = {}
         self._runs: dict[str, list[list[jp.LeafCommit]]] = {}
         self._crashes: dict[str, list[float]] = {}
+        self._services: dict[str, tuple[str, str]] = {}  # pipeline -> (input generation, task id)
         self._thread: threading.Thread | None = None
         self._closed = False
         pfs.on_finish.append(lambda _info: self.notify())
@@ -159,6 +160,12 @@ class Scheduler:
             except NotFound:
                 pass
         notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(self.capabilities)]
+        svc = spec.service or (spec.spout.service if spec.spout else None)
+        if svc is not None and svc.external_port and svc.external_port != svc.internal_port \
+                and self.capabilities.runner == "local":
+            where = "service" if spec.service else "spout.service"
+            notes.append({"path": f"{where}.external_port", "reason": "the local runner has no port mapping: "
+                          f"the service answers on this machine's port {svc.internal_port} (internal_port)"})
         salt = spec.salt or (old.salt if old is not None and not reprocess else uuid.uuid4().hex)
         with self.pfs.tx() as db:
             row = self.store.put_pipeline(db, spec.name, spec.to_dict() | {"generation": spec.generation}, salt,
@@ -217,6 +224,7 @@ class Scheduler:
         if downstream and not force and not keep_repo:
             raise Conflict(f"pipeline(s) {', '.join(downstream)} read the output of pipeline '{name}'; delete "
                            "them first, or pass --force")
+        self._drop_service(name)
         with self._lock:
             job = self.active.pop(name, None)
             if job is not None:
@@ -248,8 +256,15 @@ class Scheduler:
         """Pipelines reading ``repo`` (delete-repo refuses while there are any)."""
         return [p.name for p in self.store.list_pipelines() if repo in self._input_repos(p)]
 
+    def _drop_service(self, name: str) -> None:
+        with self._lock:
+            current = self._services.pop(name, None)
+        if current is not None:
+            self.queue.complete(current[1])
+
     def stop_pipeline(self, name: str) -> PipelineRow:
         self.store.get_pipeline(name)
+        self._drop_service(name)
         self.store.set_pipeline_state(name, "paused", "", stopped=True)
         if self.runner is not None:
             self.runner.stop(name)
@@ -324,7 +339,7 @@ class Scheduler:
             return
         spec = self.spec_of(row)
         with self._lock:
-            busy = row.name in self.active
+            busy = row.name in self.active or row.name in self._services
         want = max(1, spec.parallelism_spec.workers())
         if (spec.standby or row.stopped) and not busy:
             want = 0
@@ -421,7 +436,10 @@ class Scheduler:
 
     def _maybe_start(self, row: PipelineRow) -> None:
         spec = self.spec_of(row)
-        if spec.spout is not None or spec.input is None:
+        if spec.spout is not None or spec.service is not None:
+            self._long_running(row, spec)
+            return
+        if spec.input is None:
             return
         trig = self._next_trigger(row, spec)
         if trig is None:
@@ -433,6 +451,65 @@ class Scheduler:
             plan = jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, previous,
                               reprocess=spec.reprocess_spec == "every_job")
         self._start_job(row, spec, trig, plan)
+
+    # -- spouts and services: one long-running task per pipeline --------------------
+
+    def _long_running(self, row: PipelineRow, spec: PipelineSpec) -> None:
+        """A spout or service runs as one task a worker keeps; a service's task is
+        replaced (its process restarted on the new data) when an input head moves."""
+        inputs = []
+        if spec.service is not None and spec.input is not None:
+            for leaf in jp.leaves(spec):
+                repo, branch = jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)
+                head = self._latest_finished(repo, branch)
+                if head is None:
+                    return
+                inputs.append(jp.LeafCommit(leaf.name, repo, branch, head[0]))
+        generation = ",".join(lc.commit for lc in inputs) or "spout"
+        with self._lock:
+            current = self._services.get(row.name)
+            if current is not None and current[0] == generation and self.queue.get(current[1]) is not None:
+                return
+            if current is not None:
+                self.queue.complete(current[1])
+        tid = uuid.uuid4().hex
+        unit = jp.Unit("service", ["service"])
+        for lc in inputs:
+            tree = jp.Tree(self.pfs, lc.repo, lc.commit)
+            unit.dirs.append({"input": lc.name, "path": "/"})
+            unit.env[lc.name] = f"/pfs/{lc.name}"
+            unit.env[f"{lc.name}_COMMIT"] = lc.commit
+            for path, size in sorted(tree.sizes.items()):
+                unit.files.append({"input": lc.name, "path": path, "repo": lc.repo, "commit": lc.commit,
+                                   "src": path, "offset": 0, "length": -1, "size": size, "empty": False})
+        t = spec.transform
+        payload = {
+            "task_id": tid, "job_id": None, "pipeline": row.name, "generation": spec.generation,
+            "kind": "spout" if spec.spout is not None else "service",
+            "transform": {"cmd": list(t.cmd), "stdin": list(t.stdin), "err_cmd": [], "err_stdin": [],
+                          "env": dict(t.env), "accept_return_code": list(t.accept_return_code),
+                          "user": t.user, "working_dir": t.working_dir},
+            "secrets": [self._secret(sec) for sec in t.secrets],
+            "datum_timeout": None, "datum_tries": 1, "prev": None,
+            "env": {"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], {}, [], 0).env,
+            "units": [unit.task_part()],
+            "output": {"repo": row.name, "branch": spec.output_branch},
+            "spout": {"overwrite": spec.spout.overwrite} if spec.spout is not None else None,
+            "service": ({"internal_port": spec.service.internal_port, "external_port": spec.service.external_port}
+                        if spec.service is not None else None),
+        }
+        with self._lock:
+            self._services[row.name] = (generation, tid)
+        self.queue.put([Task(tid, "", row.name, ["service"], payload)])
+        self.logs.note(row.name, None, f"{payload['kind']} task {tid} queued"
+                                       + (f" on {generation}" if inputs else ""))
+
+    def still_current(self, pipeline: str, task_id: str) -> bool:
+        """Asked by a worker running a spout or service task: keep running it?"""
+        with self._lock:
+            current = self._services.get(pipeline)
+        row = self.store.find_pipeline(pipeline)
+        return current is not None and current[1] == task_id and row is not None and not row.stopped
 
     def _provenance(self, inputs: list[jp.LeafCommit]) -> list[dict]:
         seen: dict[str, dict] = {}
