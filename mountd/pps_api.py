@@ -93,6 +93,7 @@ class ResultIngest:
         self.pfs, self.job_id = pfs, job_id
         self.decoder = wire.Decoder(self._start, self._data, self._end, tags=wire.RESULT_TAGS)
         self.results: list[dict] = []
+        self._nonce = uuid.uuid4().hex[:8]
         self._session: PinSession | None = None
         self._unit: dict | None = None
         self._path = ""
@@ -100,23 +101,19 @@ class ResultIngest:
         self._small: bytearray | None = None
         self._stream = None
 
-    def _close_unit(self) -> None:
-        if self._session is not None:
-            self._session.commit()
-            self._session = None
-
     def _need_session(self) -> PinSession:
+        """One pin session for the whole task; each unit pins under its own owner."""
         if self._unit is None:
             raise InvalidArgument("result stream: an output record before any unit record")
         if self._session is None:
-            owner = f"job/{self.job_id}/{self._unit['unit_id']}/{uuid.uuid4().hex[:8]}"
-            self._unit["owner"] = owner
-            self._session = self.pfs.pin_session(owner)
+            self._session = self.pfs.pin_session()
+        if self._unit["owner"] is None:
+            self._unit["owner"] = f"job/{self.job_id}/{self._unit['unit_id']}/{self._nonce}"
+        self._session.owner = self._unit["owner"]
         return self._session
 
     def _start(self, tag: bytes, header: dict) -> None:
         if tag == wire.UNIT:
-            self._close_unit()
             self._unit = dict(header)
             self._unit.setdefault("owner", None)
             self.results.append(self._unit)
@@ -161,7 +158,9 @@ class ResultIngest:
             self.decoder.close()
         except ValueError as exc:
             raise InvalidArgument(f"malformed result stream: {exc}") from None
-        self._close_unit()
+        if self._session is not None:
+            self._session.commit()
+            self._session = None
         return self.results
 
     def abort(self) -> None:

@@ -162,17 +162,18 @@ class WriteSession(_ChunkSession):
 
 
 class PinSession(_ChunkSession):
-    """Files stored but in no commit yet, pinned under ``owner`` until unpinned.
+    """Files stored but in no commit yet, pinned under an owner until unpinned.
 
     A job's unit outputs wait here until the job's output commit takes them:
     ``pinned(owner)`` gives the recorded operations back in order, gc keeps
     their chunks, and ``unpin`` drops them once a commit holds them (or the
-    job failed). ``commit()`` lands everything in one transaction."""
+    job failed). One session may record for several owners (set ``owner``
+    between records); ``commit()`` lands everything in one transaction."""
 
-    def __init__(self, pfs, owner: str):
+    def __init__(self, pfs, owner: str = ""):
         super().__init__(pfs)
         self.owner = owner
-        self._records: list[tuple[str, str, bytes | None]] = []
+        self._records: list[tuple[str, str, str, bytes | None]] = []
 
     def put_stream(self, path: str) -> StreamChunker:
         names.clean_path(path)
@@ -181,7 +182,7 @@ class PinSession(_ChunkSession):
     def add(self, path: str, refs: list[ChunkRef], size: int, op: str = "put") -> None:
         """``op`` "put" (the whole file) or "append" (bytes added to what it was)."""
         entry = Entry(FILE, size, time.time_ns(), list(refs))
-        self._records.append((op, names.clean_path(path), entries.encode(entry)))
+        self._records.append((self.owner, op, names.clean_path(path), entries.encode(entry)))
         self.files += 1
         self.bytes += size
 
@@ -190,19 +191,22 @@ class PinSession(_ChunkSession):
 
     def mark(self, op: str, path: str) -> None:
         """A record with no content: "mkdir" or "delete"."""
-        self._records.append((op, names.clean_path(path), None))
+        self._records.append((self.owner, op, names.clean_path(path), None))
 
     def commit(self) -> None:
         locations = self._close_sink()
         try:
             with self.pfs.tx() as db:
                 self._index(db, locations)
-                base = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM pins WHERE owner=?", (self.owner,))
-                start = base.fetchone()[0]
-                db.executemany(
-                    "INSERT INTO pins(owner, seq, op, path, value) VALUES(?,?,?,?,?)",
-                    [(self.owner, start + i, *r) for i, r in enumerate(self._records)],
-                )
+                seqs: dict[str, int] = {}
+                rows = []
+                for owner, op, path, value in self._records:
+                    if owner not in seqs:
+                        q = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM pins WHERE owner=?", (owner,))
+                        seqs[owner] = q.fetchone()[0]
+                    rows.append((owner, seqs[owner], op, path, value))
+                    seqs[owner] += 1
+                db.executemany("INSERT INTO pins(owner, seq, op, path, value) VALUES(?,?,?,?,?)", rows)
         finally:
             for c in locations:
                 self.pfs.inflight_packs.discard(c.pack)
@@ -361,7 +365,7 @@ class FileOps:
     def write_session(self, repo: str, ref: str) -> WriteSession:
         return WriteSession(self, repo, ref)
 
-    def pin_session(self, owner: str) -> PinSession:
+    def pin_session(self, owner: str = "") -> PinSession:
         return PinSession(self, owner)
 
     def pinned(self, owner: str) -> list[tuple[str, str, Entry | None]]:
