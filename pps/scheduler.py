@@ -160,6 +160,13 @@ class Scheduler:
             except NotFound:
                 pass
         notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(self.capabilities)]
+        for leaf, path in spec.leaves():
+            if isinstance(leaf, PfsInput) and leaf.lazy:
+                notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
+                              "runs; the datum sees the same bytes either way"})
+        if spec.max_queue_size > 1:
+            notes.append({"path": "max_queue_size", "reason": "workers take datum_set_spec.number units (or "
+                          "an even share) at a time; the queue size does not apply"})
         svc = spec.service or (spec.spout.service if spec.spout else None)
         if svc is not None and svc.external_port and svc.external_port != svc.internal_port \
                 and self.capabilities.runner == "local":
@@ -341,7 +348,7 @@ class Scheduler:
         with self._lock:
             busy = row.name in self.active or row.name in self._services
         want = max(1, spec.parallelism_spec.workers())
-        if (spec.standby or row.stopped) and not busy:
+        if (spec.standby or spec.autoscaling or row.stopped) and not busy:
             want = 0
         crashes = [t for t in self._crashes.get(row.name, []) if time.monotonic() - t < CRASH_WINDOW]
         self._crashes[row.name] = crashes
@@ -564,6 +571,8 @@ class Scheduler:
             return []
         workers = max(1, spec.parallelism_spec.workers())
         per_task = max(1, min(64, len(units) // (workers * 4) or 1))
+        if spec.datum_set_spec is not None and spec.datum_set_spec.number:
+            per_task = spec.datum_set_spec.number  # units per task: what a worker takes at a time
         t = spec.transform
         base = {
             "job_id": job.row.id, "pipeline": spec.name, "generation": spec.generation,
