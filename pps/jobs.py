@@ -253,6 +253,62 @@ def _pieces_v1(pfs, leaf: PfsInput, lc: LeafCommit, triggered: bool) -> list[dm.
     return out
 
 
+WINDOW = 64 * 1024
+
+
+def split_blocks(pfs, lc: LeafCommit, pieces: list[dm.Piece], workers: int) -> list[dm.Piece]:
+    """Cut pieces bigger than a worker's share at block boundaries (docs 19.5) so one
+    big file spreads over the workers: lines by default (only a window around each
+    cut is read), whole JSON values for ``.json`` (read through), ``.bin`` never
+    (pachy does not record write boundaries, so a ``.bin`` piece stays whole)."""
+    total = sum(p.length for p in pieces)
+    share = max(1, -(-total // workers))
+    out: list[dm.Piece] = []
+    for p in pieces:
+        kind = dm.block_kind(p.path)
+        if p.length <= share or kind == "bin":
+            out.append(p)
+        elif kind == "json":
+            _n, data = pfs.read_range(lc.repo, lc.commit, p.path, p.offset, p.length)
+            at = p.offset
+            for block in dm.blocks(data, "json", size=share):
+                out.append(dm.Piece(p.path, at, len(block)))
+                at += len(block)
+        else:
+            out.extend(_line_cuts(pfs, lc, p, share))
+    return out
+
+
+def _line_cuts(pfs, lc: LeafCommit, p: dm.Piece, share: int) -> list[dm.Piece]:
+    end = p.offset + p.length
+    cuts = [p.offset]
+    target = p.offset + share
+    while target < end:
+        cut = _next_line_start(pfs, lc, p.path, target, end)
+        if cut >= end:
+            break
+        if cut > cuts[-1]:
+            cuts.append(cut)
+        target = max(cut, cuts[-1]) + share
+    cuts.append(end)
+    return [dm.Piece(p.path, a, b - a) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
+
+
+def _next_line_start(pfs, lc: LeafCommit, path: str, at: int, end: int) -> int:
+    """The offset just after the first newline at or after ``at - 1`` (``end`` if none)."""
+    pos = at - 1
+    while pos < end:
+        _n, data = pfs.read_range(lc.repo, lc.commit, path, pos, min(WINDOW, end - pos))
+        buf = b"".join(data)
+        i = buf.find(b"\n")
+        if i >= 0:
+            return pos + i + 1
+        if not buf:
+            break
+        pos += len(buf)
+    return end
+
+
 def dm_method_default():
     from pps.spec_inputs import DEFAULT_METHOD
 
@@ -291,6 +347,8 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
             per_input.append([(lc, [])])
             continue
         method = leaf.method or dm_method_default()
+        if method.partition == "BLOCK" and workers > 1:
+            pieces = split_blocks(pfs, lc, pieces, workers)
         shards = dm.partition_1x(pieces, method.partition, workers)
         per_input.append([(lc, s) for s in shards])
     units = []
