@@ -21,8 +21,9 @@ from mountd import wire
 from pachctl.client import Client
 
 KiB = 1024
-LATENCY_CMD = ["sh", "-c", "cp -r /pfs/in/* /pfs/out/"]
-COPY_ALL = ["sh", "-c", "cp -r /pfs/in/. /pfs/out/"]  # every file of /pfs/in: one datum or a chunk
+# cp itself, no shell: one exec per datum, as a user writing a cp pipeline would.
+LATENCY_CMD = ["cp", "-r", "/pfs/in/.", "/pfs/out/"]
+COPY_ALL = ["cp", "-r", "/pfs/in/.", "/pfs/out/"]  # every file of /pfs/in: one datum or a chunk
 
 
 def ms(secs: float) -> str:
