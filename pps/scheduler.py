@@ -472,7 +472,8 @@ class Scheduler:
                 if head is None:
                     return
                 inputs.append(jp.LeafCommit(leaf.name, repo, branch, head[0]))
-        generation = ",".join(lc.commit for lc in inputs) or "spout"
+        # A new spec version (update-pipeline) restarts the task too, not only new input heads.
+        generation = f"v{row.version}:" + (",".join(lc.commit for lc in inputs) or "spout")
         with self._lock:
             current = self._services.get(row.name)
             if current is not None and current[0] == generation and self.queue.get(current[1]) is not None:

@@ -143,7 +143,7 @@ def run_unit(
         who = resolve_user(t.user)
         cwd = t.working_dir or "/"
         accept = frozenset([0, *t.accept_return_code])
-        main = Run(t.cmd, _stdin(t.stdin), env, cwd, task.datum_timeout, accept, who)
+        main = Run(t.cmd, stdin_bytes(t.stdin), env, cwd, task.datum_timeout, accept, who)
         reason = ""
         for i in range(task.datum_tries):
             if prepare_try:
@@ -156,7 +156,7 @@ def run_unit(
         if t.err_cmd:
             if prepare_try:
                 prepare_try(tries)
-            err = Run(t.err_cmd, _stdin(t.err_stdin), env, cwd, task.datum_timeout, accept, who)
+            err = Run(t.err_cmd, stdin_bytes(t.err_stdin), env, cwd, task.datum_timeout, accept, who)
             ok, why = run_once(err, binds, log)
             if ok:
                 return Outcome("recovered", reason, tries, started, time.time())
@@ -166,7 +166,7 @@ def run_unit(
         return Outcome("failed", str(exc), tries, started, time.time())
 
 
-def _stdin(lines: list[str]) -> bytes:
+def stdin_bytes(lines: list[str]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -175,20 +175,9 @@ def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, s
     sandbox.enter(binds)
     try:
         try:
-            proc = subprocess.Popen(
-                run.cmd,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=run.env,
-                cwd=run.cwd,
-                process_group=0,  # its own group, so a kill reaches its children too
-                user=run.who.uid if run.who else None,
-                group=run.who.gid if run.who else None,
-                extra_groups=run.who.groups if run.who else None,
-            )
+            proc = spawn(run)
         except OSError as exc:
-            return False, _spawn_error(run, exc)
+            return False, spawn_error(run, exc)
         try:
             timed_out, last = _pump(proc, run.stdin, run.timeout, log)
         finally:
@@ -215,7 +204,24 @@ def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, s
     return False, f"{why}: {last}" if last else why
 
 
-def _spawn_error(run: Run, exc: OSError) -> str:
+def spawn(run: Run) -> subprocess.Popen:
+    """Start ``run`` with piped stdio in a process group of its own, in the calling
+    thread's mount namespace (``sandbox.enter`` first); OSError if it cannot start."""
+    return subprocess.Popen(
+        run.cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=run.env,
+        cwd=run.cwd,
+        process_group=0,  # its own group, so a kill reaches its children too
+        user=run.who.uid if run.who else None,
+        group=run.who.gid if run.who else None,
+        extra_groups=run.who.groups if run.who else None,
+    )
+
+
+def spawn_error(run: Run, exc: OSError) -> str:
     if exc.filename == run.cwd and run.cwd != run.cmd[0]:
         return f"working_dir '{run.cwd}' cannot be entered ({exc.strerror}); fix transform.working_dir"
     return (
@@ -224,14 +230,14 @@ def _spawn_error(run: Run, exc: OSError) -> str:
     )
 
 
-def _kill_group(pid: int) -> None:
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(pid, signal.SIGKILL)
+        os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-class _Lines:
+class Lines:
     """Splits one output stream into log lines without holding more than a line."""
 
     def __init__(self, log: Log):
@@ -271,7 +277,7 @@ def _pump(proc: subprocess.Popen, stdin: bytes, timeout: float | None, log: Log)
     deadline = now + timeout if timeout else None
     pidfd = os.pidfd_open(proc.pid)
     sel.register(pidfd, selectors.EVENT_READ, None)
-    out, err = _Lines(log), _Lines(log)
+    out, err = Lines(log), Lines(log)
     for f, lines in ((proc.stdout, out), (proc.stderr, err)):
         os.set_blocking(f.fileno(), False)
         sel.register(f.fileno(), selectors.EVENT_READ, lines)

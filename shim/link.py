@@ -22,6 +22,7 @@ from shim import collect
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 SMALL = 64 * 1024  # records below this are joined into bigger writes; larger ones pass through
+STILL_TIMEOUT = 10.0
 
 
 def encode_unit(header: dict) -> bytes:
@@ -99,6 +100,13 @@ class Link:
             return None
         return resp.json()
 
+    def still_current(self, pipeline: str, task_id: str) -> bool:
+        """``POST /v1/workers/{pipeline}/still``: keep running this spout or service task?"""
+        url = f"/v1/workers/{_seg(pipeline)}/still"
+        timeout = httpx.Timeout(STILL_TIMEOUT, connect=STILL_TIMEOUT)  # asked every second: never hang on it
+        resp = self._call(lambda: self._http.post(url, params={"task": task_id}, timeout=timeout))
+        return bool(resp.json().get("current"))
+
     def walk(self, repo: str, commit: str) -> list[dict]:
         """Every file and directory of a commit (for 1.x ``/pfs/prev``)."""
         url = f"/v1/repos/{_seg(repo)}/glob"
@@ -147,6 +155,10 @@ class Link:
                 "/v1/workers/logs", content=body.encode(), headers={"content-type": "application/x-ndjson"}
             )
         )
+
+
+class GiveUp(Exception):
+    """The daemon stayed unreachable for the whole give-up period."""
 
 
 def _seg(name: str) -> str:

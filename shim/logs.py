@@ -50,15 +50,16 @@ class LogShipper:
         except errors.PfsError:
             pass
 
-    def bind(self, job: str, datum: str) -> Callable[[str, bool], None]:
-        """A ``log(message, user)`` for one unit (what ``execute.run_unit`` takes)."""
+    def bind(self, job: str | None, datum: str | None) -> Callable[[str, bool], None]:
+        """A ``log(message, user)`` for one unit (what ``execute.run_unit`` takes);
+        ``None`` for both: a spout's or service's lines (they belong to no job)."""
 
         def log(message: str, user: bool) -> None:
             self.add(job, datum, message, user)
 
         return log
 
-    def add(self, job: str, datum: str, message: str, user: bool) -> None:
+    def add(self, job: str | None, datum: str | None, message: str, user: bool) -> None:
         line = {
             "job": job,
             "pipeline": self.pipeline,
@@ -69,7 +70,8 @@ class LogShipper:
             "ts": time.time(),
         }
         if not user:
-            print(f"[{self.worker}] {job[:12]} {datum[:12]}: {message}", file=sys.stderr, flush=True)
+            where = f"{(job or '')[:12]} {(datum or '')[:12]}" if job or datum else "-"
+            print(f"[{self.worker}] {where}: {message}", file=sys.stderr, flush=True)
         with self._lock:
             self._buf.append(line)
             if len(self._buf) > MAX_BUFFER:

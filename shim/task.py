@@ -143,6 +143,17 @@ class Unit:
 
 
 @dataclass
+class Output:
+    """Where a spout's commits go (``output.repo``@``output.branch``)."""
+
+    repo: str
+    branch: str = "master"
+
+
+KINDS = ("job", "service", "spout")
+
+
+@dataclass
 class Task:
     task_id: str
     job_id: str
@@ -155,11 +166,28 @@ class Task:
     env: dict[str, str]
     prev: tuple[str, str] | None  # (repo, commit) of the previous output, 1.x only
     units: list[Unit]
+    kind: str = "job"  # "job" | "service" | "spout" (pps/WORKERS.md, "Spouts and services")
+    output: Output | None = None
+    spout_overwrite: bool = False  # spout.overwrite: each stream replaces the branch's files
+    internal_port: int | None = None  # service.internal_port (informational: the code listens there)
+
+    @property
+    def long_running(self) -> bool:
+        return self.kind in ("service", "spout")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Task:
         prev = d.get("prev")
         timeout = d.get("datum_timeout")
+        kind = str(d.get("kind") or "job")
+        if kind not in KINDS:
+            raise TaskError(f"unknown task kind '{kind}' (this worker knows {', '.join(KINDS)}); upgrade the worker")
+        out = d.get("output") or None
+        output = Output(str(out.get("repo") or ""), str(out.get("branch") or "master")) if out else None
+        if kind == "spout" and (output is None or not output.repo):
+            raise TaskError("a spout task has no output repo")
+        spout = d.get("spout") or {}
+        service = d.get("service") or {}
         return cls(
             task_id=str(d.get("task_id") or ""),
             job_id=str(d.get("job_id") or ""),
@@ -172,4 +200,8 @@ class Task:
             env={str(k): str(v) for k, v in (d.get("env") or {}).items()},
             prev=(str(prev["repo"]), str(prev["commit"])) if prev else None,
             units=[Unit.from_dict(u) for u in d.get("units") or []],
+            kind=kind,
+            output=output,
+            spout_overwrite=bool(spout.get("overwrite")),
+            internal_port=int(service["internal_port"]) if service.get("internal_port") else None,
         )

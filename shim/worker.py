@@ -10,6 +10,10 @@ left unreported (the daemon hands it to another worker), scratch removed.
 
 The worker is a child subreaper, so anything a unit daemonized away from
 its process group is reparented here, and killed when the unit ends.
+
+A spout or service task (``shim.longrun``) occupies the worker while the
+daemon says it is current; it has no result. Then the worker asks for the
+next task as after any other.
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from pachctl.client import errors
-from shim import collect, execute, sandbox
+from shim import collect, execute, longrun, sandbox
 from shim.execute import Outcome
-from shim.link import Link, encode_actions, encode_unit
+from shim.link import GiveUp, Link, encode_actions, encode_unit
 from shim.logs import LogShipper
 from shim.materialize import MaterializeError, TaskDirs, materialize
 from shim.task import Task, TaskError
@@ -41,10 +45,6 @@ EXIT_OK, EXIT_CONFIG, EXIT_GAVE_UP = 0, 2, 3
 
 class Stop(BaseException):
     """SIGTERM/SIGINT: unwind from wherever the worker is."""
-
-
-class GiveUp(Exception):
-    """The daemon stayed unreachable for the whole give-up period."""
 
 
 Result = tuple[str, Outcome, list[collect.Action]]
@@ -114,7 +114,12 @@ class Worker:
                     raise
                 except Exception as exc:  # a bug: fail the task rather than pass it from worker to worker
                     traceback.print_exc()
-                    self._fail_all(raw, f"the worker failed on this task: {exc!r}")
+                    if raw.get("kind") in ("service", "spout"):
+                        # no result to fail it with: say so, and do not take it back at once
+                        self.logs.add(None, None, f"the worker failed on this {raw['kind']} task: {exc!r}", False)
+                        self._pause(longrun.RESTART_MAX)
+                    else:
+                        self._fail_all(raw, f"the worker failed on this task: {exc!r}")
             self._say("stopped")
             return EXIT_OK
         except Stop:
@@ -133,6 +138,12 @@ class Worker:
             self._shielded = True
             self.logs.stop()
             shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, cut short when the worker is told to stop."""
+        end = time.monotonic() + seconds
+        while not self.stopping and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, longrun.TICK))
 
     def _claim_scratch(self) -> None:
         """Start from an empty scratch directory, wiping only one a worker made."""
@@ -176,9 +187,16 @@ class Worker:
             task = Task.from_dict(raw)
         except (TaskError, ValueError, TypeError, KeyError) as exc:
             self._say(f"task {task_id}: cannot parse it: {exc}")
+            if raw.get("kind") in ("service", "spout"):
+                self.logs.add(None, None, f"the worker could not parse its {raw['kind']} task: {exc}", False)
+                self._pause(longrun.RESTART_MAX)  # no result to report; do not take it back at once
+                return
             self._fail_all(raw, f"the worker could not parse its task: {exc}")
             return
         root = os.path.join(self.scratch, re.sub(r"[^A-Za-z0-9_.-]", "_", task_id) or "task")
+        if task.long_running:
+            self._serve_long(task, root)
+            return
         dirs: TaskDirs | None = None
 
         def lay_out() -> TaskDirs:
@@ -206,6 +224,44 @@ class Worker:
                 shutil.rmtree(root, ignore_errors=True)
         if self.stopping:
             raise Stop("signal during upload")
+
+    def _serve_long(self, task: Task, root: str) -> None:
+        """A spout or service: kept while it is current, never answered with a result.
+
+        Runs shielded: a SIGTERM only marks the worker stopping, and the task's
+        loop notices within a tick and stops the user's process gracefully.
+        """
+        log = self.logs.bind(None, None)
+
+        def lay_out() -> TaskDirs:
+            def once() -> TaskDirs:
+                shutil.rmtree(root, ignore_errors=True)  # a try cut short by a daemon restart
+                return materialize(task, root, self.link)
+
+            return self._retry(once)
+
+        self._shielded = True
+        try:
+            why = longrun.LongRunning(
+                task,
+                lay_out,
+                self.link,
+                log,
+                should_stop=lambda: self.stopping,
+                give_up=self.give_up,
+                client=self.link.client,
+                after_exit=_reap_orphans if self.own_process else None,
+            ).run()
+            self._say(f"{task.kind} task {task.task_id}: {why}")
+            try:
+                self.logs.flush()
+            except errors.PfsError:
+                pass  # the shipper keeps them; a stopping worker sends them once more on its way out
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+            self._shielded = False
+        if self.stopping:
+            raise Stop("signal during a long-running task")
 
     def _fail_all(self, raw: dict, reason: str) -> None:
         """Report every unit of a task failed (one the worker cannot handle)."""
