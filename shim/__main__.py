@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="unix:/path/to/mountd.sock or host:port")
     parser.add_argument("--token", default=None)
     parser.add_argument("--scratch", default=None, help="where units' inputs are laid out (default <home>/scratch/<worker>)")
+    parser.add_argument("--fast-scratch", default=None,
+                        help="a tmpfs directory for tasks of small inputs (default /dev/shm/pachy-<worker> when "
+                             "/dev/shm is a tmpfs; 'none' to keep every task on --scratch)")
     parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -45,11 +48,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{args.worker}] cannot start: {exc}", file=sys.stderr)
         return 2
     scratch = args.scratch or os.path.join(settings.home, "scratch", args.worker)
+    fast = args.fast_scratch or os.environ.get("PACHY_FAST_SCRATCH") or _default_fast(args.worker)
+    fast = None if fast in ("", "none") else fast
     link = Link(settings.address, settings.token, settings.home)
     try:
-        return Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True).run()
+        return Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True,
+                      fast_scratch=fast).run()
     finally:
         link.close()
+
+
+def _default_fast(worker: str) -> str | None:
+    """/dev/shm/pachy-<uid>-<worker> if /dev/shm is a tmpfs we can write."""
+    try:
+        with open("/proc/self/mounts") as f:
+            tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in f)
+    except OSError:
+        return None
+    if not tmpfs or not os.access("/dev/shm", os.W_OK):
+        return None
+    return os.path.join("/dev/shm", f"pachy-{os.getuid()}-{worker}")
 
 
 if __name__ == "__main__":
