@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import struct
@@ -235,9 +236,10 @@ def test_local_runner_reports_a_worker_that_gives_up(tmp_path, monkeypatch):
         runner.ensure("edges", 1)
         assert runner.running("edges") == 1
         assert done.wait(30), "on_exit was not called"
-        assert exits == [("edges", "edges-0", EXIT_GAVE_UP)]
+        assert len(exits) == 1 and exits[0][0] == "edges" and exits[0][2] == EXIT_GAVE_UP
+        assert re.fullmatch(r"edges-[0-9a-f]{4}-0", exits[0][1])
         assert runner.running("edges") == 0
-        log = (tmp_path / "home" / "logs" / "workers" / "edges-0.log").read_text()
+        log = (tmp_path / "home" / "logs" / "workers" / f"{exits[0][1]}.log").read_text()
         assert "gave up" in log
     finally:
         runner.close()

@@ -53,17 +53,21 @@ class LocalRunner:
         self._lock = threading.Lock()
         self._workers: dict[str, dict[str, _Worker]] = {}
         self._closed = False
+        self._run_id = os.urandom(2).hex()
 
     # -- the interface --------------------------------------------------------
 
     def ensure(self, pipeline: str, workers: int) -> None:
-        """Have exactly ``workers`` live workers ``<pipeline>-0`` .. ``-<workers-1>``."""
+        """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``.
+
+        ``<run>`` differs per runner, so workers orphaned by a killed daemon (still
+        retrying for a while) never share an id or scratch directory with new ones."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the local runner is closed")
             have = self._workers.setdefault(pipeline, {})
             for i in range(workers):
-                wid = f"{pipeline}-{i}"
+                wid = f"{pipeline}-{self._run_id}-{i}"
                 w = have.get(wid)
                 if w is None or not w.alive():
                     have[wid] = self._start(pipeline, wid)
