@@ -858,8 +858,13 @@ class Scheduler:
             for cid, pipeline in targets:
                 hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND provenance"
                                   " LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
-                if hit is not None:
+                # The commit finishes a moment before its job's bookkeeping: wait for both.
+                if hit is not None and self.pfs.q1("SELECT 1 FROM pps_jobs WHERE output_commit=? AND state IN"
+                                                   " ('created', 'running')", (hit[0],)) is None:
                     found.append(hit[0])
+                    continue
+                if hit is not None:
+                    missing = True
                     continue
                 bad = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state='failure'"
                                   " AND provenance LIKE ? ORDER BY created DESC LIMIT 1",
