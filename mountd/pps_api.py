@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from mountd import models, pps_models, wire
 from mountd.app import drain, pump, run
-from pfsfuse.errors import InvalidArgument, NotFound
+from pfsfuse.errors import InvalidArgument, NoSpace, NotFound, PfsError
 from pfsfuse.files import PinSession
 from pfsfuse.pfs import PFS
 from pps.scheduler import Scheduler
@@ -369,6 +369,10 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     @app.post("/v1/workers/{pipeline}/next")
     async def next_task(pipeline: str, worker: str, wait: float = 20.0):
+        owns = getattr(s.runner, "owns", None)
+        if owns is not None and not owns(worker):
+            # A worker of an earlier run of this daemon (orphaned by a kill -9): it must not serve.
+            raise NotFound(f"worker '{worker}' was not started by this daemon; exiting")
         task = await trio.to_thread.run_sync(s.queue.take, pipeline, worker, min(wait, 60.0),
                                              abandon_on_cancel=True, limiter=poll_limiter)
         if task is None:
@@ -428,6 +432,13 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         try:
             await pump(request, ingest.feed)
             results = await run(ingest.close)
+        except (PfsError, OSError) as exc:
+            await run(ingest.abort)
+            if isinstance(exc, NoSpace | InvalidArgument) or getattr(exc, "errno", None) in (28, 122):
+                # Not the worker's fault, and trying again elsewhere would fail alike.
+                reason = exc.message if isinstance(exc, PfsError) else f"no space left on device: {exc}"
+                await run(s.task_failed, task_id, f"storing the outputs failed: {reason}")
+            raise
         except BaseException:
             await run(ingest.abort)
             raise

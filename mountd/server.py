@@ -79,13 +79,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-async def _serve(app, config: Config, mounts: MountManager) -> None:
+async def _serve(app, config: Config, mounts: MountManager, on_stop=None) -> None:
     stop = trio.Event()
 
     async def watch_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 stop.set()
+                if on_stop is not None:
+                    on_stop()  # wake long polls so the server's graceful stop need not wait them out
                 return
 
     async def run_server(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
         scheduler.start()
-        trio.run(_serve, app, config, mounts)
+        trio.run(_serve, app, config, mounts, scheduler.queue.close)
     finally:
         scheduler.close()
         os.umask(old_umask)

@@ -133,7 +133,7 @@ def to_node(node: Input) -> dm.Node:
 
 
 def _pfs_path(name: str, path: str) -> str:
-    return f"/pfs/{name}{path if path != '/' else '/'}"
+    return f"/pfs/{name}" if path in ("", "/") else f"/pfs/{name}{path}"
 
 
 def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit], previous: dict[str, list[str]],

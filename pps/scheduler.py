@@ -41,6 +41,7 @@ log = logging.getLogger("pps.scheduler")
 TICK = 1.0
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 3
+RERUN_REASON = "the daemon stopped while the job ran; it runs again"
 
 
 @dataclass
@@ -650,6 +651,14 @@ class Scheduler:
         self.notify()
         return True
 
+    def task_failed(self, task_id: str, reason: str) -> None:
+        """A task's result could not be stored (the store is full, ...): its units
+        fail with the reason, which fails the job, rather than the task going round."""
+        t = self.queue.get(task_id)
+        if t is not None:
+            self.task_result(task_id, [{"unit_id": u, "state": "failed", "reason": reason, "tries": 1}
+                                       for u in t.units])
+
     def _maybe_complete(self, job: ActiveJob) -> None:
         if job.failure:
             self._fail(job, job.failure)
@@ -809,7 +818,7 @@ class Scheduler:
             with self.pfs.tx() as db:
                 self.pfs.unpin(f"job/{row.id}/", db)
                 db.execute("UPDATE pps_jobs SET state='killed', reason=?, finished=? WHERE id=?",
-                           ("the daemon stopped while the job ran; it runs again", time.time(), row.id))
+                           (RERUN_REASON, time.time(), row.id))
                 # Let the triggering commit be picked again.
                 for lc in row.inputs:
                     if lc.get("name") == row.trigger:
@@ -829,17 +838,25 @@ class Scheduler:
                 return row
             self.wait_changed(0.5)
 
-    def downstream(self, repo: str) -> list[str]:
-        """Pipelines fed, directly or not, by ``repo``."""
+    def _input_branches(self, row: PipelineRow) -> set[tuple[str, str]]:
+        try:
+            return {(jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)) for leaf in jp.leaves(self.spec_of(row))}
+        except PfsError:
+            return set()
+
+    def downstream(self, repo: str, branch: str | None = None) -> list[str]:
+        """Pipelines fed, directly or not, by ``repo`` (its ``branch`` only, if given)."""
         out: list[str] = []
-        frontier = [repo]
         pipes = self.store.list_pipelines()
+        frontier: list[tuple[str, str | None]] = [(repo, branch)]
         while frontier:
-            r = frontier.pop()
+            r, b = frontier.pop()
             for p in pipes:
-                if p.name not in out and r in self._input_repos(p):
+                if p.name in out:
+                    continue
+                if any(ir == r and (b is None or ib == b) for ir, ib in self._input_branches(p)):
                     out.append(p.name)
-                    frontier.append(p.name)
+                    frontier.append((p.name, p.spec.get("output_branch", "master")))
         return out
 
     def flush(self, commits: list[tuple[str, str]], repos: list[str] | None = None,
@@ -849,15 +866,15 @@ class Scheduler:
         targets = []
         for repo, ref in commits:
             info = self.pfs.inspect_commit(repo, ref)
-            for p in self.downstream(repo):
+            for p in self.downstream(repo, info.branch):
                 if not repos or p in repos:
                     targets.append((info.id, p))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             found, failed, missing = [], [], False
             for cid, pipeline in targets:
-                hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND provenance"
-                                  " LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
+                hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND archived=0"
+                                  " AND provenance LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
                 # The commit finishes a moment before its job's bookkeeping: wait for both.
                 if hit is not None and self.pfs.q1("SELECT 1 FROM pps_jobs WHERE output_commit=? AND state IN"
                                                    " ('created', 'running')", (hit[0],)) is None:
@@ -866,9 +883,9 @@ class Scheduler:
                 if hit is not None:
                     missing = True
                     continue
-                bad = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state='failure'"
-                                  " AND provenance LIKE ? ORDER BY created DESC LIMIT 1",
-                                  (pipeline, f'%"{cid}"%'))
+                bad = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state IN ('failure', 'killed')"
+                                  " AND reason<>? AND provenance LIKE ? ORDER BY created DESC LIMIT 1",
+                                  (pipeline, RERUN_REASON, f'%"{cid}"%'))
                 if bad is not None:
                     failed.append(self.store.get_job(bad[0]))
                     continue

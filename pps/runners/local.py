@@ -80,6 +80,10 @@ class LocalRunner:
             workers = list(self._workers.pop(pipeline, {}).values())
         _terminate(workers, timeout)
 
+    def owns(self, worker: str) -> bool:
+        """Did this runner start ``worker``? (ids carry the runner's run id)"""
+        return worker.rpartition("-")[0].endswith(f"-{self._run_id}")
+
     def running(self, pipeline: str) -> int:
         with self._lock:
             return sum(1 for w in self._workers.get(pipeline, {}).values() if w.alive())
