@@ -762,7 +762,8 @@ class Scheduler:
         first_datum = {u: job.units[u].datums[0] for u in new_paths}
         outputs = {first_datum[u]: ps for u, ps in new_paths.items()}
         dropped = set(job.plan.dropped_units)
-        for u, ps in new_paths.items():
+        kept = job.plan.kept_units  # only paths of kept (skipped) units can be owned by another unit
+        for u, ps in new_paths.items() if kept else ():
             for p in ps:
                 owner = self.store.owner_of(job.row.pipeline, p)
                 if owner and owner not in dropped and owner not in new_paths:
