@@ -19,14 +19,14 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mountd import models, wire
+from mountd.ingest import WireIngest
 from mountd.mounts import MountManager
 from pfsfuse import __version__
-from pfsfuse.errors import Conflict, InvalidArgument, NoSpace, PfsError
+from pfsfuse.errors import Conflict, NoSpace, PfsError
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
 BATCH = 4 << 20  # bytes handed to a worker thread at a time
-SMALL_FILE = 1 << 20
 
 
 async def run(fn: Callable, *args):
@@ -92,57 +92,25 @@ def _cause(group: BaseExceptionGroup) -> BaseException:
     return next((e for e in leaves if isinstance(e, PfsError | OSError)), leaves[0])
 
 
-class BatchIngest:
+class BatchIngest(WireIngest):
     """Applies a wire stream of puts/mkdirs/deletes to a write session (in a thread)."""
 
     def __init__(self, session: WriteSession):
+        super().__init__()
         self.session = session
-        self.decoder = wire.Decoder(self._start, self._data, self._end)
-        self._path = ""
-        self._overwrite = False
-        self._small: bytearray | None = None
-        self._stream = None
 
-    def _start(self, tag: bytes, header: dict) -> None:
+    def put_target(self, header: dict) -> tuple[WriteSession, bool]:
+        return self.session, bool(header.get("overwrite"))
+
+    def other(self, tag: bytes, header: dict) -> None:
         path = header.get("path", "")
-        if tag == wire.PUT:
-            self._path, self._overwrite = path, bool(header.get("overwrite"))
-            self.session.put_stream(path)  # validates the path before any bytes arrive
-            self._small, self._stream = bytearray(), None
-        elif tag == wire.MKDIR:
+        if tag == wire.MKDIR:
             self.session.mkdir(path)
         else:
             self.session.delete(path)
 
-    def _data(self, data: memoryview) -> None:
-        if self._stream is None and len(self._small) + len(data) <= SMALL_FILE:
-            self._small += data
-            return
-        if self._stream is None:
-            self._stream = self.session.put_stream(self._path)
-            self._stream.write(self._small)
-            self._small = None
-        self._stream.write(data)
-
-    def _end(self) -> None:
-        if self._stream is None:
-            self.session.put_bytes(self._path, bytes(self._small), self._overwrite)
-        else:
-            refs = self._stream.finish()
-            self.session.add(self._path, refs, self._stream.size, self._overwrite)
-        self._small = self._stream = None
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self.decoder.feed(data)
-        except ValueError as exc:
-            raise InvalidArgument(f"malformed upload stream: {exc}") from None
-
     def close(self) -> models.PutResult:
-        try:
-            self.decoder.close()
-        except ValueError as exc:
-            raise InvalidArgument(f"malformed upload stream: {exc}") from None
+        self.end_of_stream()
         self.session.commit()
         return _put_result(self.session)
 

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from mountd import models, pps_models, wire
 from mountd.app import drain, pump, run
+from mountd.ingest import WireIngest
 from pfsfuse.errors import InvalidArgument, NoSpace, NotFound, PfsError
 from pfsfuse.files import PinSession
 from pfsfuse.pfs import PFS
@@ -22,7 +23,7 @@ from pps.scheduler import Scheduler
 from pps.store import JobRow, PipelineRow
 
 _U64 = struct.Struct(">Q")
-SMALL = 1 << 20
+SMALL = 1 << 20  # bytes of a batch read handed over per thread hop
 
 
 _ALIASES = {("BLOCK", "DIFF"): "map", ("FILE", "NONE"): "reduce", ("REPO", "NONE"): "global"}
@@ -85,24 +86,22 @@ def job_model(row: JobRow) -> pps_models.Job:
     )
 
 
-class ResultIngest:
+class ResultIngest(WireIngest):
     """A task's result stream (WORKERS.md): each ``U`` record opens a unit whose
-    outputs are pinned under their own owner as they stream in."""
+    outputs are pinned under their own owner as they stream in (one pin session
+    for the whole task)."""
+
+    what = "result stream"
 
     def __init__(self, pfs: PFS, job_id: str):
+        super().__init__(tags=wire.RESULT_TAGS)
         self.pfs, self.job_id = pfs, job_id
-        self.decoder = wire.Decoder(self._start, self._data, self._end, tags=wire.RESULT_TAGS)
         self.results: list[dict] = []
         self._nonce = uuid.uuid4().hex[:8]
         self._session: PinSession | None = None
         self._unit: dict | None = None
-        self._path = ""
-        self._op = "put"
-        self._small: bytearray | None = None
-        self._stream = None
 
-    def _need_session(self) -> PinSession:
-        """One pin session for the whole task; each unit pins under its own owner."""
+    def _pins(self) -> PinSession:
         if self._unit is None:
             raise InvalidArgument("result stream: an output record before any unit record")
         if self._session is None:
@@ -112,52 +111,19 @@ class ResultIngest:
         self._session.owner = self._unit["owner"]
         return self._session
 
-    def _start(self, tag: bytes, header: dict) -> None:
+    def put_target(self, header: dict) -> tuple[PinSession, str]:
+        return self._pins(), "append" if header.get("append") else "put"
+
+    def other(self, tag: bytes, header: dict) -> None:
         if tag == wire.UNIT:
             self._unit = dict(header)
             self._unit.setdefault("owner", None)
             self.results.append(self._unit)
-            return
-        session = self._need_session()
-        path = header.get("path", "")
-        if tag == wire.PUT:
-            session.put_stream(path)  # validates the path
-            self._path, self._op = path, "append" if header.get("append") else "put"
-            self._small, self._stream = bytearray(), None
-        elif tag == wire.MKDIR:
-            session.mark("mkdir", path)
         else:
-            session.mark("delete", path)
-
-    def _data(self, data: memoryview) -> None:
-        if self._stream is None and len(self._small) + len(data) <= SMALL:
-            self._small += data
-            return
-        if self._stream is None:
-            self._stream = self._session.put_stream(self._path)
-            self._stream.write(self._small)
-            self._small = None
-        self._stream.write(data)
-
-    def _end(self) -> None:
-        if self._stream is None:
-            self._session.put_bytes(self._path, bytes(self._small), self._op)
-        else:
-            refs = self._stream.finish()
-            self._session.add(self._path, refs, self._stream.size, self._op)
-        self._small = self._stream = None
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self.decoder.feed(data)
-        except ValueError as exc:
-            raise InvalidArgument(f"malformed result stream: {exc}") from None
+            self._pins().mark("mkdir" if tag == wire.MKDIR else "delete", header.get("path", ""))
 
     def close(self) -> list[dict]:
-        try:
-            self.decoder.close()
-        except ValueError as exc:
-            raise InvalidArgument(f"malformed result stream: {exc}") from None
+        self.end_of_stream()
         if self._session is not None:
             self._session.commit()
             self._session = None

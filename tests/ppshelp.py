@@ -20,6 +20,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from mountd.pps_models import FlushResult, Job
 from pachctl.client import Client, errors
 from tests.clihelp import Result, make_env, run
@@ -241,3 +243,21 @@ def processes(*argv: str) -> list[int]:
         if got[: len(want)] == want and not pid_gone(int(name)):
             out.append(int(name))
     return out
+
+
+def pachy_fixtures(name: str):
+    """A test module's fixtures: ``px``, one daemon for the module, and ``c``, its
+    client, with every pipeline deleted after each test. Use as
+    ``px, c = pachy_fixtures("pps-e2e")``."""
+
+    @pytest.fixture(scope="module")
+    def px(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pachy]:
+        with pachy_daemon(tmp_path_factory.mktemp(name)) as p:
+            yield p
+
+    @pytest.fixture
+    def c(px: Pachy) -> Iterator[Client]:
+        yield px.client
+        delete_all_pipelines(px.client)
+
+    return px, c

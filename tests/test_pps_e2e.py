@@ -18,10 +18,7 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pachctl.client import Client
 from tests.conftest import wait_for
@@ -29,12 +26,11 @@ from tests.mounting import detach, mounted, no_mount_left_behind, requires_fuse 
 from tests.ppshelp import (
     Pachy,
     commit_files,
-    delete_all_pipelines,
     flush,
     flush_ok,
     jobs,
     outputs,
-    pachy_daemon,
+    pachy_fixtures,
     pfs,
     spec,
     table_rows,
@@ -46,16 +42,7 @@ FRUIT_STAND = ROOT / "examples" / "fruit_stand" / "pipeline.json"
 FRUITS = ("apple", "banana", "orange")
 
 
-@pytest.fixture(scope="module")
-def px(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pachy]:
-    with pachy_daemon(tmp_path_factory.mktemp("pps-e2e")) as p:
-        yield p
-
-
-@pytest.fixture
-def c(px: Pachy) -> Iterator[Client]:
-    yield px.client
-    delete_all_pipelines(px.client)
+px, c = pachy_fixtures("pps-e2e")
 
 
 # -- the fruit stand (1.x docs ch. 3) --------------------------------------------------

@@ -23,12 +23,12 @@ from tests.conftest import tmpfs_at, wait_for
 from tests.ppshelp import (
     Pachy,
     commit_files,
-    delete_all_pipelines,
     flush,
     flush_ok,
     jobs,
     outputs,
     pachy_daemon,
+    pachy_fixtures,
     pfs,
     processes,
     spec,
@@ -39,16 +39,7 @@ from tests.ppshelp import (
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def px(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pachy]:
-    with pachy_daemon(tmp_path_factory.mktemp("pps-faults")) as p:
-        yield p
-
-
-@pytest.fixture
-def c(px: Pachy) -> Iterator[Client]:
-    yield px.client
-    delete_all_pipelines(px.client)
+px, c = pachy_fixtures("pps-faults")
 
 
 def _finished_commits_only(c: Client, repo: str) -> list[str]:

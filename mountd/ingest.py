@@ -1,0 +1,79 @@
+"""Applying a wire stream (mountd/wire.py) as it arrives, in a worker thread.
+
+Each file is held in memory while it is small and streamed through the
+chunker once it is not, so any size goes through in bounded memory. What a
+put lands in (a commit's write session, a job's pins) and what its mode
+means (overwrite, or put/append) is the subclass's business.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mountd import wire
+from pfsfuse.errors import InvalidArgument
+
+SMALL_FILE = 1 << 20
+
+
+class WireIngest:
+    what = "upload stream"
+
+    def __init__(self, tags: tuple[bytes, ...] = wire.UPLOAD_TAGS):
+        self.decoder = wire.Decoder(self._start, self._data, self._end, tags=tags)
+        self._target: Any = None
+        self._path = ""
+        self._mode: Any = None
+        self._small: bytearray | None = None
+        self._stream = None
+
+    # -- for subclasses --------------------------------------------------------
+
+    def put_target(self, header: dict) -> tuple[Any, Any]:
+        """(session, mode) for a put: the session has put_stream, put_bytes and add."""
+        raise NotImplementedError
+
+    def other(self, tag: bytes, header: dict) -> None:
+        """A record that is not a put (mkdir, delete, a unit header, ...)."""
+        raise NotImplementedError
+
+    # -- the stream ------------------------------------------------------------
+
+    def _start(self, tag: bytes, header: dict) -> None:
+        if tag != wire.PUT:
+            self.other(tag, header)
+            return
+        self._path = header.get("path", "")
+        self._target, self._mode = self.put_target(header)
+        self._target.put_stream(self._path)  # validates the path before any bytes arrive
+        self._small, self._stream = bytearray(), None
+
+    def _data(self, data: memoryview) -> None:
+        if self._stream is None and len(self._small) + len(data) <= SMALL_FILE:
+            self._small += data
+            return
+        if self._stream is None:
+            self._stream = self._target.put_stream(self._path)
+            self._stream.write(self._small)
+            self._small = None
+        self._stream.write(data)
+
+    def _end(self) -> None:
+        if self._stream is None:
+            self._target.put_bytes(self._path, bytes(self._small), self._mode)
+        else:
+            refs = self._stream.finish()
+            self._target.add(self._path, refs, self._stream.size, self._mode)
+        self._small = self._stream = None
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.decoder.feed(data)
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed {self.what}: {exc}") from None
+
+    def end_of_stream(self) -> None:
+        try:
+            self.decoder.close()
+        except ValueError as exc:
+            raise InvalidArgument(f"malformed {self.what}: {exc}") from None
