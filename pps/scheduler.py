@@ -76,7 +76,8 @@ class Scheduler:
         self.active: dict[str, ActiveJob] = {}
         self._runs: dict[str, list[list[jp.LeafCommit]]] = {}
         self._crashes: dict[str, list[float]] = {}
-        self._services: dict[str, tuple[str, str]] = {}  # pipeline -> (input generation, task id)
+        self._services: dict[str, tuple[str, str]] = {}
+        self._starting: set[str] = set()  # pipeline -> (input generation, task id)
         self._thread: threading.Thread | None = None
         self._closed = False
         pfs.on_finish.append(lambda _info: self.notify())
@@ -162,6 +163,9 @@ class Scheduler:
                 pass
         notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(self.capabilities)]
         for leaf, path in spec.leaves():
+            if isinstance(leaf, GitInput):
+                notes.append({"path": path, "reason": f"no webhook from {leaf.url} reaches this machine; commits "
+                              f"to repo '{leaf.name}' (branch {leaf.branch}) trigger the pipeline instead"})
             if isinstance(leaf, PfsInput) and leaf.lazy:
                 notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
@@ -449,16 +453,22 @@ class Scheduler:
             return
         if spec.input is None:
             return
-        trig = self._next_trigger(row, spec)
-        if trig is None:
-            return
-        if spec.generation == 1:
-            plan = jp.plan_v1(self.pfs, spec, trig.inputs, trig.trigger)
-        else:
-            previous = self.store.units(row.name)
-            plan = jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, previous,
-                              reprocess=spec.reprocess_spec == "every_job")
-        self._start_job(row, spec, trig, plan)
+        with self._lock:
+            self._starting.add(row.name)  # flush must not take it for idle meanwhile
+        try:
+            trig = self._next_trigger(row, spec)
+            if trig is None:
+                return
+            if spec.generation == 1:
+                plan = jp.plan_v1(self.pfs, spec, trig.inputs, trig.trigger)
+            else:
+                previous = self.store.units(row.name)
+                plan = jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, previous,
+                                  reprocess=spec.reprocess_spec == "every_job")
+            self._start_job(row, spec, trig, plan)
+        finally:
+            with self._lock:
+                self._starting.discard(row.name)
 
     # -- spouts and services: one long-running task per pipeline --------------------
 
@@ -873,7 +883,13 @@ class Scheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             found, failed, missing = [], [], False
+            with self._lock:
+                idle = {p.name for p in self.store.list_pipelines()
+                        if p.stopped and p.name not in self.active and p.name not in self._starting
+                        and not self._runs.get(p.name)}
             for cid, pipeline in targets:
+                if pipeline in idle:
+                    continue  # stopped with nothing to run: waiting would never end
                 hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND archived=0"
                                   " AND provenance LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
                 # The commit finishes a moment before its job's bookkeeping: wait for both.

@@ -443,3 +443,46 @@ def test_standby_workers_stop_when_idle_and_start_on_a_commit(c: Client, tmp_pat
     assert outputs(c, "sleepy") == {"a": b"1", "b": b"2"}
     assert [j.state for j in jobs(c, "sleepy")] == ["success", "success"]
     wait_for(lambda: c.inspect_pipeline("sleepy").workers == 0, 15, "the workers to stop once more")
+
+
+# -- stats, one-off jobs, notes ----------------------------------------------------------
+
+
+def test_enable_stats_writes_a_stats_branch_per_job(c: Client) -> None:
+    c.create_repo("st")
+    head = commit_files(c, "st", {"a": b"1", "b": b"2"})
+    c.create_pipeline(spec("stats", pfs("st"), ['echo "seen $st"', 'cp "$st" /pfs/out/'], enable_stats=True))
+    flush_ok(c, "st", head)
+    (job,) = jobs(c, "stats")
+    assert job.stats_commit is not None and job.stats_commit.branch == "stats"
+    files = {f.path for f in c.list_file("stats", "stats", "/")}
+    datums = {d.id for d in c.list_datum(job.id)}
+    assert files == {f"/{d}" for d in datums} | {"/job.json"}
+    for d in datums:
+        logs = c.read_file("stats", "stats", f"/{d}/logs").decode()
+        assert logs.startswith("seen /pfs/st/"), logs
+        assert b'"state": "success"' in c.read_file("stats", "stats", f"/{d}/stats.json")
+    assert outputs(c, "stats") == {"a": b"1", "b": b"2"}
+
+
+def test_create_job_runs_once_and_does_not_subscribe(c: Client) -> None:
+    c.create_repo("once-in")
+    head = commit_files(c, "once-in", {"a": b"1"})
+    text = json.dumps(spec("once", pfs("once-in"), "cp /pfs/once-in/* /pfs/out/"))
+    job = c.create_job(text)
+    assert job.pipeline == "once"
+    flush_ok(c, "once-in", head)
+    assert outputs(c, "once") == {"a": b"1"}
+    assert c.inspect_pipeline("once").stopped
+    c.create_pipeline(spec("witness", pfs("once-in"), "cp /pfs/once-in/* /pfs/out/"))
+    second = commit_files(c, "once-in", {"b": b"2"})
+    flush_ok(c, "once-in", second)  # a stopped pipeline ("once") is not waited for
+    assert outputs(c, "witness") == {"a": b"1", "b": b"2"}
+    assert len(jobs(c, "once")) == 1  # no job for the new commit: a one-off
+
+
+def test_git_input_is_accepted_with_a_note(c: Client) -> None:
+    (p,) = c.create_pipeline(json.dumps({
+        "pipeline": {"name": "gitp"}, "transform": {"cmd": ["true"]},
+        "input": {"git": {"URL": "https://github.com/pachyderm/pachyderm.git"}}}))
+    assert any(n.path == "input.git" for n in p.notes), p.notes
