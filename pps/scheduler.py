@@ -169,6 +169,19 @@ class Scheduler:
             if isinstance(leaf, PfsInput) and leaf.lazy:
                 notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
+        for leaf, path in spec.leaves():
+            if isinstance(leaf, PfsInput) and leaf.trigger is not None:
+                notes.append({"path": f"{path}.trigger", "reason": "branch triggers are not evaluated yet: every "
+                              "finished commit of the input triggers a job"})
+        limits = spec.resource_limits
+        if limits is not None and (limits.cpu or limits.memory) and self.capabilities.runner == "local":
+            notes.append({"path": "resource_limits", "reason": "the local runner does not cap a datum's cpu "
+                          "or memory (no cgroup per datum)"})
+        dss = spec.datum_set_spec
+        if dss is not None and (dss.size_bytes or dss.per_worker):
+            notes.append({"path": "datum_set_spec", "reason": "only 'number' sizes a worker's share here"})
+        if spec.transform.debug:
+            notes.append({"path": "transform.debug", "reason": "pachy's workers log the same either way"})
         if spec.max_queue_size > 1:
             notes.append({"path": "max_queue_size", "reason": "workers take datum_set_spec.number units (or "
                           "an even share) at a time; the queue size does not apply"})
@@ -305,6 +318,10 @@ class Scheduler:
                 info = pinned[repo]
                 inputs.append(jp.LeafCommit(leaf.name, repo, info.branch, info.id))
                 continue
+            if isinstance(leaf, PfsInput) and leaf.commit:
+                info = self.pfs.inspect_commit(repo, leaf.commit)
+                inputs.append(jp.LeafCommit(leaf.name, repo, info.branch, info.id))
+                continue
             head = self._latest_finished(repo, branch)
             if head is None:
                 raise Conflict(f"input repo '{repo}' has no finished commit on branch '{branch}' to run on")
@@ -424,6 +441,11 @@ class Scheduler:
         heads = {}
         for leaf in jp.leaves(spec):
             repo, branch = jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)
+            if isinstance(leaf, PfsInput) and leaf.commit:
+                # input.pfs.commit: always this commit; it never triggers a job itself
+                pinned = self.pfs.resolve(repo, leaf.commit)
+                heads[leaf.name] = (repo, branch, (pinned[0], pinned[3]))
+                continue
             head = self._latest_finished(repo, branch)
             if head is None:
                 return None  # docs 15.1: no job until every input has data
@@ -440,7 +462,7 @@ class Scheduler:
         inputs = []
         for leaf in jp.leaves(spec):
             r, b, head = heads[leaf.name]
-            if (r, b) == (repo, branch):
+            if (r, b) == (repo, branch) and not (isinstance(leaf, PfsInput) and leaf.commit):
                 inputs.append(jp.LeafCommit(leaf.name, r, b, nxt[0]))
             else:
                 inputs.append(jp.LeafCommit(leaf.name, r, b, head[0]))

@@ -486,3 +486,22 @@ def test_git_input_is_accepted_with_a_note(c: Client) -> None:
         "pipeline": {"name": "gitp"}, "transform": {"cmd": ["true"]},
         "input": {"git": {"URL": "https://github.com/pachyderm/pachyderm.git"}}}))
     assert any(n.path == "input.git" for n in p.notes), p.notes
+
+
+def test_input_pinned_to_a_commit_and_notes_for_what_does_not_act(c: Client) -> None:
+    c.create_repo("pin-a")
+    c.create_repo("pin-b")
+    a0 = commit_files(c, "pin-a", {"x": b"old"})
+    commit_files(c, "pin-a", {"x": b"new"})
+    b0 = commit_files(c, "pin-b", {"y": b"1"})
+    (p,) = c.create_pipeline(spec(
+        "pinned", {"cross": [pfs("pin-a", commit="master/0"), pfs("pin-b", trigger={"commits": 2})]},
+        "cat /pfs/pin-a/x /pfs/pin-b/y > /pfs/out/xy", resource_limits={"memory": "1G"}))
+    assert {n.path for n in p.notes} >= {"input.cross[1].pfs.trigger", "resource_limits"}, p.notes
+    flush_ok(c, "pin-b", b0)
+    assert outputs(c, "pinned") == {"xy": b"old1"}
+    (job,) = jobs(c, "pinned")
+    assert {i.repo: i.commit for i in job.input_commits}["pin-a"] == a0
+    b1 = commit_files(c, "pin-b", {"y": b"2"})
+    flush_ok(c, "pin-b", b1)
+    assert outputs(c, "pinned") == {"xy": b"old2"}  # pin-a stays at master/0
