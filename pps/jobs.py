@@ -88,6 +88,10 @@ def leaf_repo(leaf: PfsInput | CronInput | GitInput, pipeline: str) -> str:
 
 
 def leaf_branch(leaf: PfsInput | CronInput | GitInput) -> str:
+    """The branch whose commits feed the input: a trigger's branch when it has one
+    (commits land there; the input's own branch is moved when the trigger fires)."""
+    if isinstance(leaf, PfsInput) and leaf.trigger is not None and leaf.trigger.branch:
+        return leaf.trigger.branch
     return leaf.branch if isinstance(leaf, PfsInput | GitInput) else "master"
 
 
@@ -148,6 +152,7 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit], previo
             trees[key] = Tree(pfs, leaf.repo, leaf.commit)
         t = trees[key]
         listing[(leaf.repo, leaf.branch or "master")] = dm.Listing(leaf.commit, t.entries)
+        listing.setdefault(leaf.repo, listing[(leaf.repo, leaf.branch or "master")])  # a trigger's branch
         for p, k in t.keys.items():
             hashes[(leaf.repo, p)] = k
             sizes[(leaf.repo, p)] = t.sizes[p]

@@ -33,7 +33,7 @@ from pps.egress import egress
 from pps.logs import LogStore
 from pps.queue import Task, TaskQueue
 from pps.spec import Capabilities, PipelineSpec, parse_spec, parse_specs
-from pps.spec_inputs import CronInput, GitInput, PfsInput
+from pps.spec_inputs import CronInput, GitInput, PfsInput, parse_cron, parse_quantity
 from pps.store import JobRow, PipelineRow, PpsStore
 
 log = logging.getLogger("pps.scheduler")
@@ -169,10 +169,6 @@ class Scheduler:
             if isinstance(leaf, PfsInput) and leaf.lazy:
                 notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
-        for leaf, path in spec.leaves():
-            if isinstance(leaf, PfsInput) and leaf.trigger is not None:
-                notes.append({"path": f"{path}.trigger", "reason": "branch triggers are not evaluated yet: every "
-                              "finished commit of the input triggers a job"})
         limits = spec.resource_limits
         if limits is not None and (limits.cpu or limits.memory) and self.capabilities.runner == "local":
             notes.append({"path": "resource_limits", "reason": "the local runner does not cap a datum's cpu "
@@ -451,14 +447,22 @@ class Scheduler:
                 return None  # docs 15.1: no job until every input has data
             heads[leaf.name] = (repo, branch, head)
             cur = self.store.cursor(row.name, repo, branch)
+            if isinstance(leaf, PfsInput) and leaf.trigger is not None and not self._trigger_fires(row, leaf, cur):
+                continue
             nxt = self.pfs.q1("SELECT id, seq, finished FROM commits WHERE repo=? AND branch=? AND seq>?"
                               " AND finished IS NOT NULL AND archived=0 ORDER BY seq LIMIT 1",
                               (repo, branch, -1 if cur is None else cur))
+            if isinstance(leaf, PfsInput) and leaf.trigger is not None and nxt is not None:
+                nxt = (head[0], head[1], nxt[2])  # a trigger moves the input to the newest commit
             if nxt is not None and (best is None or nxt[2] < best[3][2]):
                 best = (leaf.name, repo, branch, nxt)
         if best is None:
             return None
         name, repo, branch, nxt = best
+        for leaf in jp.leaves(spec):
+            if (isinstance(leaf, PfsInput) and leaf.trigger is not None and leaf.trigger.branch
+                    and leaf.name == name and leaf.branch != branch):
+                self.pfs.create_branch(repo, leaf.branch, head=nxt[0])  # as Pachyderm moves it
         inputs = []
         for leaf in jp.leaves(spec):
             r, b, head = heads[leaf.name]
@@ -467,6 +471,31 @@ class Scheduler:
             else:
                 inputs.append(jp.LeafCommit(leaf.name, r, b, head[0]))
         return Trigger(inputs, name, [(repo, branch, nxt[1])])
+
+    def _trigger_fires(self, row: PipelineRow, leaf: PfsInput, cur: int | None) -> bool:
+        """input.pfs.trigger: since the commit the input last moved to, have enough
+        commits (``commits``), bytes (``size``) or time (``cron_spec``) gone by?
+        Any one condition suffices unless ``all``; a branch alone fires on every commit."""
+        t = leaf.trigger
+        repo, branch = leaf.repo, jp.leaf_branch(leaf)
+        newest = self.pfs.q1("SELECT id, seq, size FROM commits WHERE repo=? AND branch=? AND finished IS NOT"
+                             " NULL AND archived=0 ORDER BY seq DESC LIMIT 1", (repo, branch))
+        if newest is None or (cur is not None and newest[1] <= cur):
+            return False
+        base = None if cur is None else self.pfs.q1(
+            "SELECT size, finished FROM commits WHERE repo=? AND branch=? AND seq=?", (repo, branch, cur))
+        conds = []
+        if t.commits:
+            conds.append(newest[1] - (-1 if cur is None else cur) >= t.commits)
+        if t.size:
+            conds.append(newest[2] - (base[0] if base else 0) >= parse_quantity(t.size))
+        if t.cron_spec:
+            since = datetime.fromtimestamp(base[1] if base else row.created, UTC)
+            tick = parse_cron(t.cron_spec).next_after(since)
+            conds.append(tick is not None and tick <= datetime.now(UTC))
+        if not conds:
+            return True
+        return all(conds) if t.all else any(conds)
 
     def _maybe_start(self, row: PipelineRow) -> None:
         spec = self.spec_of(row)
@@ -892,6 +921,24 @@ class Scheduler:
                     frontier.append((p.name, p.spec.get("output_branch", "master")))
         return out
 
+    def _held_by_trigger(self, pipeline: str, repo: str, cid: str) -> bool:
+        """A commit a trigger has not moved the input to (yet) has no output to wait for
+        (as in Pachyderm: it is not in the input branch's provenance)."""
+        row = self.store.find_pipeline(pipeline)
+        if row is None:
+            return False
+        for leaf in jp.leaves(self.spec_of(row)):
+            if isinstance(leaf, PfsInput) and leaf.repo == repo and leaf.trigger is not None:
+                if self.pfs.q1("SELECT 1 FROM pps_jobs WHERE pipeline=? AND provenance LIKE ?",
+                               (pipeline, f'%"{cid}"%')) is not None:
+                    return False
+                seq = self.pfs.q1("SELECT seq FROM commits WHERE id=?", (cid,))
+                cur = self.store.cursor(pipeline, repo, jp.leaf_branch(leaf))
+                if cur is not None and seq is not None and seq[0] is not None and seq[0] <= cur:
+                    return True  # passed over: the input moved beyond it
+                return not self._trigger_fires(row, leaf, cur)
+        return False
+
     def flush(self, commits: list[tuple[str, str]], repos: list[str] | None = None,
               timeout: float | None = None) -> tuple[list[str], list[JobRow]]:
         """Block until every pipeline downstream of the commits has finished an
@@ -900,7 +947,7 @@ class Scheduler:
         for repo, ref in commits:
             info = self.pfs.inspect_commit(repo, ref)
             for p in self.downstream(repo, info.branch):
-                if not repos or p in repos:
+                if (not repos or p in repos) and not self._held_by_trigger(p, repo, info.id):
                     targets.append((info.id, p))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -488,20 +488,35 @@ def test_git_input_is_accepted_with_a_note(c: Client) -> None:
     assert any(n.path == "input.git" for n in p.notes), p.notes
 
 
-def test_input_pinned_to_a_commit_and_notes_for_what_does_not_act(c: Client) -> None:
+def test_input_pinned_to_a_commit_and_a_commits_trigger(c: Client) -> None:
     c.create_repo("pin-a")
     c.create_repo("pin-b")
     a0 = commit_files(c, "pin-a", {"x": b"old"})
     commit_files(c, "pin-a", {"x": b"new"})
-    b0 = commit_files(c, "pin-b", {"y": b"1"})
+    commit_files(c, "pin-b", {"y": b"1"})
     (p,) = c.create_pipeline(spec(
         "pinned", {"cross": [pfs("pin-a", commit="master/0"), pfs("pin-b", trigger={"commits": 2})]},
         "cat /pfs/pin-a/x /pfs/pin-b/y > /pfs/out/xy", resource_limits={"memory": "1G"}))
-    assert {n.path for n in p.notes} >= {"input.cross[1].pfs.trigger", "resource_limits"}, p.notes
-    flush_ok(c, "pin-b", b0)
-    assert outputs(c, "pinned") == {"xy": b"old1"}
-    (job,) = jobs(c, "pinned")
-    assert {i.repo: i.commit for i in job.input_commits}["pin-a"] == a0
-    b1 = commit_files(c, "pin-b", {"y": b"2"})
+    assert {n.path for n in p.notes} >= {"resource_limits"}, p.notes
+    b1 = commit_files(c, "pin-b", {"y": b"2"})  # the second commit: the trigger fires
     flush_ok(c, "pin-b", b1)
     assert outputs(c, "pinned") == {"xy": b"old2"}  # pin-a stays at master/0
+    (job,) = jobs(c, "pinned")
+    assert {i.repo: i.commit for i in job.input_commits} == {"pin-a": a0, "pin-b": b1}
+    b2 = commit_files(c, "pin-b", {"y": b"3"})  # one commit since: held
+    assert flush(c, "pin-b", b2).commits == []
+    b3 = commit_files(c, "pin-b", {"y": b"4"})
+    flush_ok(c, "pin-b", b3)
+    assert outputs(c, "pinned") == {"xy": b"old4"} and len(jobs(c, "pinned")) == 2
+
+
+def test_trigger_branch_moves_the_input_branch(c: Client) -> None:
+    c.create_repo("trig")
+    c.create_pipeline(spec("trigp", pfs("trig", trigger={"branch": "staging", "size": "10"}),
+                           "cp /pfs/trig/* /pfs/out/"))
+    small = commit_files(c, "trig", {"a": b"12345"}, branch="staging")
+    assert flush(c, "trig", small).commits == [] and jobs(c, "trigp") == []
+    big = commit_files(c, "trig", {"b": b"0123456789"}, branch="staging")
+    flush_ok(c, "trig", big)
+    assert outputs(c, "trigp") == {"a": b"12345", "b": b"0123456789"}
+    assert c.inspect_commit("trig", "master").id == big  # master was moved to staging's head
