@@ -539,3 +539,36 @@ def test_flush_after_a_1x_update_waits_for_the_reprocessed_output(px: Pachy, c: 
     flushed = px("flush-commit", f"up2@{head}", "--json").json()
     assert [cm["archived"] for cm in flushed] == [False]
     assert px("get-file", "up2p", "master", "all").out == b"v2 1\n"
+
+
+# -- bad input: clear errors, the right exit codes, nothing created ------------------------
+
+
+def test_bad_specs_are_refused_with_their_json_path(px: Pachy, c: Client, tmp_path: Path) -> None:
+    c.create_repo("bad-in")
+    cases = [
+        ('{"pipeline": {"name": "b1"}, "transform": {"cmd": ["true"]}, "input": {"pfs": {"repo": "bad-in", '
+         '"glob": 5}}}', 2, "input.pfs.glob"),
+        ('{"pipeline": {"name": "b2"}, "transform": {"cmd": ["true"]}, "input": {"pfs": {"repo": "bad-in", '
+         '"glob": "/*"}}, "parallelism_spec": {"constant": -1}}', 2, "parallelism_spec.constant"),
+        ('{"pipeline": {"name": "b3"}, "transform": {"cmd": ["true"]}, "inptu": {}}', 2, "inptu"),
+        ('{"pipeline": {"name": "bad name!"}, "transform": {"cmd": ["true"]}, "input": {"pfs": {"repo": '
+         '"bad-in", "glob": "/*"}}}', 2, "pipeline.name"),
+        ('{"pipeline": {"name": "b5"}, "transform": {"cmd": ["true"]}, "input": {"pfs": {"repo": "nowhere", '
+         '"glob": "/*"}}}', 3, "repo 'nowhere' not found"),
+        ('{"pipeline": {"name": "b6"}, "transform": {"cmd": ["true"]},\n "input": {"pfs": {"repo": "bad-in",}}}',
+         2, "line 2"),
+    ]
+    for text, rc, needle in cases:
+        spec_file = tmp_path / "spec.json"
+        spec_file.write_text(text)
+        res = px("create-pipeline", "-f", str(spec_file), rc=rc)
+        assert res.err.startswith("error: ") and needle in res.err, (text, res.err)
+    assert c.list_pipeline() == []
+    assert {r.name for r in c.list_repo()} == {"bad-in"}  # no output repo was left behind
+    px("create-pipeline", "-f", str(tmp_path / "missing.json"), rc=6)
+    good = json.dumps(spec("good", pfs("bad-in"), "true"))
+    px("create-pipeline", input=good.encode())
+    assert "already exists" in px("create-pipeline", input=good.encode(), rc=4).err
+    assert "not found" in px("inspect-job", "0123456789abcdef", rc=3).err
+    assert "not found" in px("list-datum", "0123456789abcdef", rc=3).err
