@@ -212,7 +212,13 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.post("/v1/delete-all")
     async def delete_all():
-        await run(pfs.delete_all)
+        def everything() -> None:
+            if scheduler is not None:  # seed 4.2.5: "Delete all pipelines and repos"
+                for p in reversed(scheduler.store.list_pipelines()):
+                    scheduler.delete_pipeline(p.name, force=True)
+            pfs.delete_all()
+
+        await run(everything)
         return {}
 
     @app.post("/v1/archive-all")

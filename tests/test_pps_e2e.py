@@ -572,3 +572,13 @@ def test_bad_specs_are_refused_with_their_json_path(px: Pachy, c: Client, tmp_pa
     assert "already exists" in px("create-pipeline", input=good.encode(), rc=4).err
     assert "not found" in px("inspect-job", "0123456789abcdef", rc=3).err
     assert "not found" in px("list-datum", "0123456789abcdef", rc=3).err
+
+
+def test_delete_all_removes_pipelines_and_repos(px: Pachy, c: Client) -> None:
+    c.create_repo("da-in")
+    head = commit_files(c, "da-in", {"a": b"1"})
+    c.create_pipeline(spec("da", pfs("da-in"), "cp /pfs/da-in/* /pfs/out/"))
+    flush_ok(c, "da-in", head)
+    px("delete-all")
+    assert c.list_pipeline() == [] and c.list_repo() == []
+    wait_for(lambda: not px.worker_pids("da"), 10, "the pipeline's workers to exit")
