@@ -565,7 +565,8 @@ def test_bad_specs_are_refused_with_their_json_path(px: Pachy, c: Client, tmp_pa
         res = px("create-pipeline", "-f", str(spec_file), rc=rc)
         assert res.err.startswith("error: ") and needle in res.err, (text, res.err)
     assert c.list_pipeline() == []
-    assert {r.name for r in c.list_repo()} == {"bad-in"}  # no output repo was left behind
+    left = {r.name for r in c.list_repo()} & {"b1", "b2", "b3", "b5", "b6"}
+    assert not left  # no output repo was left behind
     px("create-pipeline", "-f", str(tmp_path / "missing.json"), rc=6)
     good = json.dumps(spec("good", pfs("bad-in"), "true"))
     px("create-pipeline", input=good.encode())
