@@ -342,7 +342,7 @@ class Scheduler:
                 with self._lock:
                     explicit = bool(self._runs.get(row.name)) and row.name not in self.active
                 if explicit:
-                    self._maybe_start(row)
+                    self._start_or_report(row)
                 self._manage_workers(row)
                 continue
             try:
@@ -352,12 +352,21 @@ class Scheduler:
             with self._lock:
                 busy = row.name in self.active
             if not busy:
-                try:
-                    self._maybe_start(row)
-                except PfsError as exc:
-                    self.store.set_pipeline_state(row.name, "failure", exc.message)
-                    self.logs.note(row.name, None, f"cannot start a job: {exc.message}")
+                self._start_or_report(row)
             self._manage_workers(row)
+
+    def _start_or_report(self, row: PipelineRow) -> None:
+        """Start the next job; a failure to plan it shows in the pipeline's state and
+        logs (not only the daemon's), and the next tick tries again."""
+        try:
+            self._maybe_start(row)
+        except Exception as exc:  # noqa: BLE001 - one pipeline's problem must not stop the others
+            reason = exc.message if isinstance(exc, PfsError) else f"internal error: {exc!r}"
+            if not isinstance(exc, PfsError):
+                log.exception("planning a job of pipeline %s failed", row.name)
+            if row.state != "failure" or row.reason != f"cannot start a job: {reason}":
+                self.store.set_pipeline_state(row.name, "failure", f"cannot start a job: {reason}")
+                self.logs.note(row.name, None, f"cannot start a job: {reason}")
 
     def _manage_workers(self, row: PipelineRow) -> None:
         if self.runner is None:
@@ -380,6 +389,9 @@ class Scheduler:
         state = "paused" if row.stopped else "standby" if want == 0 else "running"
         if row.stopped and row.state == "paused":
             return
+        now_row = self.store.find_pipeline(row.name)
+        if now_row is None or now_row.state == "failure":
+            return  # stays until a job starts (or the pipeline is updated, stopped or started)
         if row.state != state and not (row.state == "crashing" and len(crashes) >= CRASH_LIMIT):
             self.store.set_pipeline_state(row.name, state, "")
 
@@ -621,6 +633,8 @@ class Scheduler:
             active.deadline = time.monotonic() + spec.job_timeout
         with self._lock:
             self.active[row.name] = active
+        if row.state == "failure":
+            self.store.set_pipeline_state(row.name, "running", "")
         self.logs.note(row.name, job_id, f"started job {job_id}: {len(plan.to_run)} unit(s) to run, "
                                          f"{len(plan.skipped)} datum(s) skipped")
         self.queue.put(self._tasks(active))

@@ -520,3 +520,12 @@ def test_trigger_branch_moves_the_input_branch(c: Client) -> None:
     flush_ok(c, "trig", big)
     assert outputs(c, "trigp") == {"a": b"12345", "b": b"0123456789"}
     assert c.inspect_commit("trig", "master").id == big  # master was moved to staging's head
+
+
+def test_a_job_that_cannot_start_shows_in_the_pipeline_state(c: Client) -> None:
+    c.create_repo("nostart")
+    commit_files(c, "nostart", {"a": b"1"})
+    c.create_pipeline(spec("nostartp", pfs("nostart", commit="master/7"), "true"))
+    p = wait_for(lambda: (q := c.inspect_pipeline("nostartp")).state == "failure" and q, 15, "state failure")
+    assert "cannot start a job" in p.reason and "master/7" in p.reason, p.reason
+    assert jobs(c, "nostartp") == []
