@@ -178,30 +178,36 @@ def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, s
             proc = spawn(run)
         except OSError as exc:
             return False, spawn_error(run, exc)
+        child = Child(proc, run.stdin, log)
+        timed_out = False
         try:
-            timed_out, last = _pump(proc, run.stdin, run.timeout, log)
+            if run.timeout:
+                child.pump(run.timeout)
+                if child.exited_at is None:
+                    timed_out = True
+                    _kill_group(proc.pid)
+            while child.exited_at is None:
+                child.pump(3600.0)
         finally:
-            _kill_group(proc.pid)  # on a timeout, or a stop of the worker mid-unit
-            proc.wait()
-            for f in (proc.stdin, proc.stdout, proc.stderr):
-                if f is not None:
-                    f.close()
+            rc = child.finish()  # kills what is left of its group, on a timeout or a worker stop too
     finally:
         sandbox.release()
-    rc = proc.returncode
     if timed_out:
         return False, f"timed out after {run.timeout:g} s (datum_timeout); its process group was killed"
     if rc in run.accept:
         return True, ""
-    if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
-        why = f"killed by {name}"
-    else:
-        why = f"exit code {rc}"
-    return False, f"{why}: {last}" if last else why
+    why = exit_reason(rc)
+    return False, f"{why}: {child.last}" if child.last else why
+
+
+def exit_reason(rc: int) -> str:
+    """``exit code N`` or ``killed by SIGNAME``."""
+    if rc >= 0:
+        return f"exit code {rc}"
+    try:
+        return f"killed by {signal.Signals(-rc).name}"
+    except ValueError:
+        return f"killed by signal {-rc}"
 
 
 def spawn(run: Run) -> subprocess.Popen:
@@ -270,61 +276,103 @@ class Lines:
         self.log(text, True)
 
 
-def _pump(proc: subprocess.Popen, stdin: bytes, timeout: float | None, log: Log) -> tuple[bool, str]:
-    """Feed stdin, log stdout/stderr, enforce the timeout; (timed out, last line)."""
-    sel = selectors.DefaultSelector()
-    now = time.monotonic()
-    deadline = now + timeout if timeout else None
-    pidfd = os.pidfd_open(proc.pid)
-    sel.register(pidfd, selectors.EVENT_READ, None)
-    out, err = Lines(log), Lines(log)
-    for f, lines in ((proc.stdout, out), (proc.stderr, err)):
-        os.set_blocking(f.fileno(), False)
-        sel.register(f.fileno(), selectors.EVENT_READ, lines)
-    pending = memoryview(stdin)
-    in_fd = proc.stdin.fileno()
-    os.set_blocking(in_fd, False)
-    sel.register(in_fd, selectors.EVENT_WRITE, "stdin")
-    timed_out = exited = False
-    try:
-        while len(sel.get_map()) > 0:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            events = sel.select(wait)
-            if not events and deadline is not None and time.monotonic() >= deadline:
-                if exited:
-                    break  # stragglers that left the group still hold its pipes: stop listening
-                timed_out = True
-                _kill_group(proc.pid)
-                deadline = None
-                continue
-            for key, _ in events:
-                if key.data is None:  # the process exited (pidfd readable)
-                    exited = True
-                    sel.unregister(pidfd)
-                    _kill_group(proc.pid)  # what it left behind; its pid is not reaped yet, so not reused
-                    deadline = time.monotonic() + EXIT_GRACE
+class Child:
+    """A running start of the transform: its output pumped into the log."""
+
+    def __init__(self, proc: subprocess.Popen, stdin: bytes, log: Log):
+        self.proc = proc
+        self.started = time.monotonic()
+        self.exited_at: float | None = None
+        self.sel = selectors.DefaultSelector()
+        self.pidfd = os.pidfd_open(proc.pid)
+        self.sel.register(self.pidfd, selectors.EVENT_READ, None)
+        self.out, self.err = Lines(log), Lines(log)
+        for f, lines in ((proc.stdout, self.out), (proc.stderr, self.err)):
+            os.set_blocking(f.fileno(), False)
+            self.sel.register(f.fileno(), selectors.EVENT_READ, lines)
+        self.pending = memoryview(stdin)
+        os.set_blocking(proc.stdin.fileno(), False)
+        self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def pump(self, timeout: float) -> None:
+        """Move output to the log for up to ``timeout`` s; returns at once when the process exits."""
+        deadline = time.monotonic() + timeout
+        while self.sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for key, _ in self.sel.select(left):
+                if key.data is None:
+                    self.exited_at = time.monotonic()
+                    self.sel.unregister(self.pidfd)
                 elif key.data == "stdin":
-                    try:
-                        n = os.write(in_fd, pending[:65536])
-                        pending = pending[n:]
-                    except BrokenPipeError:
-                        pending = pending[:0]  # it does not read stdin: fine
-                    if not pending:
-                        sel.unregister(in_fd)
-                        proc.stdin.close()
+                    self._feed_stdin()
                 else:
-                    try:
-                        data = os.read(key.fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        key.data.feed(data)
-                    else:
-                        key.data.close()
-                        sel.unregister(key.fd)
-    finally:
-        sel.close()
-        os.close(pidfd)
-    out.close()
-    err.close()
-    return timed_out, err.last or out.last  # the reason quotes stderr's last words first
+                    self._read(key)
+            if self.exited_at is not None:
+                return
+
+    def _feed_stdin(self) -> None:
+        fd = self.proc.stdin.fileno()
+        try:
+            n = os.write(fd, self.pending[:65536])
+            self.pending = self.pending[n:]
+        except BrokenPipeError:
+            self.pending = self.pending[:0]  # it does not read stdin: fine
+        if not self.pending:
+            self.sel.unregister(fd)
+            self.proc.stdin.close()
+
+    def _read(self, key: selectors.SelectorKey) -> None:
+        try:
+            data = os.read(key.fd, 65536)
+        except BlockingIOError:
+            return
+        if data:
+            key.data.feed(data)
+        else:
+            key.data.close()
+            self.sel.unregister(key.fd)
+
+    @property
+    def last(self) -> str:
+        """Its last words: stderr's if any, else stdout's (for a failure's reason)."""
+        return self.err.last or self.out.last
+
+    def stop(self, grace: float) -> None:
+        """SIGTERM to the whole group, SIGKILL after ``grace`` s."""
+        if self.exited_at is None:
+            _kill_group(self.pid, signal.SIGTERM)
+            self.pump(grace)
+        if self.exited_at is None:
+            _kill_group(self.pid)
+            self.pump(5.0)
+
+    def finish(self) -> int:
+        """After the exit: kill what it left in its group, log the rest of its output, reap it."""
+        _kill_group(self.pid)  # its pid is not reaped yet, so not reused
+        end = (self.exited_at or time.monotonic()) + EXIT_GRACE
+        try:
+            while any(k.data is not None and k.data != "stdin" for k in self.sel.get_map().values()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break  # stragglers that left the group still hold its pipes: stop listening
+                for key, _ in self.sel.select(left):
+                    if key.data == "stdin":
+                        self._feed_stdin()
+                    elif key.data is not None:
+                        self._read(key)
+        finally:
+            self.sel.close()
+            os.close(self.pidfd)
+            self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    f.close()
+            self.out.close()
+            self.err.close()
+        return self.proc.returncode

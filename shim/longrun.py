@@ -46,10 +46,7 @@ from __future__ import annotations
 
 import os
 import select
-import selectors
 import shutil
-import signal
-import subprocess
 import tarfile
 import threading
 import time
@@ -70,7 +67,6 @@ STEADY = 60.0  # a start that ran this long resets the pause
 STILL_EVERY = 1.0  # how often the daemon is asked whether the task is current
 TICK = 0.25  # how soon a stop of the worker is noticed
 TERM_GRACE = 3.0  # SIGTERM -> SIGKILL (the local runner kills the worker's session after 5 s)
-OUTPUT_GRACE = 1.0  # after an exit, how long stragglers may hold the output pipes
 SPOUT_FINISH = 1.0  # on a stop, how long a stream in flight may still become a commit
 PIECE = 1 << 20
 IDLE_CHECK_MS = 1000
@@ -91,115 +87,6 @@ class Committer(Protocol):
     def delete_commit(self, repo: str, commit: str) -> None: ...
     def list_file(self, repo: str, commit: str, path: str = ...) -> list[Any]: ...
     def put_files(self, repo: str, commit: str, records: Iterator[bytes]) -> Any: ...
-
-
-# -- one start of the user's process -----------------------------------------------
-
-
-class Child:
-    """A running start of the transform: its output pumped into the log."""
-
-    def __init__(self, proc: subprocess.Popen, stdin: bytes, log: Log):
-        self.proc = proc
-        self.started = time.monotonic()
-        self.exited_at: float | None = None
-        self.sel = selectors.DefaultSelector()
-        self.pidfd = os.pidfd_open(proc.pid)
-        self.sel.register(self.pidfd, selectors.EVENT_READ, None)
-        self.out, self.err = execute.Lines(log), execute.Lines(log)
-        for f, lines in ((proc.stdout, self.out), (proc.stderr, self.err)):
-            os.set_blocking(f.fileno(), False)
-            self.sel.register(f.fileno(), selectors.EVENT_READ, lines)
-        self.pending = memoryview(stdin)
-        os.set_blocking(proc.stdin.fileno(), False)
-        self.sel.register(proc.stdin.fileno(), selectors.EVENT_WRITE, "stdin")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def pump(self, timeout: float) -> None:
-        """Move output to the log for up to ``timeout`` s; returns at once when the process exits."""
-        deadline = time.monotonic() + timeout
-        while self.sel.get_map():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            for key, _ in self.sel.select(left):
-                if key.data is None:
-                    self.exited_at = time.monotonic()
-                    self.sel.unregister(self.pidfd)
-                elif key.data == "stdin":
-                    self._feed_stdin()
-                else:
-                    self._read(key)
-            if self.exited_at is not None:
-                return
-
-    def _feed_stdin(self) -> None:
-        fd = self.proc.stdin.fileno()
-        try:
-            n = os.write(fd, self.pending[:65536])
-            self.pending = self.pending[n:]
-        except BrokenPipeError:
-            self.pending = self.pending[:0]  # it does not read stdin: fine
-        if not self.pending:
-            self.sel.unregister(fd)
-            self.proc.stdin.close()
-
-    def _read(self, key: selectors.SelectorKey) -> None:
-        try:
-            data = os.read(key.fd, 65536)
-        except BlockingIOError:
-            return
-        if data:
-            key.data.feed(data)
-        else:
-            key.data.close()
-            self.sel.unregister(key.fd)
-
-    def stop(self, grace: float) -> None:
-        """SIGTERM to the whole group, SIGKILL after ``grace`` s."""
-        if self.exited_at is None:
-            execute._kill_group(self.pid, signal.SIGTERM)
-            self.pump(grace)
-        if self.exited_at is None:
-            execute._kill_group(self.pid)
-            self.pump(5.0)
-
-    def finish(self) -> int:
-        """After the exit: kill what it left in its group, log the rest of its output, reap it."""
-        execute._kill_group(self.pid)  # its pid is not reaped yet, so not reused
-        end = (self.exited_at or time.monotonic()) + OUTPUT_GRACE
-        try:
-            while any(k.data is not None and k.data != "stdin" for k in self.sel.get_map().values()):
-                left = end - time.monotonic()
-                if left <= 0:
-                    break  # stragglers that left the group still hold its pipes: stop listening
-                for key, _ in self.sel.select(left):
-                    if key.data == "stdin":
-                        self._feed_stdin()
-                    elif key.data is not None:
-                        self._read(key)
-        finally:
-            self.sel.close()
-            os.close(self.pidfd)
-            self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                if f is not None:
-                    f.close()
-            self.out.close()
-            self.err.close()
-        return self.proc.returncode
-
-
-def describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"was killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"was killed by signal {-rc}"
-    return f"exited with code {rc}"
 
 
 # -- the task ----------------------------------------------------------------------
@@ -248,7 +135,7 @@ class LongRunning:
         why it ended. Raises ``GiveUp`` when the daemon stays away too long."""
         kind = self.task.kind
         pause = self.restart_min
-        child: Child | None = None
+        child: execute.Child | None = None
         now = time.monotonic()
         next_start = next_still = now
         try:
@@ -282,7 +169,8 @@ class LongRunning:
                 child = None
                 if ran >= self.steady:
                     pause = self.restart_min
-                self.log(f"the {kind} {describe_exit(rc)} after {ran:.1f} s; restarting it in {pause:g} s", False)
+                how = f"exited with code {rc}" if rc >= 0 else f"was {execute.exit_reason(rc)}"
+                self.log(f"the {kind} {how} after {ran:.1f} s; restarting it in {pause:g} s", False)
                 next_start = time.monotonic() + pause
                 pause = min(pause * 2, self.restart_max)
         finally:
@@ -311,7 +199,7 @@ class LongRunning:
         self._away_since = None
         return current
 
-    def _start(self) -> tuple[Child | None, str]:
+    def _start(self) -> tuple[execute.Child | None, str]:
         """Lay the task out (once) and start the process; (child, "") or (None, why not)."""
         task = self.task
         try:
@@ -346,9 +234,9 @@ class LongRunning:
             return None, execute.spawn_error(run, exc)
         self.starts += 1
         self.log(f"started the {task.kind} (process {proc.pid}, start {self.starts})", False)
-        return Child(proc, run.stdin, self.log), ""
+        return execute.Child(proc, run.stdin, self.log), ""
 
-    def _finish(self, child: Child) -> int:
+    def _finish(self, child: execute.Child) -> int:
         try:
             return child.finish()
         finally:
