@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -59,8 +58,7 @@ def input_summary(node: dict | None) -> str:
 
 def pipeline_model(s: Scheduler, row: PipelineRow) -> pps_models.Pipeline:
     spec = row.spec
-    jobs = s.store.list_jobs(row.name)
-    last = jobs[0] if jobs else None
+    last = s.store.latest_job(row.name)
     return pps_models.Pipeline(
         name=row.name, version=row.version, generation=spec.get("generation", 2), state=row.state,
         stopped=row.stopped, reason=row.reason, input=input_summary(spec.get("input")), output_repo=row.name,
@@ -181,35 +179,30 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     async def start_pipeline(name: str):
         return await run(lambda: pipeline_model(s, s.start_pipeline(name)))
 
+    async def first_new_job(name: str, before: set[str], what: str) -> pps_models.Job:
+        """The first job of ``name`` not in ``before``, once the scheduler has started it."""
+        deadline = trio.current_time() + 30
+        while True:
+            jobs = [j for j in await run(s.store.list_jobs, name) if j.id not in before]
+            if jobs:
+                return job_model(jobs[-1])
+            if trio.current_time() > deadline:
+                raise InvalidArgument(what)
+            await trio.to_thread.run_sync(s.wait_changed, 0.2, abandon_on_cancel=True, limiter=poll_limiter)
+
     @app.post("/v1/pipelines/{name}/run", response_model=pps_models.Job)
     async def run_pipeline(name: str, body: pps_models.RunPipeline | None = None):
         commits = [c.model_dump() for c in (body.commits if body else [])]
         before = {j.id for j in await run(s.store.list_jobs, name)}
         await run(s.request_run, name, commits)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            jobs = [j for j in await run(s.store.list_jobs, name) if j.id not in before]
-            if jobs:
-                return job_model(jobs[-1])
-            await trio.sleep(0.02)
-        raise InvalidArgument(f"pipeline '{name}' did not start a job within 30 s; is it stopped?")
+        return await first_new_job(name, before, f"pipeline '{name}' did not start a job within 30 s")
 
     @app.post("/v1/jobs", response_model=pps_models.Job, status_code=201)
     async def create_job(body: pps_models.CreatePipelines):
         """create-job: a one-off run of a spec: a stopped pipeline given one job."""
-        def create() -> str:
-            rows = s.create_pipelines(body.text, update=body.update, one_off=True)
-            name = rows[0].name
-            return name
-
-        name = await run(create)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            jobs = await run(s.store.list_jobs, name)
-            if jobs:
-                return job_model(jobs[-1])
-            await trio.sleep(0.02)
-        raise InvalidArgument(f"the job of '{name}' did not start within 30 s")
+        rows = await run(lambda: s.create_pipelines(body.text, update=body.update, one_off=True))
+        name = rows[0].name
+        return await first_new_job(name, set(), f"the job of '{name}' did not start within 30 s")
 
     # -- jobs and datums ---------------------------------------------------------
 

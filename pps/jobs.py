@@ -19,6 +19,7 @@ from pfsfuse.entries import Entry
 from pps import datums as dm
 from pps.spec import PipelineSpec
 from pps.spec_inputs import (
+    DEFAULT_METHOD,
     CronInput,
     CrossInput,
     GitInput,
@@ -81,7 +82,7 @@ def leaves(spec: PipelineSpec) -> list[PfsInput | CronInput | GitInput]:
     return [leaf for leaf, _ in walk(spec.input)]
 
 
-def leaf_repo(leaf: PfsInput | CronInput | GitInput, pipeline: str) -> str:
+def leaf_repo(leaf: PfsInput | CronInput | GitInput) -> str:
     if isinstance(leaf, GitInput):
         return leaf.name
     return leaf.repo
@@ -231,7 +232,7 @@ def _unit_v2(batch: list[dm.Datum], sizes: dict[tuple[str, str], int]) -> Unit:
 def _pieces_v1(pfs, leaf: PfsInput, lc: LeafCommit, triggered: bool) -> list[dm.Piece]:
     """What a 1.x input shows for this job (docs 9.1.5, 15.1): everything, or
     only what the triggering commit added (DIFF) or the files it touched (FILE)."""
-    method = leaf.method or dm_method_default()
+    method = leaf.method or DEFAULT_METHOD
     tree = Tree(pfs, lc.repo, lc.commit)
     whole = [dm.Piece(p, 0, s) for p, s in sorted(tree.sizes.items())]
     if method.incremental == "NONE" or not triggered:
@@ -314,12 +315,6 @@ def _next_line_start(pfs, lc: LeafCommit, path: str, at: int, end: int) -> int:
     return end
 
 
-def dm_method_default():
-    from pps.spec_inputs import DEFAULT_METHOD
-
-    return DEFAULT_METHOD
-
-
 def _top(path: str) -> str:
     return "/" + path.lstrip("/").split("/", 1)[0]
 
@@ -351,7 +346,7 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
                 return None
             per_input.append([(lc, [])])
             continue
-        method = leaf.method or dm_method_default()
+        method = leaf.method or DEFAULT_METHOD
         if method.partition == "BLOCK" and workers > 1:
             pieces = split_blocks(pfs, lc, pieces, workers)
         shards = dm.partition_1x(pieces, method.partition, workers)

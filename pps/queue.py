@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -25,7 +25,6 @@ class Task:
     done: bool = False
     worker: str | None = None
     leased: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TaskQueue:
@@ -98,14 +97,6 @@ class TaskQueue:
                 self._tasks.pop(tid).done = True
             for w in [w for w, t in self._leases.items() if t.job_id == job_id]:
                 del self._leases[w]
-
-    def workers_of(self, job_id: str) -> list[str]:
-        with self._cond:
-            return [w for w, t in self._leases.items() if t.job_id == job_id]
-
-    def pending(self, pipeline: str) -> int:
-        with self._cond:
-            return sum(1 for t in self._tasks.values() if t.pipeline == pipeline)
 
     def close(self) -> None:
         with self._cond:

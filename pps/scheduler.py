@@ -77,6 +77,7 @@ class Scheduler:
         self._runs: dict[str, list[list[jp.LeafCommit]]] = {}
         self._crashes: dict[str, list[float]] = {}
         self._services: dict[str, tuple[str, str]] = {}
+        self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
         self._starting: set[str] = set()  # pipeline -> (input generation, task id)
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -217,7 +218,7 @@ class Scheduler:
         """2.x: a new pipeline processes its inputs' heads, not their history."""
         with self.pfs.tx() as db:
             for leaf in jp.leaves(spec):
-                repo, branch = jp.leaf_repo(leaf, spec.name), jp.leaf_branch(leaf)
+                repo, branch = jp.leaf_repo(leaf), jp.leaf_branch(leaf)
                 r = db.execute("SELECT MAX(seq) FROM commits WHERE repo=? AND branch=? AND finished IS NOT NULL",
                                (repo, branch)).fetchone()
                 if r[0] is not None and r[0] > 0:
@@ -236,7 +237,14 @@ class Scheduler:
             self.store.clear_units(db, spec.name)
 
     def spec_of(self, row: PipelineRow) -> PipelineSpec:
-        return parse_spec(row.spec)
+        """The parsed spec, parsed once per pipeline version (every tick asks for it)."""
+        key = (row.name, row.version, row.updated)
+        spec = self._specs.get(key)
+        if spec is None:
+            if len(self._specs) >= 256:  # old versions of updated or deleted pipelines
+                self._specs.clear()
+            spec = self._specs[key] = parse_spec(row.spec)
+        return spec
 
     def delete_pipeline(self, name: str, *, force: bool = False, keep_repo: bool = False) -> None:
         row = self.store.get_pipeline(name)
@@ -269,7 +277,7 @@ class Scheduler:
 
     def _input_repos(self, row: PipelineRow) -> set[str]:
         try:
-            return {jp.leaf_repo(leaf, row.name) for leaf in jp.leaves(self.spec_of(row))}
+            return {jp.leaf_repo(leaf) for leaf in jp.leaves(self.spec_of(row))}
         except PfsError:
             return set()
 
@@ -309,7 +317,7 @@ class Scheduler:
             pinned[c["repo"]] = info
         inputs = []
         for leaf in jp.leaves(spec):
-            repo, branch = jp.leaf_repo(leaf, name), jp.leaf_branch(leaf)
+            repo, branch = jp.leaf_repo(leaf), jp.leaf_branch(leaf)
             if repo in pinned:
                 info = pinned[repo]
                 inputs.append(jp.LeafCommit(leaf.name, repo, info.branch, info.id))
@@ -448,7 +456,7 @@ class Scheduler:
         best = None
         heads = {}
         for leaf in jp.leaves(spec):
-            repo, branch = jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)
+            repo, branch = jp.leaf_repo(leaf), jp.leaf_branch(leaf)
             if isinstance(leaf, PfsInput) and leaf.commit:
                 # input.pfs.commit: always this commit; it never triggers a job itself
                 pinned = self.pfs.resolve(repo, leaf.commit)
@@ -541,7 +549,7 @@ class Scheduler:
         inputs = []
         if spec.service is not None and spec.input is not None:
             for leaf in jp.leaves(spec):
-                repo, branch = jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)
+                repo, branch = jp.leaf_repo(leaf), jp.leaf_branch(leaf)
                 head = self._latest_finished(repo, branch)
                 if head is None:
                     return
@@ -697,10 +705,9 @@ class Scheduler:
         finished, owner}]`` with outputs already pinned under ``owner``. False if
         the task was already done elsewhere (its pins are then dropped)."""
         t = self.queue.complete(task_id)
-        found = self.job_for_task(task_id) if t is None else None
         with self._lock:
             job = self.active.get(t.pipeline) if t is not None else None
-        if t is None or job is None or job.row.id != t.job_id or found is not None:
+        if t is None or job is None or job.row.id != t.job_id:
             for r in results:
                 if r.get("owner"):
                     self.pfs.unpin(r["owner"])
@@ -916,7 +923,7 @@ class Scheduler:
 
     def _input_branches(self, row: PipelineRow) -> set[tuple[str, str]]:
         try:
-            return {(jp.leaf_repo(leaf, row.name), jp.leaf_branch(leaf)) for leaf in jp.leaves(self.spec_of(row))}
+            return {(jp.leaf_repo(leaf), jp.leaf_branch(leaf)) for leaf in jp.leaves(self.spec_of(row))}
         except PfsError:
             return set()
 

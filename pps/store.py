@@ -99,7 +99,6 @@ CREATE TABLE IF NOT EXISTS pps_secrets(
 );
 """
 
-RUNNING_STATES = ("created", "running")
 DONE_STATES = ("success", "failure", "killed")
 
 
@@ -276,9 +275,9 @@ class PpsStore:
             sql += " WHERE " + " AND ".join(where)
         return [_job(r) for r in self.pfs.q(sql + " ORDER BY created DESC, rowid DESC", tuple(args))]
 
-    def last_success(self, pipeline: str) -> JobRow | None:
-        r = self.pfs.q1(f"SELECT {_JOB_COLS} FROM pps_jobs WHERE pipeline=? AND state='success'"
-                        " ORDER BY created DESC LIMIT 1", (pipeline,))
+    def latest_job(self, pipeline: str) -> JobRow | None:
+        r = self.pfs.q1(f"SELECT {_JOB_COLS} FROM pps_jobs WHERE pipeline=? ORDER BY created DESC, rowid DESC"
+                        " LIMIT 1", (pipeline,))
         return _job(r) if r else None
 
     # -- datums --------------------------------------------------------------
