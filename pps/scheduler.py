@@ -980,15 +980,13 @@ class Scheduler:
             for cid, pipeline in targets:
                 if pipeline in idle:
                     continue  # stopped with nothing to run: waiting would never end
-                hit = self.pfs.q1("SELECT id FROM commits WHERE repo=? AND finished IS NOT NULL AND archived=0"
-                                  " AND provenance LIKE ? ORDER BY started LIMIT 1", (pipeline, f'%"{cid}"%'))
-                # The commit finishes a moment before its job's bookkeeping: wait for both.
-                if hit is not None and self.pfs.q1("SELECT 1 FROM pps_jobs WHERE output_commit=? AND state IN"
-                                                   " ('created', 'running')", (hit[0],)) is None:
-                    found.append(hit[0])
-                    continue
+                # Through the pipeline's jobs (indexed by pipeline), not a scan of every commit;
+                # "success" also means the job's bookkeeping is done, not only its commit.
+                hit = self.pfs.q1("SELECT j.output_commit FROM pps_jobs j JOIN commits c ON c.id=j.output_commit"
+                                  " WHERE j.pipeline=? AND j.state='success' AND c.archived=0 AND j.provenance"
+                                  " LIKE ? ORDER BY j.created LIMIT 1", (pipeline, f'%"{cid}"%'))
                 if hit is not None:
-                    missing = True
+                    found.append(hit[0])
                     continue
                 bad = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state IN ('failure', 'killed')"
                                   " AND reason<>? AND provenance LIKE ? ORDER BY created DESC LIMIT 1",
