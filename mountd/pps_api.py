@@ -348,9 +348,13 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         items = (await request.json()).get("items", [])
 
         def chunks() -> Iterator[bytes]:
+            rows: dict[tuple[str, str], tuple] = {}  # a task reads many files of few commits
             for it in items:
+                key = (it["repo"], it["commit"])
+                if key not in rows:
+                    rows[key] = pfs.resolve(*key)
                 n, pieces = pfs.read_range(it["repo"], it["commit"], it["path"], int(it.get("offset", 0)),
-                                           int(it.get("length", -1)))
+                                           int(it.get("length", -1)), row=rows[key])
                 yield _U64.pack(n)
                 yield from pieces
 

@@ -421,11 +421,14 @@ class FileOps:
         locations = self.locate(self.load_refs(e))
         return _info(path, e, len(locations)), read_chunks(self.store, locations)
 
-    def read_range(self, repo: str, ref: str, path: str, offset: int = 0, length: int = -1) -> tuple[int, Iterator[bytes]]:
+    def read_range(
+        self, repo: str, ref: str, path: str, offset: int = 0, length: int = -1, row: tuple | None = None
+    ) -> tuple[int, Iterator[bytes]]:
         """Bytes [offset, offset+length) of a file (length -1: to the end) as a lazy
-        iterator; chunks wholly before the range are skipped unread."""
+        iterator; chunks wholly before the range are skipped unread. ``row``: the
+        commit's row, when the caller resolved ``ref`` already (many files of one commit)."""
         path = names.clean_path(path)
-        row = self.resolve(repo, ref)
+        row = row if row is not None else self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
         if e.is_dir:
             raise InvalidArgument(f"'/{path}' is a directory")
