@@ -92,7 +92,7 @@ def encode_chunk(data: bytes | memoryview, level: int) -> tuple[int, bytes]:
     return CODEC_ZSTD, packed
 
 
-def decode_chunk(codec: int, stored: bytes, size: int) -> bytes:
+def decode_chunk(codec: int, stored: bytes | memoryview, size: int) -> bytes | memoryview:
     if codec == CODEC_ZSTD:
         return _decompressor().decompress(stored, max_output_size=size)
     return stored
@@ -359,13 +359,35 @@ def read_chunks(
 ) -> Iterator[bytes]:
     """Yield the plain bytes of each chunk in order, checking each hash."""
     for loc in locations:
-        stored = store.get_range(loc.pack, loc.offset, loc.stored)
-        if len(stored) != loc.stored:
-            raise Damaged(f"chunk {loc.hash.hex()[:12]} in pack '{loc.pack}' is truncated")
-        plain = decode_chunk(loc.codec, stored, loc.size)
-        if verify and chunk_hash(plain) != loc.hash:
-            raise Damaged(
-                f"chunk {loc.hash.hex()[:12]} in pack '{loc.pack}' does not match its hash; "
-                "run 'pachctl fsck'"
-            )
-        yield plain
+        yield _checked(loc, store.get_range(loc.pack, loc.offset, loc.stored), verify)
+
+
+def read_run_into(
+    store: ObjectStore, run: list[ChunkLocation], buf: bytearray | memoryview
+) -> list[bytes | memoryview | Damaged]:
+    """Chunks stored back to back in one pack, read at once into ``buf`` (room
+    for the run plus ``2 * DIRECT_ALIGN``): each chunk's plain bytes (a view of
+    ``buf`` when stored plain), hash checked, or the ``Damaged`` error it has."""
+    first = run[0]
+    span = run[-1].offset + run[-1].stored - first.offset
+    stored = store.read_into(first.pack, first.offset, span, buf)
+    out: list[bytes | memoryview | Damaged] = []
+    for loc in run:
+        lo = loc.offset - first.offset
+        try:
+            out.append(_checked(loc, stored[lo : lo + loc.stored], True))
+        except Damaged as exc:
+            out.append(exc)
+    return out
+
+
+def _checked(loc: ChunkLocation, stored: bytes | memoryview, verify: bool) -> bytes | memoryview:
+    if len(stored) != loc.stored:
+        raise Damaged(f"chunk {loc.hash.hex()[:12]} in pack '{loc.pack}' is truncated")
+    plain = decode_chunk(loc.codec, stored, loc.size)
+    if verify and chunk_hash(plain) != loc.hash:
+        raise Damaged(
+            f"chunk {loc.hash.hex()[:12]} in pack '{loc.pack}' does not match its hash; "
+            "run 'pachctl fsck'"
+        )
+    return plain

@@ -101,6 +101,15 @@ def test_get_range(store: ObjectStore) -> None:
     assert store.get_range("k", 10, 0) == b""
 
 
+def test_read_into_matches_get_range(store: ObjectStore) -> None:
+    data = os.urandom(3 * MiB + 777)
+    store.put("k", data)
+    buf = bytearray(3 * MiB + 3 * 4096)
+    for offset, length in [(0, 4096), (1, 10), (4095, 8193), (12345, 2 * MiB + 3), (len(data) - 5, 5)]:
+        assert bytes(store.read_into("k", offset, length, buf)) == data[offset : offset + length]
+    assert bytes(store.read_into("k", len(data) - 5, 100, buf)) == data[-5:]  # runs past the end
+
+
 def test_get_range_of_empty_object(store: ObjectStore) -> None:
     store.put("empty", b"")
     assert store.get_range("empty", 0, 10) == b""
@@ -273,6 +282,43 @@ def test_s3_region_defaults_to_us_east_1(
 
 
 # --- LocalStore specifics -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("o_direct", [True, False], ids=["o_direct", "no_o_direct"])
+def test_local_read_into_direct_cached_or_plain(tmp_path: Path, monkeypatch, o_direct: bool) -> None:
+    """O_DIRECT when the range is not in the page cache, the page cache when it
+    is; plain reads where the filesystem refuses O_DIRECT. Same bytes each way."""
+    import errno
+    import mmap
+
+    from pfsfuse.objstore import local
+
+    if not o_direct:
+        real_open = os.open
+
+        def refusing_open(path, flags, *args):
+            if flags & os.O_DIRECT:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(local.os, "open", refusing_open)
+    s = LocalStore(str(tmp_path / "objects"))
+    data = os.urandom(9 * MiB)
+    s.put("p", data)
+    fd = os.open(tmp_path / "objects" / "p", os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # out of the page cache
+    buf = mmap.mmap(-1, 9 * MiB + 2 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    for offset, length in [(4097, 5 * MiB), (0, 9 * MiB), (9 * MiB - 3, 3)]:
+        view = s.read_into("p", offset, length, buf)
+        assert view.obj is buf and bytes(view) == data[offset : offset + length]
+    assert s._direct is o_direct
+    # Direct reads leave the page cache alone; plain ones fill it.
+    assert local.cached(fd, 0, 9 * MiB) is not o_direct
+    os.pread(fd, 9 * MiB, 0)
+    assert local.cached(fd, 0, 9 * MiB)
+    assert bytes(s.read_into("p", 100, MiB, buf)) == data[100 : 100 + MiB]
+    os.close(fd)
+    s.close()
 
 
 def test_local_put_leaves_no_temporary(tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 from pfsfuse.errors import NotFound
 
+DIRECT_ALIGN = 4096  # O_DIRECT offsets, lengths and buffers are multiples of this
+
 
 class ObjectMissing(NotFound):
     """An object the metadata refers to is not in the store."""
@@ -41,6 +43,12 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def get_range(self, key: str, offset: int, length: int) -> bytes: ...
+
+    def read_into(self, key: str, offset: int, length: int, buf: bytearray | memoryview) -> memoryview:
+        """``length`` bytes at ``offset``, read into ``buf`` where the backend can
+        (which saves allocating a fresh buffer per read); the result is a view of
+        ``buf`` or of new bytes. ``buf`` holds at least ``length + 2 * DIRECT_ALIGN``."""
+        return memoryview(self.get_range(key, offset, length))
 
     @abstractmethod
     def size(self, key: str) -> int: ...

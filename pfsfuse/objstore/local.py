@@ -7,16 +7,44 @@ over the final name, so a crash leaves either the whole object or a stray
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
+import platform
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 
 from pfsfuse.errors import NoSpace, PfsError
-from pfsfuse.objstore.base import ObjectMissing, ObjectStore
+from pfsfuse.objstore.base import DIRECT_ALIGN, ObjectMissing, ObjectStore
 
 TMP_PREFIX = ".tmp-"
+
+
+class _Range(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in ("cache", "dirty", "writeback", "evicted", "recently_evicted")]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)  # CDLL: the GIL is released during the call
+_SYS_CACHESTAT = {"x86_64": 451, "aarch64": 451}.get(platform.machine())
+
+
+def cached(fd: int, offset: int, length: int) -> bool:
+    """Whether the page cache holds all of a file's range (cachestat(2), Linux
+    6.5+; False where the kernel cannot say)."""
+    global _SYS_CACHESTAT
+    if _SYS_CACHESTAT is None:
+        return False
+    rng, st = _Range(offset, length), _Cachestat()
+    if _libc.syscall(_SYS_CACHESTAT, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+        _SYS_CACHESTAT = None  # ENOSYS: an older kernel
+        return False
+    return st.cache * mmap.PAGESIZE >= length
 
 
 class LocalStore(ObjectStore):
@@ -27,6 +55,8 @@ class LocalStore(ObjectStore):
         os.makedirs(self.root, exist_ok=True)
         self._made_dirs: set[str] = set()
         self._fds: OrderedDict[str, int] = OrderedDict()
+        self._dfds: OrderedDict[str, int] = OrderedDict()
+        self._direct = True  # until the filesystem refuses O_DIRECT
         self._fd_lock = threading.Lock()
 
     def _path(self, key: str) -> str:
@@ -77,24 +107,50 @@ class LocalStore(ObjectStore):
             raise ObjectMissing(key) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
+        return os.pread(self._fd(key), length, offset)
+
+    def read_into(self, key: str, offset: int, length: int, buf: bytearray | memoryview) -> memoryview:
+        # From the page cache when the pack is there (a fresh write, a hot
+        # pack); otherwise straight from the disk into ``buf`` with O_DIRECT:
+        # no copy through the page cache, and a big read does not push the
+        # mount's own cached pages out with pack pages nobody reads twice.
+        view = memoryview(buf)
+        fd = self._fd(key)
+        dfd = self._fd(key, direct=True) if self._direct and not cached(fd, offset, length) else None
+        if dfd is None:
+            got = os.preadv(fd, [view[:length]], offset)
+            return view[:got]
+        start = offset - offset % DIRECT_ALIGN
+        end = -(-(offset + length) // DIRECT_ALIGN) * DIRECT_ALIGN
+        got = os.preadv(dfd, [view[: end - start]], start)
+        lo = offset - start
+        return view[lo : lo + max(0, min(length, got - lo))]
+
+    def _fd(self, key: str, direct: bool = False) -> int | None:
         # Packs are read in many ranges: keep their descriptors open, so the
         # kernel's read-ahead on each pack builds up across chunks.
-        fd = self._fds.get(key)
-        if fd is None:
-            try:
-                fd = os.open(self._path(key), os.O_RDONLY)
-            except FileNotFoundError:
-                raise ObjectMissing(key) from None
-            with self._fd_lock:
-                if key in self._fds:
-                    os.close(fd)
-                    fd = self._fds[key]
-                else:
-                    self._fds[key] = fd
-                    while len(self._fds) > self.OPEN_FILES:
-                        _, old = self._fds.popitem(last=False)
-                        os.close(old)
-        return os.pread(fd, length, offset)
+        fds = self._dfds if direct else self._fds
+        fd = fds.get(key)
+        if fd is not None:
+            return fd
+        try:
+            fd = os.open(self._path(key), os.O_RDONLY | (os.O_DIRECT if direct else 0))
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        except OSError as exc:
+            if direct and exc.errno == errno.EINVAL:  # tmpfs and friends: no O_DIRECT
+                self._direct = False
+                return None
+            raise
+        with self._fd_lock:
+            if key in fds:
+                os.close(fd)
+                return fds[key]
+            fds[key] = fd
+            while len(fds) > self.OPEN_FILES:
+                _, old = fds.popitem(last=False)
+                os.close(old)
+        return fd
 
     def size(self, key: str) -> int:
         try:
@@ -104,9 +160,10 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         with self._fd_lock:
-            fd = self._fds.pop(key, None)
-        if fd is not None:
-            os.close(fd)
+            fds = [self._fds.pop(key, None), self._dfds.pop(key, None)]
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
         try:
             os.unlink(self._path(key))
         except FileNotFoundError:
@@ -140,5 +197,6 @@ class LocalStore(ObjectStore):
 
     def close(self) -> None:
         with self._fd_lock:
-            while self._fds:
-                os.close(self._fds.popitem()[1])
+            for fds in (self._fds, self._dfds):
+                while fds:
+                    os.close(fds.popitem()[1])
