@@ -13,6 +13,7 @@ bytes being fetched ahead of them. Nothing ever holds a whole file.
 from __future__ import annotations
 
 import bisect
+import ctypes
 import itertools
 import mmap
 import sys
@@ -26,9 +27,13 @@ from pfsfuse.objstore import ObjectStore
 from pfsfuse.objstore.base import DIRECT_ALIGN
 
 RUN_BYTES = 8 << 20  # one pack read: neighbouring chunks of a file come together
-READ_AHEAD = 48 << 20  # fetched ahead of a sequential reader
+READ_AHEAD = 32 << 20  # fetched ahead of a sequential reader
 JOIN_BYTES = 1 << 20  # the kernel's largest read request
 NEAR = 16 << 20  # a read this close to the previous one is taken as sequential
+
+
+def _address(view: mmap.mmap | memoryview) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
 
 
 class BufferPool:
@@ -80,10 +85,11 @@ class ChunkCache:
     """Plain chunks by hash, at most ``max_bytes`` (buffers counted whole);
     concurrent readers of one chunk share a single read."""
 
-    def __init__(self, store: ObjectStore, max_bytes: int = 96 << 20, threads: int = 4):
+    def __init__(self, store: ObjectStore, max_bytes: int = 64 << 20, threads: int = 4):
         self.store = store
         self.max_bytes = max_bytes
-        self._data: OrderedDict[bytes, tuple[bytes | memoryview, _Slab | None]] = OrderedDict()
+        # hash -> (plain bytes, the slab they are a view of or None, where in it)
+        self._data: OrderedDict[bytes, tuple[bytes | memoryview, _Slab | None, int]] = OrderedDict()
         self._bytes = 0
         self._inflight: dict[bytes, _Fetch] = {}
         self._limiter = trio.CapacityLimiter(threads)
@@ -122,14 +128,17 @@ class ChunkCache:
     def run(self, locations: list[ChunkLocation], i: int) -> list[ChunkLocation]:
         """Chunk ``i`` and the chunks after it stored right behind it in its pack."""
         first = locations[i]
-        out, seen, end = [first], {first.hash}, first.offset + first.stored
+        out, seen, end, plain = [first], {first.hash}, first.offset + first.stored, first.size
         for loc in itertools.islice(locations, i + 1, None):
-            if (loc.pack != first.pack or loc.offset != end or end + loc.stored - first.offset > RUN_BYTES
+            # RUN_BYTES bounds the plain bytes too: a compressed run must not
+            # swamp the cache when it is unpacked.
+            if (loc.pack != first.pack or loc.offset != end or plain + loc.size > RUN_BYTES
                     or loc.hash in seen or not self.wanted(loc.hash)):  # fmt: skip
                 break
             out.append(loc)
             seen.add(loc.hash)
             end += loc.stored
+            plain += loc.size
         return out
 
     def _claim(self, run: list[ChunkLocation]) -> _Fetch:
@@ -154,6 +163,7 @@ class ChunkCache:
             fetch.done.set()
         slab = _Slab(buf, 1)  # held by this frame until every view is in
         self._bytes += len(buf)
+        base = _address(buf)
         for loc, data in zip(run, results, strict=True):
             if isinstance(data, BaseException):
                 fetch.errors[loc.hash] = data
@@ -161,21 +171,36 @@ class ChunkCache:
             if isinstance(data, memoryview) and data.obj is buf:
                 if span > RUN_BYTES // 2:
                     slab.users += 1
-                    self._put(loc.hash, data, slab)
+                    self._put(loc.hash, data, slab, _address(data) - base)
                     continue
                 data = bytes(data)  # a small run: not worth pinning a whole buffer
-            self._put(loc.hash, data, None)
+            self._put(loc.hash, data, None, -1)
         self._release(slab)
         self._evict()
 
-    def _put(self, digest: bytes, data: bytes | memoryview, slab: _Slab | None) -> None:
+    def _put(self, digest: bytes, data: bytes | memoryview, slab: _Slab | None, pos: int) -> None:
         if digest in self._data:
             if slab is not None:
                 slab.users -= 1
             return
-        self._data[digest] = (data, slab)
+        self._data[digest] = (data, slab, pos)
         if slab is None:
             self._bytes += len(data)
+
+    def contiguous(self, digests: list[bytes], lo: int, length: int) -> memoryview | None:
+        """``length`` bytes from ``lo`` into the first of these chunks, as one
+        view, when they sit back to back in one buffer (chunks of a run do)."""
+        first = self._data.get(digests[0])
+        if first is None or first[1] is None:
+            return None
+        _, slab, pos = first
+        at = pos
+        for digest in digests:
+            entry = self._data.get(digest)
+            if entry is None or entry[1] is not slab or entry[2] != at:
+                return None
+            at += len(entry[0])
+        return memoryview(slab.buf)[pos + lo : pos + lo + length]
 
     def _release(self, slab: _Slab) -> None:
         slab.users -= 1
@@ -185,7 +210,7 @@ class ChunkCache:
 
     def _evict(self) -> None:
         while self._bytes > self.max_bytes and self._data:
-            _, (old, slab) = self._data.popitem(last=False)
+            _, (old, slab, _) = self._data.popitem(last=False)
             if slab is None:
                 self._bytes -= len(old)
             else:
@@ -232,19 +257,23 @@ class FileReader:
         sequential = abs(offset - self._last_end) <= NEAR
         self._last_end = end
         i = bisect.bisect_right(self.starts, offset) - 1
-        parts = []
+        parts, digests = [], []
         pos = offset
         while pos < end:
             data = await self.cache.get(self.locations, i, alone=not sequential)
             lo = pos - self.starts[i]
             hi = min(end - self.starts[i], len(data))
             parts.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
+            digests.append(self.locations[i].hash)
             pos = self.starts[i] + hi
             i += 1
         if sequential:
             self._read_ahead(i)
         if len(parts) == 1:
             return parts[0]
+        whole = self.cache.contiguous(digests, offset - self.starts[i - len(parts)], end - offset)
+        if whole is not None:
+            return whole
         out = self.cache.joins.take(end - offset)
         at = 0
         for part in parts:
