@@ -289,6 +289,31 @@ def test_nested_tree_walk_matches_the_repo(seeded: Seeded, mount) -> None:
     assert errno_of(lambda: os.listdir(master / "empty.txt")) == errno.ENOTDIR
 
 
+def test_a_big_directory_lists_whole_in_order_with_sizes(start_daemon, mount, tmp_path: Path) -> None:
+    """6,000 entries: more than one readdir answer, listed while still being
+    built; several listers at once; then again from the kept listing."""
+    c = start_daemon(tmp_path / "home").client
+    c.create_repo("wide")
+    bodies = {f"dir/f{i:05d}.txt": b"x" * (i % 97) for i in range(6000)}
+    with c.commit("wide") as commit:
+        c.put_files("wide", commit.id, [wire.encode_small_put(p, b) for p, b in bodies.items()])
+    mnt = mount(c)
+    want = sorted(p.rpartition("/")[2] for p in bodies)
+
+    def listing(_: int) -> list[tuple[str, int]]:
+        with os.scandir(mnt / "wide" / "master" / "dir") as it:
+            return [(e.name, e.stat().st_size) for e in it]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(listing, range(4)))
+    results.append(listing(0))  # again, from the kept listing
+    for got in results:
+        assert [name for name, _ in got] == want
+        assert all(size == len(bodies[f"dir/{name}"]) for name, size in got)
+    out = subprocess.run(["ls", "-l", mnt / "wide" / "master" / "dir"], capture_output=True, text=True, check=True)
+    assert len(out.stdout.splitlines()) == 6001
+
+
 def test_big_file_reads_back_byte_identical(seeded: Seeded, mount) -> None:
     mnt = mount(seeded.client)
     path = mnt / "data" / "master" / "big.bin"

@@ -16,16 +16,15 @@ files stays valid because those files never change.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import blake3
+from collections.abc import Callable
+from hashlib import blake2b
+from typing import NamedTuple
 
 ROOT, REPO, BRANCH, COMMIT, ENTRY, BENTRY = range(6)
 ROOT_INODE = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Node:
+class Node(NamedTuple):  # a tuple: made 10,000 times per listing, twice as fast as a dataclass
     kind: int
     repo: str = ""
     ref: str = ""  # branch name (BRANCH) or commit id (COMMIT, ENTRY)
@@ -40,8 +39,24 @@ class Node:
 def inode_of(node: Node) -> int:
     if node.kind == ROOT:
         return ROOT_INODE
-    key = f"{node.kind}\0{node.repo}\0{node.ref}\0{node.path}".encode()
-    n = int.from_bytes(blake3.blake3(key).digest(length=8), "little") >> 1  # 63 bits
+    return _inode(blake2b(f"{node.kind}\0{node.repo}\0{node.ref}\0{node.path}".encode(), digest_size=8))
+
+
+def inodes_in(kind: int, repo: str, ref: str, base: str) -> Callable[[bytes], int]:
+    """inode_of for many children of one directory: ``base`` (the directory's
+    path plus "/", or "") is hashed once, each child's name on top of it."""
+    prefix = blake2b(f"{kind}\0{repo}\0{ref}\0{base}".encode(), digest_size=8)
+
+    def of(name: bytes) -> int:
+        h = prefix.copy()
+        h.update(name)
+        return _inode(h)
+
+    return of
+
+
+def _inode(h) -> int:
+    n = int.from_bytes(h.digest(), "little") >> 1  # 63 bits
     return n if n > ROOT_INODE else n + 2
 
 

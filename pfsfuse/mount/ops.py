@@ -16,7 +16,8 @@ import os
 import stat
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import pyfuse3
 import trio
@@ -46,10 +47,53 @@ from pfsfuse.mount.inodes import (
     InodeTable,
     Node,
     inode_of,
+    inodes_in,
 )
 from pfsfuse.mount.overlay import DirtyFile, Overlay
 from pfsfuse.mount.reader import ChunkCache, FileReader
 from pfsfuse.mount.writes import WriteOps
+
+Listed = tuple[bytes, Node, int, pyfuse3.EntryAttributes]  # name, node, inode, attributes
+DIR_MODE = stat.S_IFDIR | 0o555
+FILE_MODE = stat.S_IFREG | 0o444
+
+
+class _Finished(NamedTuple):
+    """A finished commit's directory, to be listed."""
+
+    node: Node
+    row: tuple
+    path: str
+    under_branch: bool
+
+
+class Listing:
+    """A directory's entries, complete or still being appended to by a builder."""
+
+    def __init__(self, entries: list[Listed] | None = None):
+        self.entries: list[Listed] = entries if entries is not None else []
+        self.done = entries is not None
+        self.error: BaseException | None = None
+        self._grown = trio.Event()
+
+    def grew(self) -> None:
+        self._grown.set()
+        self._grown = trio.Event()
+
+    def finish(self) -> None:
+        self.done = True
+        self.grew()
+
+    async def wait_beyond(self, n: int) -> None:
+        """Until there is an entry past the first ``n``, or there will be none."""
+        while len(self.entries) <= n and not self.done:
+            await self._grown.wait()
+        if self.error is not None and len(self.entries) <= n:
+            raise self.error
+
+
+def _take(items: Iterator, n: int) -> list:
+    return list(itertools.islice(items, n))
 
 
 class ReadHandle:
@@ -88,7 +132,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         self._flush_due: dict[str, bool] = {}
         self._open_lock = trio.Lock()
         self._open_heads: dict[tuple[str, str], str] = {}  # (repo, branch) -> its open head
-        self._listings: OrderedDict[tuple[str, str], list] = OrderedDict()  # finished dirs
+        self._listings: OrderedDict[tuple[str, str, bool], Listing] = OrderedDict()  # finished dirs
         self._listed = 0
         self._flush_locks: dict[str, trio.Lock] = {}
         self.repos = repos
@@ -97,7 +141,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         self._spawn = spawn
         self._fh = itertools.count(1)
         self._handles: dict[int, object] = {}
-        self._dirs: dict[int, list[tuple[bytes, Node, Stat]]] = {}
+        self._dirs: dict[int, Listing] = {}
         self._finished: dict[str, tuple] = {}  # commit rows that can no longer change
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -212,14 +256,17 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         row = self.pfs.resolve(branch.repo, f"{branch.ref}/{name}")
         return Node(COMMIT, branch.repo, row[0])
 
-    def _list_sync(self, node: Node) -> list[tuple[bytes, Node, Stat]]:
+    def _list_sync(self, node: Node) -> list[Listed] | _Finished:
+        """A directory's entries, each with its inode and attributes, ready for
+        readdirplus; for a finished commit's directory, what to build them from."""
+        parent = node
         out: list[tuple[bytes, Node, Stat]] = []
         if node.kind == ROOT:
             for (repo,) in self.pfs.q("SELECT name FROM repos ORDER BY name"):
                 if self.repos is None or repo in self.repos:
                     child = Node(REPO, repo)
                     out.append((repo.encode(), child, self._stat_sync(child)))
-            return out
+            return self._listed_from(parent, out)
         if node.kind == REPO:
             for (branch,) in self.pfs.q("SELECT name FROM branches WHERE repo=? ORDER BY name", (node.repo,)):
                 child = Node(BRANCH, node.repo, branch)
@@ -229,15 +276,15 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
             ):
                 child = Node(COMMIT, node.repo, cid)
                 out.append((cid.encode(), child, self._stat_sync(child)))
-            return out
+            return self._listed_from(parent, out)
         row, path = self._resolve(node)
         if row is None:
-            return out
+            return []
         if node.kind == BRANCH and not self.writable:
             node = Node(COMMIT, node.repo, row[0])
         mutable = row[6] is None or node.kind in (BRANCH, BENTRY)
         if not mutable:
-            return self._list_finished(node, row, path)
+            return _Finished(node, row, path, under_branch=parent.kind == BRANCH)
         seen = set()
         for child_path, e in self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row)):
             name = child_path.rpartition("/")[2]
@@ -252,29 +299,74 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
                 if dirty is not None:
                     child = node.child(name) if node.kind != COMMIT else Node(ENTRY, node.repo, node.ref, dirty.path)
                     out.append((name.encode(), child, Stat(False, dirty.size, dirty.mtime_ns, True)))
+        return self._listed_from(parent, out)
+
+    def _listed_from(self, parent: Node, entries: list[tuple[bytes, Node, Stat]]) -> list[Listed]:
+        out = []
+        for name, child, st in entries:
+            ino = inode_of(child)
+            out.append((name, child, ino, self._attr(child, st, self._entry_timeout(parent, child, st), ino)))
         return out
 
-    def _list_finished(self, node: Node, row: tuple, path: str) -> list[tuple[bytes, Node, Stat]]:
-        """A finished commit's directory: immutable, so listed lean and kept."""
-        key = (row[0], path)
-        cached = self._listings.get(key)
-        if cached is not None:
+    def _listing_of(self, fin: _Finished) -> Listing:
+        """A finished commit's directory: immutable, so listed once and kept,
+        attributes and all (a second ``ls`` only replays it). Built by a task
+        in batches, so that readdir answers with the first entries while the
+        kernel's work on them overlaps with building the rest."""
+        key = (fin.row[0], fin.path, fin.under_branch)
+        listing = self._listings.get(key)
+        if listing is not None and listing.error is None:
             self._listings.move_to_end(key)
-            return cached
+            return listing
+        listing = self._listings[key] = Listing()
+        self._spawn(self._build_finished, listing, fin)
+        return listing
+
+    async def _build_finished(self, listing: Listing, fin: _Finished) -> None:
+        row, path, node = fin.row, fin.path, fin.node
         prefix = names.dir_prefix(path)
         cut = len(prefix)
         base = f"{path}/" if path else ""
-        kind, repo, ref = (ENTRY, node.repo, node.ref) if node.kind != BRANCH else (ENTRY, node.repo, row[0])
-        out = []
-        for k, raw in self.pfs.tree.iter_prefix(row[7], prefix):
-            name = k[cut:]
-            is_dir, size, mtime = decode_stat(raw)
-            out.append((name, Node(kind, repo, ref, base + name.decode()), Stat(is_dir, size, mtime, False)))
-        self._listings[key] = out
+        repo, ref = node.repo, row[0]
+        # Names right under a branch follow its head, which may move.
+        entry_timeout = MUTABLE_TIMEOUT if fin.under_branch else IMMUTABLE_TIMEOUT
+        uid, gid = self.uid, self.gid
+        ino_of = inodes_in(ENTRY, repo, ref, base)
+        items = self.pfs.tree.iter_prefix(row[7], prefix)
+        batch, out = 256, listing.entries
+        try:
+            while raw_items := await self._run(_take, items, batch):
+                for k, raw in raw_items:
+                    name = k[cut:]
+                    is_dir, size, mtime = decode_stat(raw)
+                    a = pyfuse3.EntryAttributes()
+                    a.st_ino = ino = ino_of(name)
+                    if is_dir:
+                        a.st_mode, a.st_nlink = DIR_MODE, 2
+                    else:
+                        a.st_mode, a.st_nlink = FILE_MODE, 1
+                    a.st_size = size
+                    a.st_blksize = BLOCK
+                    a.st_blocks = (size + 511) // 512
+                    a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
+                    a.st_uid, a.st_gid = uid, gid
+                    a.attr_timeout = IMMUTABLE_TIMEOUT
+                    a.entry_timeout = entry_timeout
+                    out.append((name, Node(ENTRY, repo, ref, base + name.decode()), ino, a))
+                listing.grew()
+                batch = 4096
+        except Exception as exc:  # readdir reports it; the next opendir tries again
+            listing.error = exc
+        finally:
+            listing.finish()
+        key = (row[0], path, fin.under_branch)
+        if self._listings.get(key) is not listing:
+            return  # evicted, or failed and replaced, while being built
         self._listed += len(out)
         while self._listed > LISTING_CACHE and len(self._listings) > 1:
-            self._listed -= len(self._listings.popitem(last=False)[1])
-        return out
+            old = self._listings.popitem(last=False)[1]
+            if old.done:
+                self._listed -= len(old.entries)
 
     # -- attributes ---------------------------------------------------------------
 
@@ -285,10 +377,10 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         a.st_ino = inode_of(node) if ino is None else ino
         write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
         if st.is_dir:
-            a.st_mode = stat.S_IFDIR | 0o555 | write_bits
+            a.st_mode = DIR_MODE | write_bits
             a.st_nlink = 2
         else:
-            a.st_mode = stat.S_IFREG | 0o444 | write_bits
+            a.st_mode = FILE_MODE | write_bits
             a.st_nlink = 1
         a.st_size = st.size
         a.st_blksize = BLOCK
@@ -365,14 +457,17 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         if node is None:
             raise fuse_error(errno.EBADF)
         if start_id == 0 or fh not in self._dirs:
-            self._dirs[fh] = await self._run(self._list_sync, node)
-        entries = self._dirs[fh]
-        remember = self.inodes.remember
+            listed = await self._run(self._list_sync, node)
+            self._dirs[fh] = self._listing_of(listed) if isinstance(listed, _Finished) else Listing(listed)
+        listing = self._dirs[fh]
+        await listing.wait_beyond(start_id)
+        entries = listing.entries
+        remember, reply = self.inodes.remember, pyfuse3.readdir_reply
+        # Only what is built so far: a short answer is fine (the kernel asks
+        # for the rest), an empty one would mean the end of the directory.
         for i in range(start_id, len(entries)):
-            name, child, st = entries[i]
-            ino = inode_of(child)
-            attr = self._attr(child, st, self._entry_timeout(node, child, st), ino)
-            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+            name, child, ino, attr = entries[i]
+            if not reply(token, name, attr, i + 1):
                 return
             remember(child, ino)
 
