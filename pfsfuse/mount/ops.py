@@ -233,13 +233,12 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
                 node = Node(COMMIT, parent.repo, row[0])
         elif parent.kind == BRANCH and not self.writable:
             head = self._head(parent.repo, parent.ref)
-            node = None
             if head is not None:
-                node = Node(ENTRY, parent.repo, head, names.clean_path(name))
-                if self.pfs.lookup_row(self._commit_row(head), node.path) is None:
-                    node = None
-            if node is None:
-                node = self._numbered(parent, name)
+                path = names.clean_path(name)
+                st = self._lookup_entry(self._commit_row(head), path)
+                if st is not None:  # the common case: looked up once, not again by _stat_sync
+                    return Node(ENTRY, parent.repo, head, path), st
+            node = self._numbered(parent, name)
         else:
             node = parent.child(names.clean_path(name))
             if parent.kind == BRANCH:
@@ -354,7 +353,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
                     a.entry_timeout = entry_timeout
                     out.append((name, Node(ENTRY, repo, ref, base + name.decode()), ino, a))
                 listing.grew()
-                batch = 4096
+                batch = 1024  # small batches: a readdir waiting for more is served soon
         except Exception as exc:  # readdir reports it; the next opendir tries again
             listing.error = exc
         finally:
