@@ -314,6 +314,33 @@ def test_a_big_directory_lists_whole_in_order_with_sizes(start_daemon, mount, tm
     assert len(out.stdout.splitlines()) == 6001
 
 
+def test_a_damaged_chunk_reads_as_eio_and_the_rest_still_reads(start_daemon, mount, tmp_path: Path) -> None:
+    c = start_daemon(tmp_path / "home").client
+    c.create_repo("rot")
+    body = random.Random(7).randbytes(6 * MiB)
+    with c.commit("rot") as commit:
+        c.put_file("rot", commit.id, "bad.bin", body)
+    with c.commit("rot") as commit:
+        c.put_file("rot", commit.id, "good.txt", b"still fine\n")
+    packs = sorted((tmp_path / "home" / "objects" / "packs").rglob("*"), key=lambda p: p.stat().st_mtime_ns)
+    packs = [p for p in packs if p.is_file()]
+    victim = max(packs, key=lambda p: p.stat().st_size)  # the big file's pack
+    with open(victim, "r+b") as f:
+        f.seek(victim.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x55]))
+    mnt = mount(c)
+    master = mnt / "rot" / "master"
+    assert errno_of(lambda: read(master / "bad.bin")) == errno.EIO
+    assert read(master / "good.txt") == b"still fine\n"
+    fd = os.open(master / "bad.bin", os.O_RDONLY)
+    try:  # the damage is 3 MiB in: the first chunk is intact and reads
+        assert os.pread(fd, 4096, 0) == body[:4096]
+    finally:
+        os.close(fd)
+
+
 def test_big_file_reads_back_byte_identical(seeded: Seeded, mount) -> None:
     mnt = mount(seeded.client)
     path = mnt / "data" / "master" / "big.bin"
