@@ -25,6 +25,7 @@ log = logging.getLogger("pachy.mount")
 
 IMMUTABLE_TIMEOUT = 3600.0  # finished commits never change
 MUTABLE_TIMEOUT = 1.0  # branch heads, repo lists, open commits: seen within a second
+OPEN_ROW_TTL = 0.5  # an open commit's row is read again after this (or after our own writes)
 BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
 FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
 FLUSH_FILES = 2000  # ...or until this many are waiting

@@ -33,6 +33,7 @@ from pfsfuse.mount.common import (
     IMMUTABLE_TIMEOUT,
     LISTING_CACHE,
     MUTABLE_TIMEOUT,
+    OPEN_ROW_TTL,
     Stat,
     errno_boundary,
     fuse_error,
@@ -143,6 +144,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         self._handles: dict[int, object] = {}
         self._dirs: dict[int, Listing] = {}
         self._finished: dict[str, tuple] = {}  # commit rows that can no longer change
+        self._open_rows: dict[str, tuple[tuple, float]] = {}  # open commits' rows, and when read
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
 
@@ -164,11 +166,28 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
 
     def _commit_row(self, cid: str) -> tuple:
         row = self._finished.get(cid)
-        if row is None:
-            row = self.pfs._row(cid)
-            if row[6] is not None:
-                self._finished[cid] = row
+        if row is not None:
+            return row
+        # The row of an open commit this mount writes to is kept briefly (as
+        # the kernel keeps attributes) and dropped by the mount's own writes
+        # and by finish-commit (mountd tells the mount first), so a file landed
+        # from the overlay is seen at once. Other open commits change under
+        # other writers: read each time.
+        now = time.monotonic()
+        kept = self._open_rows.get(cid)
+        if kept is not None and now - kept[1] < OPEN_ROW_TTL:
+            return kept[0]
+        row = self.pfs._row(cid)
+        if row[6] is not None:
+            self._finished[cid] = row
+            self._open_rows.pop(cid, None)
+        elif cid in self.repo_of:
+            self._open_rows[cid] = (row, now)
         return row
+
+    def _changed(self, cid: str) -> None:
+        """This mount changed commit ``cid``: read its row afresh."""
+        self._open_rows.pop(cid, None)
 
     def _head(self, repo: str, branch: str) -> str | None:
         r = self.pfs.q1("SELECT head FROM branches WHERE repo=? AND name=?", (repo, branch))

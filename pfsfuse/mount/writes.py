@@ -70,6 +70,7 @@ class WriteOps:
         for key, head in list(self._open_heads.items()):
             if head == cid:
                 del self._open_heads[key]
+        self._changed(cid)
 
     async def _target(self, node: Node) -> tuple[str, str]:
         if not self.writable:
@@ -140,7 +141,10 @@ class WriteOps:
                 apply(session)
                 session.commit()
 
-        await self._run(run)
+        try:
+            await self._run(run)
+        finally:
+            self._changed(cid)
 
     @errno_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -274,7 +278,10 @@ class WriteOps:
                         session.touch(f.path, f.mtime_ns)
                     session.commit()
 
-            await self._run(ingest)
+            try:
+                await self._run(ingest)
+            finally:
+                self._changed(cid)  # before the overlay lets go of the files
             for f, version in seen:
                 if f.version == version and f.opens == 0 and self.overlay.get(cid, f.path) is f:
                     self.overlay.drop(cid, f.path)
