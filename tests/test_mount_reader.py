@@ -79,6 +79,8 @@ def test_sequential_read_comes_back_identical_in_few_large_pack_reads(pfs: PFS) 
     assert sum(length for _, _, length in store.reads) == sum(loc.stored for loc in locations)
     # The cache stays within its bound plus the one run being added.
     assert max(read_all.cache_bytes) <= 32 * MiB + RUN_BYTES + 2 * 4096
+    # Run buffers are reused: about a cache's worth plus those in flight, not one per run.
+    assert cache.pool.made <= 32 * MiB // RUN_BYTES + 4 + 2 < len(store.reads) + 6
 
 
 def test_random_reads_fetch_single_chunks_and_read_no_further(pfs: PFS) -> None:

@@ -45,6 +45,7 @@ class BufferPool:
     def __init__(self, size: int, max_idle: int):
         self.size, self.max_idle = size, max_idle
         self._free: list[mmap.mmap] = []
+        self.made = 0  # buffers allocated: stays small when reuse works
 
     def take(self, length: int) -> mmap.mmap:
         if length <= self.size:
@@ -54,6 +55,7 @@ class BufferPool:
         else:
             length = -(-length // mmap.PAGESIZE) * mmap.PAGESIZE
         # Page aligned, as O_DIRECT wants; private, so not a shared-memory file.
+        self.made += 1
         return mmap.mmap(-1, max(length, self.size), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def give(self, buf: mmap.mmap) -> None:
@@ -93,7 +95,7 @@ class ChunkCache:
         self._bytes = 0
         self._inflight: dict[bytes, _Fetch] = {}
         self._limiter = trio.CapacityLimiter(threads)
-        self.pool = BufferPool(RUN_BYTES + 2 * DIRECT_ALIGN, max_idle=3 * RUN_BYTES)
+        self.pool = BufferPool(RUN_BYTES + 2 * DIRECT_ALIGN, max_idle=2 * (RUN_BYTES + 2 * DIRECT_ALIGN))
         self.joins = BufferPool(JOIN_BYTES, max_idle=4 * JOIN_BYTES)
 
     def peek(self, digest: bytes) -> bytes | memoryview | None:
@@ -102,6 +104,12 @@ class ChunkCache:
             return None
         self._data.move_to_end(digest)
         return entry[0]
+
+    def consumed(self, digest: bytes) -> None:
+        """A sequential reader is past this chunk: first to go (the kernel's
+        page cache has its bytes now), before chunks read ahead and not yet used."""
+        if digest in self._data:
+            self._data.move_to_end(digest, last=False)
 
     def wanted(self, digest: bytes) -> bool:
         return digest not in self._data and digest not in self._inflight
@@ -150,10 +158,15 @@ class ChunkCache:
 
     async def _fetch(self, run: list[ChunkLocation], fetch: _Fetch) -> None:
         span = run[-1].offset + run[-1].stored - run[0].offset
+        # Room first, so that the buffer is one the cache just let go of (a
+        # fresh one costs a page fault per 4 KiB), and in-flight reads count.
+        self._evict(extra=max(span, self.pool.size))
         buf = self.pool.take(span)
+        self._bytes += len(buf)
         try:
             results = await trio.to_thread.run_sync(read_run_into, self.store, run, buf, limiter=self._limiter)
         except BaseException as exc:
+            self._bytes -= len(buf)
             self.pool.give(buf)
             fetch.errors = {loc.hash: exc for loc in run}
             raise
@@ -162,7 +175,6 @@ class ChunkCache:
                 del self._inflight[loc.hash]
             fetch.done.set()
         slab = _Slab(buf, 1)  # held by this frame until every view is in
-        self._bytes += len(buf)
         base = _address(buf)
         for loc, data in zip(run, results, strict=True):
             if isinstance(data, BaseException):
@@ -208,8 +220,8 @@ class ChunkCache:
             self._bytes -= len(slab.buf)
             self.pool.give(slab.buf)
 
-    def _evict(self) -> None:
-        while self._bytes > self.max_bytes and self._data:
+    def _evict(self, extra: int = 0) -> None:
+        while self._bytes + extra > self.max_bytes and self._data:
             _, (old, slab, _) = self._data.popitem(last=False)
             if slab is None:
                 self._bytes -= len(old)
@@ -268,6 +280,8 @@ class FileReader:
             pos = self.starts[i] + hi
             i += 1
         if sequential:
+            for digest in digests[:-1] if pos < self.starts[i] else digests:
+                self.cache.consumed(digest)
             self._read_ahead(i)
         if len(parts) == 1:
             return parts[0]
