@@ -2,7 +2,8 @@
 # Install pachy, then run the fruit stand from the seed (1.x docs ch. 3) against
 # a fresh, throw-away store: two commits of sales data, the filter and sum
 # pipelines from examples/fruit_stand/pipeline.json running on each, and the
-# totals per fruit they compute, checked against awk over the raw files.
+# totals per fruit they compute, checked against awk over the raw files; then
+# the same repos through `pachctl mount` (where FUSE is available).
 #
 #   installers/demo.sh               # store in REPO/.demo/run.XXXXXX (kept; printed)
 #   installers/demo.sh --home DIR    # use DIR as PACHY_HOME instead (must be empty or new)
@@ -64,6 +65,10 @@ WORK="$home/input"
 mkdir -p "$WORK"
 
 stop_daemon() {
+    # A mount left by a failed step goes first (and is harmless to repeat).
+    if [ -n "${MNT:-}" ] && grep -qs " $MNT fuse" /proc/self/mounts; then
+        "$PACHCTL" unmount "$MNT" >/dev/null 2>&1 || fusermount3 -uz "$MNT" 2>/dev/null || true
+    fi
     # The daemon writes its pid into the lock file it holds while it runs.
     local lock="$PACHY_HOME/mountd.lock" pid _
     [ -f "$lock" ] || return 0
@@ -159,6 +164,29 @@ lines1="$(pachctl get-file data master/1 sales | wc -l)"
 echo "$lines1"
 step fsck
 
+# --- the mount: the same data as directories, read with ordinary tools ----------
+
+mounted=""
+if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null; then
+    MNT="$home/pfs"
+    mkdir -p "$MNT"
+    step mount "$MNT"
+    echo
+    echo "$ ls $MNT; ls $MNT/sum; ls -l $MNT/sum/master"
+    ls "$MNT"
+    ls "$MNT/sum"
+    ls -l "$MNT/sum/master"
+    echo
+    echo "$ wc -l $MNT/data/master/sales $MNT/data/master/0/sales"
+    wc -l "$MNT/data/master/sales" "$MNT/data/master/0/sales"
+    mounted="$(for fruit in apple banana orange; do printf '%-8s %6s\n' "$fruit" "$(tr -d '[:space:]' <"$MNT/sum/master/$fruit")"; done)"
+    mounted_lines="$(wc -l <"$MNT/data/master/sales")"
+    step unmount "$MNT"
+else
+    echo
+    echo "==> no FUSE here (/dev/fuse or fusermount3 missing): skipping pachctl mount"
+fi
+
 # --- checks: the pipelines' totals are the totals of the raw files ----------------
 
 expected1="$(totals <"$WORK/set1.txt")"
@@ -179,6 +207,10 @@ echo "==> checks"
 check "master/1 holds set1 + set2 ($((n1 + n2)) lines; got $lines1)" "$([ "$lines1" -eq $((n1 + n2)) ] && echo 1)"
 check "sum after set1 = awk over set1.txt" "$([ "$after1" = "$expected1" ] && echo 1)"
 check "sum after set2 = awk over set1.txt + set2.txt" "$([ "$after2" = "$expected2" ] && echo 1)"
+if [ -n "$mounted" ]; then
+    check "the mount shows the same totals and $((n1 + n2)) sales lines" \
+        "$([ "$mounted" = "$expected2" ] && [ "$mounted_lines" -eq $((n1 + n2)) ] && echo 1)"
+fi
 
 echo
 echo "==> stopping the daemon"
