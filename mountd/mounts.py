@@ -63,7 +63,12 @@ class MountManager:
                 spawn=self.nursery.start_soon,
                 commit_idle=commit_idle,
             )
-            options = {"fsname=pachy", "subtype=pachy", "default_permissions"}
+            # No default_permissions: only the mounting user reaches the mount
+            # (no allow_other), and the handlers decide what may change (EROFS
+            # for a finished commit, where the kernel would say EACCES to a
+            # non-root user); it also spares a GETATTR of the directory
+            # before every create.
+            options = {"fsname=pachy", "subtype=pachy"}
             if not writable:
                 options.add("ro")
             try:
