@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import gc
 import os
 import secrets
 import signal
@@ -107,6 +108,15 @@ async def _serve(app, config: Config, mounts: MountManager, on_stop=None) -> Non
                 os.chmod(bind[len("unix:") :], 0o600)
 
 
+def _calm_gc() -> None:
+    """What was built at start (modules, app, routes) lives as long as the
+    daemon: frozen, so that full collections stop walking it (30 ms pauses
+    in the middle of an ``ls`` here), and young collections run less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)
+
+
 def main(argv: list[str] | None = None) -> int:
     # hypercorn reads 64 KiB at a time; uploads stream far faster in 1 MiB reads.
     hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
@@ -143,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
         scheduler.start()
+        _calm_gc()
         trio.run(_serve, app, config, mounts, scheduler.queue.close)
     finally:
         scheduler.close()

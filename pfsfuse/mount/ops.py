@@ -55,6 +55,7 @@ from pfsfuse.mount.reader import ChunkCache, FileReader
 from pfsfuse.mount.writes import WriteOps
 
 Listed = tuple[bytes, Node, int, pyfuse3.EntryAttributes]  # name, node, inode, attributes
+LISTING_SLICE = 256  # entries built between chances for readdir to answer
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
 
@@ -351,10 +352,10 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         uid, gid = self.uid, self.gid
         ino_of = inodes_in(ENTRY, repo, ref, base)
         items = self.pfs.tree.iter_prefix(row[7], prefix)
-        batch, out = 256, listing.entries
+        batch, out = LISTING_SLICE, listing.entries
         try:
             while raw_items := await self._run(_take, items, batch):
-                for k, raw in raw_items:
+                for n, (k, raw) in enumerate(raw_items, 1):
                     name = k[cut:]
                     is_dir, size, mtime = decode_stat(raw)
                     a = pyfuse3.EntryAttributes()
@@ -371,8 +372,13 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
                     a.attr_timeout = IMMUTABLE_TIMEOUT
                     a.entry_timeout = entry_timeout
                     out.append((name, Node(ENTRY, repo, ref, base + name.decode()), ino, a))
+                    if n % LISTING_SLICE == 0:
+                        # Let a waiting readdir answer with what is there: the
+                        # kernel's work on it overlaps with building the rest.
+                        listing.grew()
+                        await trio.lowlevel.checkpoint()
                 listing.grew()
-                batch = 1024  # small batches: a readdir waiting for more is served soon
+                batch = 4096
         except Exception as exc:  # readdir reports it; the next opendir tries again
             listing.error = exc
         finally:
