@@ -16,6 +16,7 @@ files stays valid because those files never change.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from hashlib import blake2b
 from typing import NamedTuple
@@ -65,13 +66,19 @@ class InodeTable:
 
     def __init__(self) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT)}
-        self._counts: dict[int, int] = {}
+        self._counts: Counter[int] = Counter()
 
     def remember(self, node: Node, ino: int | None = None) -> int:
         ino = inode_of(node) if ino is None else ino
         self._nodes[ino] = node
         self._counts[ino] = self._counts.get(ino, 0) + 1
         return ino
+
+    def remember_listed(self, listed: list) -> None:
+        """Every (name, node, inode, attributes) a readdirplus answer carried:
+        each counts as one lookup. In bulk: it is on the listing's critical path."""
+        self._nodes.update((entry[2], entry[1]) for entry in listed)
+        self._counts.update(entry[2] for entry in listed)
 
     def get(self, ino: int) -> Node | None:
         return self._nodes.get(ino)

@@ -486,14 +486,16 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         listing = self._dirs[fh]
         await listing.wait_beyond(start_id)
         entries = listing.entries
-        remember, reply = self.inodes.remember, pyfuse3.readdir_reply
+        reply = pyfuse3.readdir_reply
         # Only what is built so far: a short answer is fine (the kernel asks
         # for the rest), an empty one would mean the end of the directory.
-        for i in range(start_id, len(entries)):
-            name, child, ino, attr = entries[i]
-            if not reply(token, name, attr, i + 1):
-                return
-            remember(child, ino)
+        end = len(entries)
+        for i in range(start_id, end):
+            entry = entries[i]
+            if not reply(token, entry[0], entry[3], i + 1):
+                end = i
+                break
+        self.inodes.remember_listed(entries[start_id:end])
 
     @errno_boundary
     async def releasedir(self, fh):
