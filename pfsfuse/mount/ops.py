@@ -68,6 +68,10 @@ class _Finished(NamedTuple):
     path: str
     under_branch: bool
 
+    @property
+    def key(self) -> tuple[str, str, bool]:
+        return self.row[0], self.path, self.under_branch
+
 
 class Listing:
     """A directory's entries, complete or still being appended to by a builder."""
@@ -92,6 +96,25 @@ class Listing:
             await self._grown.wait()
         if self.error is not None and len(self.entries) <= n:
             raise self.error
+
+
+def entry_attributes(
+    ino: int, is_dir: bool, size: int, mtime_ns: int, write_bits: int,
+    uid: int, gid: int, attr_timeout: float, entry_timeout: float,
+) -> pyfuse3.EntryAttributes:  # fmt: skip
+    a = pyfuse3.EntryAttributes()
+    a.st_ino = ino
+    if is_dir:
+        a.st_mode, a.st_nlink = DIR_MODE | write_bits, 2
+    else:
+        a.st_mode, a.st_nlink = FILE_MODE | write_bits, 1
+    a.st_size = size
+    a.st_blksize = BLOCK
+    a.st_blocks = (size + 511) // 512
+    a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime_ns
+    a.st_uid, a.st_gid = uid, gid
+    a.attr_timeout, a.entry_timeout = attr_timeout, entry_timeout
+    return a
 
 
 def _take(items: Iterator, n: int) -> list:
@@ -332,7 +355,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         attributes and all (a second ``ls`` only replays it). Built by a task
         in batches, so that readdir answers with the first entries while the
         kernel's work on them overlaps with building the rest."""
-        key = (fin.row[0], fin.path, fin.under_branch)
+        key = fin.key
         listing = self._listings.get(key)
         if listing is not None and listing.error is None:
             self._listings.move_to_end(key)
@@ -358,19 +381,8 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
                 for n, (k, raw) in enumerate(raw_items, 1):
                     name = k[cut:]
                     is_dir, size, mtime = decode_stat(raw)
-                    a = pyfuse3.EntryAttributes()
-                    a.st_ino = ino = ino_of(name)
-                    if is_dir:
-                        a.st_mode, a.st_nlink = DIR_MODE, 2
-                    else:
-                        a.st_mode, a.st_nlink = FILE_MODE, 1
-                    a.st_size = size
-                    a.st_blksize = BLOCK
-                    a.st_blocks = (size + 511) // 512
-                    a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = mtime
-                    a.st_uid, a.st_gid = uid, gid
-                    a.attr_timeout = IMMUTABLE_TIMEOUT
-                    a.entry_timeout = entry_timeout
+                    ino = ino_of(name)
+                    a = entry_attributes(ino, is_dir, size, mtime, 0, uid, gid, IMMUTABLE_TIMEOUT, entry_timeout)
                     out.append((name, Node(ENTRY, repo, ref, base + name.decode()), ino, a))
                     if n % LISTING_SLICE == 0:
                         # Let a waiting readdir answer with what is there: the
@@ -383,8 +395,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
             listing.error = exc
         finally:
             listing.finish()
-        key = (row[0], path, fin.under_branch)
-        if self._listings.get(key) is not listing:
+        if self._listings.get(fin.key) is not listing:
             return  # evicted, or failed and replaced, while being built
         self._listed += len(out)
         while self._listed > LISTING_CACHE and len(self._listings) > 1:
@@ -397,23 +408,12 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     def _attr(
         self, node: Node, st: Stat, entry_timeout: float | None = None, ino: int | None = None
     ) -> pyfuse3.EntryAttributes:
-        a = pyfuse3.EntryAttributes()
-        a.st_ino = inode_of(node) if ino is None else ino
         write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
-        if st.is_dir:
-            a.st_mode = DIR_MODE | write_bits
-            a.st_nlink = 2
-        else:
-            a.st_mode = FILE_MODE | write_bits
-            a.st_nlink = 1
-        a.st_size = st.size
-        a.st_blksize = BLOCK
-        a.st_blocks = (st.size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = st.mtime_ns
-        a.st_uid, a.st_gid = self.uid, self.gid
         timeout = MUTABLE_TIMEOUT if st.mutable else IMMUTABLE_TIMEOUT
-        a.attr_timeout = timeout
-        a.entry_timeout = timeout if entry_timeout is None else entry_timeout
+        a = entry_attributes(
+            inode_of(node) if ino is None else ino, st.is_dir, st.size, st.mtime_ns, write_bits,
+            self.uid, self.gid, timeout, timeout if entry_timeout is None else entry_timeout,
+        )  # fmt: skip
         if self.writable and st.mutable and node.kind in (ENTRY, BENTRY):
             # Inodes stand for paths: after rename(2) the kernel keeps the moved
             # dentry on the old path's inode, so names must be looked up again.
