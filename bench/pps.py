@@ -22,7 +22,6 @@ from pachctl.client import Client
 
 KiB = 1024
 # cp itself, no shell: one exec per datum, as a user writing a cp pipeline would.
-LATENCY_CMD = ["cp", "-r", "/pfs/in/.", "/pfs/out/"]
 COPY_ALL = ["cp", "-r", "/pfs/in/.", "/pfs/out/"]  # every file of /pfs/in: one datum or a chunk
 
 
@@ -309,7 +308,7 @@ def run_latency(rep: Report, work: pathlib.Path, name: str, n: int) -> None:
                 fin.append(time.perf_counter() - t1)
             spawn = spawn_times(work, n)
             c.create_repo("in")
-            c.create_pipeline(pipeline("cp", LATENCY_CMD))
+            c.create_pipeline(pipeline("cp", COPY_ALL))
             wait_workers(home, d.proc.pid, 1)
             log(f"latency: {n} x commit -> flushed output (+1 first, untimed)")
             first = one_commit(c, 0)

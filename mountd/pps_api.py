@@ -375,8 +375,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         async def body():
             pieces = first
             while pieces:
-                small = [p for p in pieces if len(p) < 65536]
-                if len(small) == len(pieces):
+                if all(len(p) < 65536 for p in pieces):
                     yield b"".join(pieces)
                 else:
                     for p in pieces:

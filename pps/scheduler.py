@@ -78,7 +78,7 @@ class Scheduler:
         self._crashes: dict[str, list[float]] = {}
         self._services: dict[str, tuple[str, str]] = {}
         self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
-        self._starting: set[str] = set()  # pipeline -> (input generation, task id)
+        self._starting: set[str] = set()  # pipelines whose long-running task is being started
         self._thread: threading.Thread | None = None
         self._closed = False
         pfs.on_finish.append(lambda _info: self.notify())
@@ -276,10 +276,7 @@ class Scheduler:
         self._changed_now()
 
     def _input_repos(self, row: PipelineRow) -> set[str]:
-        try:
-            return {jp.leaf_repo(leaf) for leaf in jp.leaves(self.spec_of(row))}
-        except PfsError:
-            return set()
+        return {repo for repo, _ in self._input_branches(row)}
 
     def readers_of(self, repo: str) -> list[str]:
         """Pipelines reading ``repo`` (delete-repo refuses while there are any)."""
@@ -576,9 +573,7 @@ class Scheduler:
         payload = {
             "task_id": tid, "job_id": None, "pipeline": row.name, "generation": spec.generation,
             "kind": "spout" if spec.spout is not None else "service",
-            "transform": {"cmd": list(t.cmd), "stdin": list(t.stdin), "err_cmd": [], "err_stdin": [],
-                          "env": dict(t.env), "accept_return_code": list(t.accept_return_code),
-                          "user": t.user, "working_dir": t.working_dir},
+            "transform": _transform_payload(t, with_err=False),
             "secrets": [self._secret(sec) for sec in t.secrets],
             "datum_timeout": None, "datum_tries": 1, "prev": None,
             "env": {"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], {}, [], 0).env,
@@ -661,10 +656,7 @@ class Scheduler:
         t = spec.transform
         base = {
             "job_id": job.row.id, "pipeline": spec.name, "generation": spec.generation,
-            "transform": {"cmd": list(t.cmd), "stdin": list(t.stdin), "err_cmd": list(t.err_cmd),
-                          "err_stdin": list(t.err_stdin), "env": dict(t.env),
-                          "accept_return_code": list(t.accept_return_code), "user": t.user,
-                          "working_dir": t.working_dir},
+            "transform": _transform_payload(t, with_err=True),
             "secrets": [self._secret(s) for s in t.secrets],
             "datum_timeout": spec.datum_timeout, "datum_tries": spec.datum_tries,
             "env": {"PACH_JOB_ID": job.row.id, "PACH_OUTPUT_COMMIT_ID": job.row.output_commit} | job.plan.env,
@@ -1000,3 +992,13 @@ class Scheduler:
             if deadline is not None and time.monotonic() > deadline:
                 raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
             self.wait_changed(0.5)
+
+
+def _transform_payload(t, with_err: bool) -> dict:
+    """The part of a task that says what to run (long-running tasks have no err_cmd)."""
+    return {
+        "cmd": list(t.cmd), "stdin": list(t.stdin),
+        "err_cmd": list(t.err_cmd) if with_err else [], "err_stdin": list(t.err_stdin) if with_err else [],
+        "env": dict(t.env), "accept_return_code": list(t.accept_return_code),
+        "user": t.user, "working_dir": t.working_dir,
+    }  # fmt: skip

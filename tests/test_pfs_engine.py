@@ -952,16 +952,8 @@ def test_replay_commits_onto_another_branch(pfs) -> None:
     target branch, in order, on top of what that branch already has."""
     pfs.create_repo("rp")
     for name, data in (("a", b"1"), ("b", b"2")):
-        c = pfs.start_commit("rp", "master")
-        with pfs.write_session("rp", c.id) as s:
-            s.put_bytes(name, data)
-            s.commit()
-        pfs.finish_commit("rp", c.id)
-    c = pfs.start_commit("rp", "dev")
-    with pfs.write_session("rp", c.id) as s:
-        s.put_bytes("base", b"x")
-        s.commit()
-    pfs.finish_commit("rp", c.id)
+        commit(pfs, "rp", {name: data})
+    commit(pfs, "rp", {"base": b"x"}, branch="dev")
     made = pfs.replay_commits("rp", ["master/0", "master/1"], "dev")
     assert [m.ref for m in made] == ["dev/1", "dev/2"]
     assert sorted(f.path for f in pfs.list_files("rp", "dev")) == ["/a", "/b", "/base"]

@@ -199,17 +199,25 @@ def test_store_filling_up_on_a_result_fails_the_job(small_home: Pachy, tmp_path:
 # -- processes killed ----------------------------------------------------------------------
 
 
+def _start_gated(c: Client, repo: str, pipeline: str, files: dict[str, bytes], started: Path, go: Path):
+    """A repo with ``files`` and a pipeline whose datums log their name to
+    ``started`` and wait for ``go`` before copying; returns (input head, the
+    running job) once a datum has started."""
+    c.create_repo(repo)
+    head = commit_files(c, repo, files)
+    c.create_pipeline(spec(pipeline, pfs(repo), [
+        f'echo "$(basename "${repo}")" >> {started}',
+        f"while [ ! -e {go} ]; do sleep 0.05; done",
+        f'cp "${repo}" /pfs/out/',
+    ]))  # fmt: skip
+    job = wait_job_running(c, pipeline)
+    wait_for(lambda: _lines(started), 30, f"a datum of {pipeline} to start")
+    return head, job
+
+
 def test_worker_killed_mid_task_hands_the_task_to_a_new_worker(px: Pachy, c: Client, tmp_path: Path) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
-    c.create_repo("wk")
-    head = commit_files(c, "wk", {"a": b"1", "b": b"2"})
-    c.create_pipeline(spec("wk-p", pfs("wk"), [
-        f'echo "$(basename "$wk")" >> {started}',
-        f"while [ ! -e {go} ]; do sleep 0.05; done",
-        'cp "$wk" /pfs/out/',
-    ]))
-    job = wait_job_running(c, "wk-p")
-    wait_for(lambda: _lines(started), 30, "the first datum to start")
+    head, job = _start_gated(c, "wk", "wk-p", {"a": b"1", "b": b"2"}, started, go)
     (old,) = px.worker_pids("wk-p")
     orphans = [p for p in _session_members(old) if p != old]
     os.kill(old, signal.SIGKILL)
@@ -246,15 +254,7 @@ def restarted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Restarted]:
     started, go = root / "started", root / "go"
     with pachy_daemon(root) as p:
         c = p.client
-        c.create_repo("slow")
-        head = commit_files(c, "slow", {"a": b"alpha", "b": b"beta"})
-        c.create_pipeline(spec("slowpoke", pfs("slow"), [
-            f'echo "$(basename "$slow")" >> {started}',
-            f"while [ ! -e {go} ]; do sleep 0.05; done",
-            'cp "$slow" /pfs/out/',
-        ]))
-        job = wait_job_running(c, "slowpoke")
-        wait_for(lambda: _lines(started), 30, "the slow datum to start")
+        head, job = _start_gated(c, "slow", "slowpoke", {"a": b"alpha", "b": b"beta"}, started, go)
         p.kill9()
         p.start()
         go.touch()
