@@ -1,6 +1,6 @@
 """meta.sqlite bytes per file in a big repo: today's per-node zstd against sqlite-zstd.
 
-    python -m bench.meta_size                       # 100,000 and 1,000,000 files (~6 min)
+    python -m bench.meta_size                       # 100,000 and 1,000,000 files (~8 min on 2 cores)
     python -m bench.meta_size --files 10000         # smoke (< 30 s)
     python -m bench.meta_size --json out.json --keep --dir /data/scratch
 
