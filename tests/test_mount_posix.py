@@ -196,6 +196,25 @@ def test_directory_times_follow_their_names(client: Client, wmount: Path, repo: 
         utimensat(root / "d", (0, UTIME_OMIT), (A, 0))
 
 
+def test_ctime_moves_with_every_change(client: Client, wmount: Path, repo: str) -> None:
+    root, _ = open_commit(client, wmount, repo)
+    touch(root / "f", b"data")
+    past = 1_000_000_000  # 2001: mtime set there, ctime stays the time of the change
+    utimensat(root / "f", (past, 0), (past, 0))
+    last = os.stat(root / "f").st_ctime_ns
+    assert last > past * 10**9 and os.stat(root / "f").st_mtime_ns == past * 10**9
+    for change in (
+        lambda: os.chmod(root / "f", 0o600),  # accepted and ignored, but a change
+        lambda: os.chown(root / "f", 0, 0),
+        lambda: os.rename(root / "f", root / "g"),
+        lambda: os.truncate(root / "g", 1),
+    ):
+        change()
+        now = os.stat(root / "g" if (root / "g").exists() else root / "f").st_ctime_ns
+        assert now > last
+        last = now
+
+
 def test_times_on_finished_commits_and_read_only_mounts_are_erofs(daemon: Daemon, mount: Mounts) -> None:
     client = daemon.client  # its own daemon: it needs a mount of its own
     committed(client, "data", "f", b"x")

@@ -181,6 +181,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         # versions mtime only), a directory's mtime (its entry keeps the time
         # it was made), and ctime. [atime_ns, mtime_ns, ctime_ns], None: not set.
         self.times: dict[int, list[int | None]] = {}
+        self._open_subdirs: dict[tuple[str, str], tuple[int, float]] = {}  # (commit, dir) -> count, when
         self._subdir_counts: OrderedDict[tuple[bytes | None, str], int] = OrderedDict()  # finished dirs
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -259,8 +260,19 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         count): counted, as an entry does not store it; kept for finished
         commits, which never change."""
         if row[6] is None:
+            # Open: counted again after OPEN_ROW_TTL (other writers), or after
+            # this mount's own mkdir, rmdir or rename; not on every lookup of
+            # a directory many files are being created in.
+            now = time.monotonic()
+            kept = self._open_subdirs.get((row[0], path))
+            if kept is not None and now - kept[1] < OPEN_ROW_TTL:
+                return kept[0]
             children = self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row))
-            return sum(1 for _p, e in children if e.is_dir)
+            n = sum(1 for _p, e in children if e.is_dir)
+            if len(self._open_subdirs) > SUBDIR_COUNTS:
+                self._open_subdirs.clear()
+            self._open_subdirs[(row[0], path)] = (n, now)
+            return n
         key = (row[7], path)
         n = self._subdir_counts.get(key)
         if n is None:
@@ -691,11 +703,17 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         if times and node.kind in (ENTRY, BENTRY, COMMIT, BRANCH):
             await self._target(node)  # EROFS where nothing may change (an atime alone too)
         await super().setattr(inode, attr, fields, fh, ctx)
-        if times or fields.update_size:
+        if times:
             st = await self._quick(self._stat_sync, node)
             # A file's mtime is versioned (landed with it); a directory's is kept here.
             mtime = attr.st_mtime_ns if fields.update_mtime and st.is_dir else None
             self._set_times(inode, attr.st_atime_ns if fields.update_atime else None, mtime)
+        elif self.writable and (fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid):
+            # Accepted (modes and owners are ignored, not refused): the change
+            # time moves, where anything can change.
+            changeable = (await self._quick(self._stat_sync, node)).mutable
+            if changeable:
+                self._set_times(inode)
         return await self.getattr(inode, ctx)
 
     @errno_boundary
@@ -707,6 +725,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     @errno_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
         attr = await super().mkdir(parent_inode, name, mode, ctx)
+        self._open_subdirs.clear()
         self._dir_changed(parent_inode)
         return attr
 
@@ -718,11 +737,13 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     @errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
         await super().rmdir(parent_inode, name, ctx)
+        self._open_subdirs.clear()
         self._dir_changed(parent_inode)
 
     @errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await super().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
+        self._open_subdirs.clear()
         self._dir_changed(parent_inode_old, parent_inode_new)
         moved = self._node(parent_inode_new).child(os.fsdecode(name_new))
         self._set_times(self.inodes.number(moved))  # a rename changes the file's ctime
