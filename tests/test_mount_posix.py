@@ -106,6 +106,9 @@ def test_names_longer_than_255_bytes_are_enametoolong(client: Client, wmount: Pa
         "mkdir": lambda: os.mkdir(root / long),
         "mkdir below": lambda: os.mkdir(root / "dir" / long),
         "mknod": lambda: os.mknod(root / long, 0o644 | stat.S_IFREG),
+        "mkfifo": lambda: os.mkfifo(root / long),
+        "symlink": lambda: os.symlink("target", root / long),  # refused anyway, but the name first
+        "link": lambda: os.link(root / ok, root / long),
         "stat": lambda: os.stat(root / long),
         "unlink": lambda: os.unlink(root / long),
         "rmdir": lambda: os.rmdir(root / long),
@@ -231,8 +234,11 @@ def test_times_on_finished_commits_and_read_only_mounts_are_erofs(daemon: Daemon
 # -- inode numbers ----------------------------------------------------------------------
 
 
-def test_rename_keeps_inode_numbers(client: Client, wmount: Path, repo: str) -> None:
+@pytest.mark.parametrize("via", ["commit", "branch"])
+def test_rename_keeps_inode_numbers(via: str, client: Client, wmount: Path, repo: str) -> None:
     root, cid = open_commit(client, wmount, repo)
+    if via == "branch":  # MNT/<repo>/master/...: the same commit, named by its branch
+        root = wmount / repo / "master"
     touch(root / "f", b"file")
     (root / "d" / "e").mkdir(parents=True)
     touch(root / "d" / "e" / "g", b"below")
