@@ -729,24 +729,35 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         self._dir_changed(parent_inode)
         return attr
 
+    def _named(self, parent_inode: int, name: bytes) -> Node:
+        """The node a handler of writes.py worked on (as its _child_node)."""
+        return self._node(parent_inode).child(os.fsdecode(name))
+
     @errno_boundary
     async def unlink(self, parent_inode, name, ctx):
         await super().unlink(parent_inode, name, ctx)
+        self.inodes.removed(self._named(parent_inode, name))
         self._dir_changed(parent_inode)
 
     @errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
         await super().rmdir(parent_inode, name, ctx)
+        self.inodes.removed(self._named(parent_inode, name))
         self._open_subdirs.clear()
         self._dir_changed(parent_inode)
 
     @errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await super().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
+        src, dst = self._named(parent_inode_old, name_old), self._named(parent_inode_new, name_new)
         self._open_subdirs.clear()
+        try:
+            is_dir = (await self._quick(self._stat_sync, dst)).is_dir
+        except NotFound:  # moved on already by another writer: it keeps no number
+            is_dir = False
+        self.inodes.renamed(src, dst, is_dir)
         self._dir_changed(parent_inode_old, parent_inode_new)
-        moved = self._node(parent_inode_new).child(os.fsdecode(name_new))
-        self._set_times(self.inodes.number(moved))  # a rename changes the file's ctime
+        self._set_times(self.inodes.number(dst))  # a rename changes the file's ctime
 
     # -- not supported: links and special files ------------------------------------------
 

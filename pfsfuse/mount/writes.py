@@ -176,7 +176,6 @@ class WriteOps:
             self.overlay.drop(cid, path)
             if in_pfs:
                 await self._session(cid, lambda s: s.delete(path))
-            self.inodes.removed(self._child_node(parent, cid, path))
 
     @errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
@@ -193,7 +192,6 @@ class WriteOps:
         if children is not None or self.overlay.names_in(cid, path):
             raise fuse_error(errno.ENOTEMPTY)
         await self._session(cid, lambda s: s.delete(path))
-        self.inodes.removed(self._child_node(parent, cid, path))
 
     @errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
@@ -210,8 +208,6 @@ class WriteOps:
         await self.flush_commit(cid, include_open=True)
         noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
         await self._session(cid, lambda s: s.move(src, dst, noreplace))
-        moved = await self._quick(self._lookup_cid, cid, dst)
-        self.inodes.renamed(self._child_node(old_parent, cid, src), self._child_node(new_parent, cid, dst), bool(moved and moved.is_dir))
 
     @errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
