@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client
+from pfsfuse.mount import pachy_mounts
 from tests.conftest import Daemon, spawn_daemon, wait_for, wait_until_answering
 from tests.mounting import Mounts, detach, errno_of, mounted, pachctl, read, requires_fuse
 
@@ -334,7 +335,11 @@ def shared_dir() -> Iterator[Path]:
     try:
         yield path
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        # Torn down before the test's mounts may be: take them down first.
+        for p in pachy_mounts():
+            if p.startswith(f"{path}/"):
+                detach(None, p)
+        shutil.rmtree(path)
 
 
 def as_nobody(*argv: str) -> subprocess.CompletedProcess:
