@@ -243,7 +243,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def mount(body: models.MountRequest):
         if mounts is None or mounts.nursery is None:
             raise PfsError("this daemon cannot serve mounts")
-        return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos, body.commit_idle))
+        return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos, body.commit_idle, body.allow_other))
 
     @app.delete("/v1/mounts")
     async def unmount(path: str | None = None):

@@ -126,9 +126,11 @@ class MountRequest(BaseModel):
     write: bool = False
     repos: list[str] | None = None
     commit_idle: float | None = Field(None, description="finish a written commit after this many idle seconds")
+    allow_other: bool = Field(False, description="let other users read the mount (the kernel checks modes)")
 
 
 class MountInfo(BaseModel):
     path: str
     write: bool = False
     repos: list[str] | None = None
+    allow_other: bool = False

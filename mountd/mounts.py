@@ -30,9 +30,10 @@ class Mount:
     repos: list[str] | None
     ops: PfsOperations
     done: trio.Event
+    allow_other: bool = False
 
     def describe(self) -> dict:
-        return {"path": self.path, "write": self.writable, "repos": self.repos}
+        return {"path": self.path, "write": self.writable, "repos": self.repos, "allow_other": self.allow_other}
 
 
 class MountManager:
@@ -46,7 +47,12 @@ class MountManager:
         return [self.current.describe()] if self.current else []
 
     async def mount(
-        self, path: str, writable: bool = False, repos: list[str] | None = None, commit_idle: float | None = None
+        self,
+        path: str,
+        writable: bool = False,
+        repos: list[str] | None = None,
+        commit_idle: float | None = None,
+        allow_other: bool = False,
     ) -> dict:
         async with self._lock:
             if self.current is not None:
@@ -62,20 +68,26 @@ class MountManager:
                 repos=set(repos) if repos else None,
                 spawn=self.nursery.start_soon,
                 commit_idle=commit_idle,
+                allow_other=allow_other,
             )
-            # No default_permissions: only the mounting user reaches the mount
-            # (no allow_other), and the handlers decide what may change (EROFS
-            # for a finished commit, where the kernel would say EACCES to a
-            # non-root user); it also spares a GETATTR of the directory
-            # before every create.
+            # By default only the mounting user reaches the mount, so no
+            # default_permissions: the handlers decide what may change, and a
+            # GETATTR of the directory before every create is spared. Shared
+            # with other users (allow_other), the kernel checks the modes
+            # (default_permissions): everyone reads, only the owner writes.
             options = {"fsname=pachy", "subtype=pachy"}
+            if allow_other:
+                options |= {"allow_other", "default_permissions"}
             if not writable:
                 options.add("ro")
             try:
                 pyfuse3.init(ops, path, options)
             except RuntimeError as exc:
-                raise PfsError(f"cannot mount {path}: {exc} (is fuse3 installed? apt-get install fuse3)") from None
-            mount = self.current = Mount(path, writable, repos, ops, trio.Event())
+                hint = "is fuse3 installed? apt-get install fuse3"
+                if allow_other and os.getuid() != 0:
+                    hint = "--allow-other needs 'user_allow_other' in /etc/fuse.conf when the daemon is not root"
+                raise PfsError(f"cannot mount {path}: {exc} ({hint})") from None
+            mount = self.current = Mount(path, writable, repos, ops, trio.Event(), allow_other)
             self.nursery.start_soon(self._serve, mount)
             await trio.to_thread.run_sync(_raise_read_ahead, path)
             log.info("mounted %s (%s)", path, "read-write" if writable else "read-only")

@@ -255,10 +255,19 @@ class Client:
     # -- the mount --------------------------------------------------------------
 
     def mount(
-        self, path: str, write: bool = False, repos: list[str] | None = None, commit_idle: float | None = None
+        self,
+        path: str,
+        write: bool = False,
+        repos: list[str] | None = None,
+        commit_idle: float | None = None,
+        allow_other: bool = False,
     ) -> MountInfo:
-        """Mount PFS at ``path`` (served by the daemon); returns once it is ready."""
-        body = {"path": os.path.abspath(os.path.expanduser(path)), "write": write, "repos": repos, "commit_idle": commit_idle}
+        """Mount PFS at ``path`` (served by the daemon); returns once it is ready.
+        ``allow_other``: other users may read it too (modes checked by the kernel)."""
+        body = {
+            "path": os.path.abspath(os.path.expanduser(path)), "write": write, "repos": repos,
+            "commit_idle": commit_idle, "allow_other": allow_other,
+        }  # fmt: skip
         return MountInfo(**self._json("POST", "/v1/mounts", json=body))
 
     def unmount(self, path: str | None = None) -> list[str]:

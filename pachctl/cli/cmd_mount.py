@@ -47,7 +47,7 @@ def mount(args) -> int:
     if path in _fuse_mounts():
         raise errors.Conflict(f"'{path}' is a pachy mount already (maybe a dead one); run 'pachctl unmount {path}' first")
     if not args.foreground:
-        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
+        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle, allow_other=args.allow_other)
         if args.verbose:
             print(f"mounted at {path}", file=sys.stderr)
         return 0
@@ -55,7 +55,7 @@ def mount(args) -> int:
     signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
-        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle)
+        c.mount(path, write=args.write, repos=repos, commit_idle=args.commit_idle, allow_other=args.allow_other)
         print(f"mounted at {path}; press Ctrl-C (or run 'pachctl unmount {path}') to unmount", file=sys.stderr)
         signal.sigwait(signals)
         c.unmount(path)
@@ -92,6 +92,12 @@ def register(sub) -> None:
     p.add_argument("--repos", help="only these repos, comma-separated")
     p.add_argument("--foreground", action="store_true", help="stay in the foreground; Ctrl-C unmounts")
     p.add_argument("--commit-idle", type=float, metavar="SECONDS", help="finish a written commit after this long without writes")
+    p.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users (a container's user, a notebook server) read the mount; only you write. "
+        "Needs 'user_allow_other' in /etc/fuse.conf unless the daemon runs as root",
+    )
     p = add(sub, "unmount", "Unmount pfs.", unmount)
     p.add_argument("dir", nargs="?")
     p.add_argument("-a", "--all", action="store_true", help="remove all pachy mounts")

@@ -31,6 +31,7 @@ FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
 FLUSH_FILES = 2000  # ...or until this many are waiting
 LISTING_CACHE = 200_000  # entries of finished directories kept listed
 SMALL_FILE = 4 << 20  # landed from memory in one piece; larger files stream through the chunker
+NAME_MAX = 255  # bytes in one name, as on ext4 (statfs says so); the kernel lets FUSE see up to 1024
 
 
 def errno_of(exc: BaseException) -> int:
@@ -72,15 +73,27 @@ def fuse_error(code: int) -> pyfuse3.FUSEError:
 
 
 class Stat:
-    """What getattr needs to know about a node."""
+    """What getattr needs to know about a node (``subdirs``: a directory's
+    subdirectories, for its link count)."""
 
-    __slots__ = ("is_dir", "size", "mtime_ns", "mutable")
+    __slots__ = ("is_dir", "size", "mtime_ns", "mutable", "subdirs")
 
-    def __init__(self, is_dir: bool, size: int, mtime_ns: int, mutable: bool):
+    def __init__(self, is_dir: bool, size: int, mtime_ns: int, mutable: bool, subdirs: int = 0):
         self.is_dir, self.size, self.mtime_ns, self.mutable = is_dir, size, mtime_ns, mutable
+        self.subdirs = subdirs
+
+
+def check_name(name: bytes | str) -> None:
+    """ENAMETOOLONG for a name longer than NAME_MAX bytes, before any other
+    check: a local disk says so for every call that takes a name (lookup,
+    create, mkdir, unlink, rmdir, rename's both sides, ...), whether or not
+    the name exists."""
+    if len(os.fsencode(name)) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
 
 def join(directory: str, name: bytes | str) -> str:
     """A child's path inside a commit, checked like any path."""
+    check_name(name)
     text = os.fsdecode(name)
     return names.clean_path(f"{directory}/{text}" if directory else text)

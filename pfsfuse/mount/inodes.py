@@ -12,10 +12,19 @@ An inode number is a hash of what it stands for, so it is the same on every
 lookup and across remounts (``st_ino`` stable), and a branch whose head moves
 yields new inodes for its new contents: the kernel's cache of an old commit's
 files stays valid because those files never change.
+
+Two changes through a writable mount break the hash rule, for the life of
+the mount (the table is in memory; a remount numbers by hash again):
+rename(2) keeps the moved file's or directory's number, and the numbers of
+what the kernel knows below a moved directory, as POSIX wants; and a
+removed or moved-away path gets a fresh number, so a new file created
+there is never mistaken by the kernel for the old one (which may still be
+open).
 """
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Callable
 from hashlib import blake2b
@@ -56,6 +65,16 @@ def inodes_in(kind: int, repo: str, ref: str, base: str) -> Callable[[bytes], in
     return of
 
 
+def _fresh() -> int:
+    """A number no hash is expected to give (63 random bits: collisions are as
+    unlikely as between two hashes)."""
+    return _inode_of_int(random.getrandbits(63))
+
+
+def _inode_of_int(n: int) -> int:
+    return n if n > ROOT_INODE else n + 2
+
+
 def _inode(h) -> int:
     n = int.from_bytes(h.digest(), "little") >> 1  # 63 bits
     return n if n > ROOT_INODE else n + 2
@@ -67,9 +86,53 @@ class InodeTable:
     def __init__(self) -> None:
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT)}
         self._counts: Counter[int] = Counter()
+        self._numbered: dict[Node, int] = {}  # nodes whose number is not their hash (renames, removals)
+        self._refs_numbered: set[tuple[str, str]] = set()  # (repo, ref) holding such nodes
+
+    def number(self, node: Node) -> int:
+        """The inode number of ``node``: its hash unless a rename or removal said otherwise."""
+        if self._numbered:
+            ino = self._numbered.get(node)
+            if ino is not None:
+                return ino
+        return inode_of(node)
+
+    def renumbered(self, repo: str, ref: str) -> dict[Node, int] | None:
+        """The numbers that are not hashes, when some nodes under (repo, ref)
+        have one (None otherwise: listings then hash without looking)."""
+        return self._numbered if (repo, ref) in self._refs_numbered else None
+
+    def renamed(self, src: Node, dst: Node, is_dir: bool) -> None:
+        """``src`` is now at ``dst``: it keeps its number (and so does what the
+        kernel knows below it, for a directory); ``src`` gets a fresh one."""
+        if src == dst:
+            return
+        moves = [(src, dst)]
+        if is_dir:
+            below = src.path + "/"
+            known = set(self._nodes.values()) | set(self._numbered)
+            moves += [
+                (n, n._replace(path=dst.path + n.path[len(src.path) :]))
+                for n in known
+                if n.path.startswith(below) and n[:3] == src[:3]
+            ]
+        numbers = [(self.number(old), old, new) for old, new in moves]
+        for ino, old, new in numbers:
+            self._set_number(new, ino)
+            self._set_number(old, _fresh())
+            if self._nodes.get(ino) == old:  # the kernel's inode follows the move
+                self._nodes[ino] = new
+
+    def removed(self, node: Node) -> None:
+        """``node``'s path no longer holds it: whatever is created there next is new."""
+        self._set_number(node, _fresh())
+
+    def _set_number(self, node: Node, ino: int) -> None:
+        self._numbered[node] = ino
+        self._refs_numbered.add((node.repo, node.ref))
 
     def remember(self, node: Node, ino: int | None = None) -> int:
-        ino = inode_of(node) if ino is None else ino
+        ino = self.number(node) if ino is None else ino
         self._nodes[ino] = node
         self._counts[ino] = self._counts.get(ino, 0) + 1
         return ino

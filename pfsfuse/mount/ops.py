@@ -1,6 +1,7 @@
 """The pyfuse3 ``Operations`` that show PFS as directories.
 
-One class (its write side mixed in from writes.py); every handler goes
+One class (its write side mixed in from writes.py, and what a local disk
+keeps that PFS does not from posix.py); every handler goes
 through ``errno_boundary``, so only ``FUSEError`` ever reaches pyfuse3 (an
 escaping exception would take the mount down), and each failure becomes the
 errno a local disk would give. Engine calls run in worker threads unless
@@ -35,6 +36,7 @@ from pfsfuse.mount.common import (
     MUTABLE_TIMEOUT,
     OPEN_ROW_TTL,
     Stat,
+    check_name,
     errno_boundary,
     fuse_error,
 )
@@ -47,15 +49,16 @@ from pfsfuse.mount.inodes import (
     ROOT,
     InodeTable,
     Node,
-    inode_of,
     inodes_in,
 )
 from pfsfuse.mount.overlay import DirtyFile, Overlay
+from pfsfuse.mount.posix import PosixOps
 from pfsfuse.mount.reader import ChunkCache, FileReader
 from pfsfuse.mount.writes import WriteOps
 
 Listed = tuple[bytes, Node, int, pyfuse3.EntryAttributes]  # name, node, inode, attributes
 LISTING_SLICE = 256  # entries built between chances for readdir to answer
+SUBDIR_COUNTS = 100_000  # finished directories whose subdirectory count is kept
 DIR_MODE = stat.S_IFDIR | 0o555
 FILE_MODE = stat.S_IFREG | 0o444
 
@@ -100,12 +103,12 @@ class Listing:
 
 def entry_attributes(
     ino: int, is_dir: bool, size: int, mtime_ns: int, write_bits: int,
-    uid: int, gid: int, attr_timeout: float, entry_timeout: float,
+    uid: int, gid: int, attr_timeout: float, entry_timeout: float, subdirs: int = 0,
 ) -> pyfuse3.EntryAttributes:  # fmt: skip
     a = pyfuse3.EntryAttributes()
     a.st_ino = ino
-    if is_dir:
-        a.st_mode, a.st_nlink = DIR_MODE | write_bits, 2
+    if is_dir:  # its name, its own "." and each subdirectory's ".."
+        a.st_mode, a.st_nlink = DIR_MODE | write_bits, 2 + subdirs
     else:
         a.st_mode, a.st_nlink = FILE_MODE | write_bits, 1
     a.st_size = size
@@ -133,7 +136,7 @@ class DirtyHandle:
         self.dirty, self.writing, self.append = dirty, writing, append
 
 
-class PfsOperations(WriteOps, pyfuse3.Operations):
+class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
@@ -145,10 +148,16 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         repos: set[str] | None = None,
         spawn: Callable,
         commit_idle: float | None = None,
+        allow_other: bool = False,
     ):
         super().__init__()
         self.pfs = pfs
         self.writable = writable
+        # Shared with other users (allow_other + default_permissions, so the
+        # kernel checks modes): a writable mount shows the owner's write bit on
+        # finished commits too, so that the owner's writes reach the handlers
+        # and get EROFS, as on a read-only disk, rather than the kernel's EACCES.
+        self.owner_writes_everywhere = writable and allow_other
         self.commit_idle = commit_idle
         self.overlay = Overlay(os.path.join(pfs.home, "mount-tmp"))
         self.opened: dict[str, str] = {}  # commits this mount opened (id -> repo): finished at unmount
@@ -169,6 +178,13 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         self._dirs: dict[int, Listing] = {}
         self._finished: dict[str, tuple] = {}  # commit rows that can no longer change
         self._open_rows: dict[str, tuple[tuple, float]] = {}  # open commits' rows, and when read
+        # Times set through the mount that PFS does not keep, by inode number
+        # (so they follow renames), for the life of the mount: atime (PFS
+        # versions mtime only), a directory's mtime (its entry keeps the time
+        # it was made), and ctime. [atime_ns, mtime_ns, ctime_ns], None: not set.
+        self.times: dict[int, list[int | None]] = {}
+        self._open_subdirs: dict[tuple[str, str], tuple[int, float]] = {}  # (commit, dir) -> count, when
+        self._subdir_counts: OrderedDict[tuple[bytes | None, str], int] = OrderedDict()  # finished dirs
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
 
@@ -241,24 +257,61 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
             return None
         return Stat(e.is_dir, e.size, e.mtime_ns, row[6] is None)
 
+    def _subdirs(self, row: tuple, path: str) -> int:
+        """How many subdirectories a directory of a commit holds (for its link
+        count): counted, as an entry does not store it; kept for finished
+        commits, which never change."""
+        if row[6] is None:
+            # Open: counted again after OPEN_ROW_TTL (other writers), or after
+            # this mount's own mkdir, rmdir or rename; not on every lookup of
+            # a directory many files are being created in.
+            now = time.monotonic()
+            kept = self._open_subdirs.get((row[0], path))
+            if kept is not None and now - kept[1] < OPEN_ROW_TTL:
+                return kept[0]
+            children = self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row))
+            n = sum(1 for _p, e in children if e.is_dir)
+            if len(self._open_subdirs) > SUBDIR_COUNTS:
+                self._open_subdirs.clear()
+            self._open_subdirs[(row[0], path)] = (n, now)
+            return n
+        key = (row[7], path)
+        n = self._subdir_counts.get(key)
+        if n is None:
+            n = sum(1 for _k, raw in self.pfs.tree.iter_prefix(row[7], names.dir_prefix(path)) if decode_stat(raw)[0])
+            self._subdir_counts[key] = n
+            if len(self._subdir_counts) > SUBDIR_COUNTS:
+                self._subdir_counts.popitem(last=False)
+        return n
+
     def _stat_sync(self, node: Node) -> Stat:
         if node.kind == ROOT:
-            return Stat(True, 0, self.started, True)
+            repos = [r for (r,) in self.pfs.q("SELECT name FROM repos") if self.repos is None or r in self.repos]
+            return Stat(True, 0, self.started, True, len(repos))
         if node.kind == REPO:
             row = self.pfs.q1("SELECT created FROM repos WHERE name=?", (node.repo,))
             if row is None or not self._repo_ok(node.repo):
                 raise NotFound(node.repo)
-            return Stat(True, 0, int(row[0] * 1e9), True)
+            # Its subdirectories: the branches and the open commits (as listed).
+            (n,) = self.pfs.q1(
+                "SELECT (SELECT count(*) FROM branches WHERE repo=?)"
+                " + (SELECT count(*) FROM commits WHERE repo=? AND finished IS NULL)",
+                (node.repo, node.repo),
+            )
+            return Stat(True, 0, int(row[0] * 1e9), True, n)
         row, path = self._resolve(node)
         if row is None:
             if node.kind == BRANCH:
                 return Stat(True, 0, self.started, True)
             raise NotFound(path)
         if node.kind in (BRANCH, COMMIT):
-            return Stat(True, row[8], int((row[6] or row[5]) * 1e9), node.kind == BRANCH or row[6] is None)
+            mutable = node.kind == BRANCH or row[6] is None
+            return Stat(True, row[8], int((row[6] or row[5]) * 1e9), mutable, self._subdirs(row, ""))
         st = self._lookup_entry(row, path)
         if st is None:
             raise NotFound(path)
+        if st.is_dir:
+            st.subdirs = self._subdirs(row, path)
         if node.kind == BENTRY:
             st.mutable = True  # follows the branch head
         return st
@@ -278,8 +331,11 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
             head = self._head(parent.repo, parent.ref)
             if head is not None:
                 path = names.clean_path(name)
-                st = self._lookup_entry(self._commit_row(head), path)
+                row = self._commit_row(head)
+                st = self._lookup_entry(row, path)
                 if st is not None:  # the common case: looked up once, not again by _stat_sync
+                    if st.is_dir:
+                        st.subdirs = self._subdirs(row, path)
                     return Node(ENTRY, parent.repo, head, path), st
             node = self._numbered(parent, name)
         else:
@@ -333,7 +389,10 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
             seen.add(name)
             child = node.child(name) if node.kind != COMMIT else Node(ENTRY, node.repo, node.ref, child_path)
             dirty = self.overlay.get(row[0], child_path) if mutable else None
-            st = Stat(False, dirty.size, dirty.mtime_ns, True) if dirty else Stat(e.is_dir, e.size, e.mtime_ns, mutable)
+            if dirty:
+                st = Stat(False, dirty.size, dirty.mtime_ns, True)
+            else:
+                st = Stat(e.is_dir, e.size, e.mtime_ns, mutable, self._subdirs(row, child_path) if e.is_dir else 0)
             out.append((name.encode(), child, st))
         if row[6] is None:
             for name in sorted(self.overlay.names_in(row[0], path) - seen):
@@ -346,7 +405,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     def _listed_from(self, parent: Node, entries: list[tuple[bytes, Node, Stat]]) -> list[Listed]:
         out = []
         for name, child, st in entries:
-            ino = inode_of(child)
+            ino = self.inodes.number(child)
             out.append((name, child, ino, self._attr(child, st, self._entry_timeout(parent, child, st), ino)))
         return out
 
@@ -373,16 +432,32 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         # Names right under a branch follow its head, which may move.
         entry_timeout = MUTABLE_TIMEOUT if fin.under_branch else IMMUTABLE_TIMEOUT
         uid, gid = self.uid, self.gid
+        write_bits = 0o200 if self.owner_writes_everywhere else 0
         ino_of = inodes_in(ENTRY, repo, ref, base)
+        renumbered = self.inodes.renumbered(repo, ref)  # files renamed while the commit was open
         items = self.pfs.tree.iter_prefix(row[7], prefix)
         batch, out = LISTING_SLICE, listing.entries
+
+        def take(n: int) -> list[tuple[bytes, tuple[bool, int, int], int]]:
+            """The next ``n`` entries, decoded, with their subdirectory counts (in a thread)."""
+            got = []
+            for k, raw in _take(items, n):
+                st = decode_stat(raw)
+                got.append((k, st, self._subdirs(row, base + k[cut:].decode()) if st[0] else 0))
+            return got
+
         try:
-            while raw_items := await self._run(_take, items, batch):
-                for n, (k, raw) in enumerate(raw_items, 1):
+            while raw_items := await self._run(take, batch):
+                for n, (k, (is_dir, size, mtime), subdirs) in enumerate(raw_items, 1):
                     name = k[cut:]
-                    is_dir, size, mtime = decode_stat(raw)
                     ino = ino_of(name)
-                    a = entry_attributes(ino, is_dir, size, mtime, 0, uid, gid, IMMUTABLE_TIMEOUT, entry_timeout)
+                    if renumbered is not None:
+                        ino = renumbered.get(Node(ENTRY, repo, ref, base + name.decode()), ino)
+                    a = entry_attributes(
+                        ino, is_dir, size, mtime, write_bits, uid, gid, IMMUTABLE_TIMEOUT, entry_timeout, subdirs
+                    )
+                    if self.times:
+                        self._apply_times(a)
                     out.append((name, Node(ENTRY, repo, ref, base + name.decode()), ino, a))
                     if n % LISTING_SLICE == 0:
                         # Let a waiting readdir answer with what is there: the
@@ -408,16 +483,19 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     def _attr(
         self, node: Node, st: Stat, entry_timeout: float | None = None, ino: int | None = None
     ) -> pyfuse3.EntryAttributes:
-        write_bits = 0o200 if (self.writable and st.mutable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
+        changeable = st.mutable or self.owner_writes_everywhere
+        write_bits = 0o200 if (self.writable and changeable and node.kind in (COMMIT, ENTRY, BRANCH, BENTRY)) else 0
         timeout = MUTABLE_TIMEOUT if st.mutable else IMMUTABLE_TIMEOUT
         a = entry_attributes(
-            inode_of(node) if ino is None else ino, st.is_dir, st.size, st.mtime_ns, write_bits,
-            self.uid, self.gid, timeout, timeout if entry_timeout is None else entry_timeout,
+            self.inodes.number(node) if ino is None else ino, st.is_dir, st.size, st.mtime_ns, write_bits,
+            self.uid, self.gid, timeout, timeout if entry_timeout is None else entry_timeout, st.subdirs,
         )  # fmt: skip
         if self.writable and st.mutable and node.kind in (ENTRY, BENTRY):
-            # Inodes stand for paths: after rename(2) the kernel keeps the moved
-            # dentry on the old path's inode, so names must be looked up again.
+            # Names are looked up again each time: another writer (the API, a
+            # pipeline) may change the open commit under the same path.
             a.entry_timeout = 0.0
+        if self.times:
+            self._apply_times(a)
         return a
 
     def _entry_timeout(self, parent: Node, child: Node, st: Stat) -> float:
@@ -437,6 +515,9 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
     @errno_boundary
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._node(parent_inode)
+        # The kernel looks every name up before create, mkdir, unlink, rmdir
+        # and rename: this one check gives them all ENAMETOOLONG.
+        check_name(name)
         text = os.fsdecode(name)
         if text in (".", ".."):
             raise fuse_error(errno.ENOENT)
@@ -587,7 +668,7 @@ class PfsOperations(WriteOps, pyfuse3.Operations):
         if isinstance(handle, DirtyHandle):
             await self.flush_commit(handle.dirty.commit_id, include_open=True)
 
-    # -- not supported: links ------------------------------------------------------------
+    # -- not supported: links (special files: posix.py) ----------------------------------
 
     @errno_boundary
     async def symlink(self, parent_inode, name, target, ctx):
