@@ -34,6 +34,11 @@ from pfsfuse.chunks import ZERO_HASH
 from pfsfuse.entries import ChunkRef
 
 SPILL = 4 << 20  # scratch bytes kept in memory per file, below this offset
+# A stored file this small is read into the scratch area when opened for
+# writing (one or two chunks): every later read and landing is then served
+# from memory, which for small files costs less than going back to the
+# chunks each time (fsx rewrites and msyncs a 256 KiB file thousands of times).
+SMALL_BASE = 1 << 20
 # The largest file the mount accepts (EFBIG beyond). Holes cost nothing, so
 # this bounds sizes, not storage: 1 PiB leaves room for thousands of such
 # files before a commit's total size (a signed 64-bit integer) could
@@ -149,6 +154,7 @@ class DirtyFile:
         self.mtime_ns = time.time_ns()
         self.opens = 0
         self.version = 0  # bumped by every change, so a landing knows what it saw
+        self.landed_version = -1  # the version last landed (fsync of an unchanged file lands nothing)
         self.reader = None  # a FileReader over the stored base, made on the first read of it
         # The loop changes the file while a thread lands it: changes and
         # snapshots hold this (never across an await).
@@ -217,6 +223,27 @@ class DirtyFile:
     def snapshot(self) -> Snapshot:
         with self.lock:
             return Snapshot(self.size, self.base_valid, self.written.copy(), self.base, self.version)
+
+    def absorb(self, base: StoredBase, data: bytes, version: int) -> bool:
+        """The stored base's bytes, read at open: from now on kept in the
+        scratch area (unless the file changed since ``version``)."""
+        with self.lock:
+            if self.version != version or self.base is not base or len(data) != base.size:
+                return False
+            if self._fd is None and base.size > SPILL:
+                self._spill()
+            if self._fd is not None:
+                os.pwrite(self._fd, data, 0)
+            else:
+                self._mem[: len(data)] = data
+            self.written.add(0, base.size)
+            self.base = StoredBase([])
+            self.base_valid = 0
+            return True
+
+    @property
+    def spilled(self) -> bool:
+        return self._fd is not None
 
     def rebase(self, refs: list[ChunkRef], version: int) -> frozenset[bytes] | None:
         """The file landed as ``refs`` and did not change since: start again

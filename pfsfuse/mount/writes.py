@@ -36,7 +36,7 @@ from pfsfuse.mount.common import (
 )
 from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, Node
 from pfsfuse.mount.landing import land
-from pfsfuse.mount.overlay import DirtyFile
+from pfsfuse.mount.overlay import SMALL_BASE, DirtyFile
 from pfsfuse.mount.reader import FileReader
 
 
@@ -109,7 +109,14 @@ class WriteOps:
             if is_dir:
                 raise fuse_error(errno.EISDIR)
             dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path, refs)
-        elif dirty is None:
+            dirty.opens += 1
+            try:
+                await self._absorb_small(dirty)
+            except BaseException:
+                self._unclaim(dirty)
+                raise
+            return dirty
+        if dirty is None:
             dirty = self.overlay.create(cid, path)  # the old content does not matter
         dirty.opens += 1
         if truncate:
@@ -119,6 +126,22 @@ class WriteOps:
                 self._unclaim(dirty)
                 raise
         return dirty
+
+    async def _absorb_small(self, dirty: DirtyFile) -> None:
+        """A small stored file is read into the dirty file's memory at once (see SMALL_BASE)."""
+        base, version = dirty.base, dirty.version
+        if not base.refs or base.size > SMALL_BASE or len(dirty.written):
+            return
+        locations = await self._run(self.pfs.locate, base.refs)
+        reader = FileReader(self.cache, locations, self._spawn)
+        data = bytearray()
+        while len(data) < base.size:
+            piece = await reader.read(len(data), base.size - len(data))
+            if not piece:
+                break
+            data += piece
+        if dirty.absorb(base, bytes(data), version):
+            self.overlay.rebased(dirty, frozenset())
 
     def _unclaim(self, dirty: DirtyFile) -> None:
         """A handle (or a claim) on a dirty file is gone."""
@@ -328,7 +351,13 @@ class WriteOps:
             repo = self.repo_of.get(cid)
             if not files or repo is None:
                 return 0
-            seen = [(f, f.version) for f in files]
+            for f in files:
+                if f.version == f.landed_version and f.opens == 0:
+                    self.overlay.drop(cid, f.path)  # landed while open, unchanged since
+            # An unchanged file landed already (an fsync after an fsync): nothing to do.
+            seen = [(f, f.version) for f in files if f.version != f.landed_version]
+            if not seen:
+                return 0
 
             landed: list[tuple[DirtyFile, int, list[ChunkRef]]] = []
 
@@ -349,9 +378,12 @@ class WriteOps:
             for f, version, refs in landed:
                 if not self.overlay.owns(f) or f.version != version:
                     continue  # changed meanwhile: lands again later, on its old base
+                f.landed_version = version
                 if f.opens == 0:
                     self.overlay.drop(cid, f.path)
-                else:  # still open: from now on built on what just landed
+                elif f.spilled:
+                    # Still open, and big: from now on built on what just landed,
+                    # so the next landing re-chunks only what is written after it.
                     digests = f.rebase(refs, version)
                     if digests is not None:
                         self.overlay.rebased(f, digests)
