@@ -25,6 +25,8 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client
+from pfsfuse.chunks import ZERO_HASH
+from pfsfuse.pfs import PFS
 from tests.conftest import Daemon, tmpfs_at
 from tests.mounting import Mounts, errno_of, read, requires_fuse
 
@@ -182,6 +184,31 @@ def test_huge_truncate_is_a_hole_in_memory_and_when_stored(client: Client, daemo
     no_traceback(daemon)
 
 
+def test_zero_runs_in_the_engine(pfs: PFS) -> None:
+    """A zero reference reads back as zeros (whole, by range, however long),
+    and fsck and gc take it for what it is: no chunk behind it."""
+    pfs.create_repo("z")
+    c = pfs.start_commit("z", "master")
+    with pfs.write_session("z", c.id) as s:
+        head = s.sink.add_bytes(b"head")
+        s.add("f", head + [(ZERO_HASH, 5 * MiB)] + s.sink.add_bytes(b"tail"), 5 * MiB + 8)
+        s.add("huge", [(ZERO_HASH, PB_HOLE)], PB_HOLE)
+        s.commit()
+    pfs.finish_commit("z", c.id)
+    info, pieces = pfs.read_file("z", "master", "f")
+    assert b"".join(pieces) == b"head" + bytes(5 * MiB) + b"tail"
+    assert info.size == 5 * MiB + 8
+    n, pieces = pfs.read_range("z", "master", "f", 2, 10)
+    assert (n, b"".join(pieces)) == (10, b"ad" + bytes(8))
+    n, pieces = pfs.read_range("z", "master", "huge", PB_HOLE - 5, 100)
+    assert (n, b"".join(pieces)) == (5, bytes(5))
+    assert pfs.fsck()["ok"]
+    pfs.gc()
+    assert pfs.fsck()["ok"]
+    n, pieces = pfs.read_range("z", "master", "f", 5 * MiB, 100)
+    assert b"".join(pieces) == bytes(4) + b"tail"
+
+
 # -- item 14: unlinked while open -------------------------------------------------------
 
 
@@ -224,6 +251,26 @@ def test_unlinked_while_open_stays_usable_and_lands_nowhere(client: Client, daem
     names = {f.path for f in client.list_file("u", "master", "/")}
     assert names == set(), names
     assert client.fsck().ok
+    no_traceback(daemon)
+
+
+def test_renamed_while_open_keeps_being_written_under_the_new_name(
+    client: Client, daemon: Daemon, wmount: Path
+) -> None:
+    client.create_repo("m")
+    client.create_branch("m", "master")
+    root = wmount / "m" / "master"
+    (root / "d").mkdir()
+    fd = os.open(root / "d" / "a", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"before ")
+        os.rename(root / "d", root / "e")  # the open file's directory moves
+        os.write(fd, b"after")
+    finally:
+        os.close(fd)
+    client.finish_commit("m", client.inspect_commit("m", "master").id)
+    assert sorted(f.path for f in client.list_file("m", "master", "/")) == ["/e"]
+    assert client.read_file("m", "master", "e/a") == b"before after"
     no_traceback(daemon)
 
 
