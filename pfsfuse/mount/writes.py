@@ -291,9 +291,12 @@ class WriteOps:
         # Moves work on commit content: land written files first.
         await self.flush_commit(cid, include_open=True)
         noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-        await self._session(cid, lambda s: s.move(src, dst, noreplace))
-        # Files still open (landed above, kept for their handles) follow the move.
-        self.overlay.move(cid, src, dst)
+        # Not while a landing runs: it would land a file at the old name, or
+        # land the replaced file over the moved one.
+        async with self._flush_locks.setdefault(cid, trio.Lock()):
+            await self._session(cid, lambda s: s.move(src, dst, noreplace))
+            # Files still open (landed above, kept for their handles) follow the move.
+            self.overlay.move(cid, src, dst)
 
     @errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
