@@ -39,6 +39,13 @@ CHUNK_MAX = 4 << 20
 PACK_TARGET = 16 << 20
 CODEC_PLAIN = 0
 CODEC_ZSTD = 1
+# A run of zeros of any length, stored nowhere: the chunk reference
+# (ZERO_HASH, n) stands for n zero bytes (a hole left by truncate or a
+# write past the end). No BLAKE3 digest is 32 zero bytes in practice, and
+# the chunk index never holds this name; readers make the zeros.
+ZERO_HASH = bytes(32)
+CODEC_ZERO = -1
+ZERO_PIECE = 4 << 20  # zeros are handed out at most this much at a time
 # Bytes buffered before cutting: enough that the re-scan of the unfinished
 # last chunk is a small fraction of the work.
 _CUT_WINDOW = 4 * CHUNK_MAX
@@ -357,9 +364,25 @@ def read_chunks(
     locations: Iterable[ChunkLocation],
     verify: bool = True,
 ) -> Iterator[bytes]:
-    """Yield the plain bytes of each chunk in order, checking each hash."""
+    """Yield the plain bytes of each chunk in order, checking each hash (a
+    zero run as pieces of at most ``ZERO_PIECE`` bytes)."""
     for loc in locations:
+        if loc.codec == CODEC_ZERO:
+            yield from zeros(loc.size)
+            continue
         yield _checked(loc, store.get_range(loc.pack, loc.offset, loc.stored), verify)
+
+
+def zero_location(size: int) -> ChunkLocation:
+    return ChunkLocation(ZERO_HASH, "", 0, 0, size, CODEC_ZERO)
+
+
+def zeros(n: int) -> Iterator[bytes]:
+    """``n`` zero bytes in pieces: a long run never sits in memory at once."""
+    while n > 0:
+        k = min(n, ZERO_PIECE)
+        yield bytes(k)
+        n -= k
 
 
 def read_run_into(

@@ -17,7 +17,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from pfsfuse import entries, names
-from pfsfuse.chunks import ChunkLocation, ChunkSink, StreamChunker, chunk_hash, read_chunks
+from pfsfuse.chunks import (
+    CODEC_ZERO,
+    ZERO_HASH,
+    ChunkLocation,
+    ChunkSink,
+    StreamChunker,
+    chunk_hash,
+    read_chunks,
+    zero_location,
+    zeros,
+)
 from pfsfuse.entries import DIR, FILE, ChunkRef, Entry
 from pfsfuse.errors import Conflict, InvalidArgument, NotFound
 
@@ -351,7 +361,10 @@ class FileOps:
     def locate(self, refs: Iterable[ChunkRef]) -> list[ChunkLocation]:
         out = []
         with self._lock:
-            for digest, _size in refs:
+            for digest, size in refs:
+                if digest == ZERO_HASH:  # a hole: stored nowhere
+                    out.append(zero_location(size))
+                    continue
                 row = self.db.execute(
                     "SELECT pack, offset, stored, size, codec FROM chunks WHERE hash=?", (digest,)
                 ).fetchone()
@@ -446,7 +459,16 @@ class FileOps:
         def pieces() -> Iterator[bytes]:
             at = pos
             wanted = refs[first:]
-            for chunk in read_chunks(self.store, self.locate(wanted)):
+            for loc in self.locate(wanted):
+                if loc.codec == CODEC_ZERO:  # only the zeros asked for, however long the hole
+                    lo, hi = max(offset - at, 0), min(end - at, loc.size)
+                    if hi > lo:
+                        yield from zeros(hi - lo)
+                    at += loc.size
+                    if at >= end:
+                        return
+                    continue
+                chunk = next(read_chunks(self.store, [loc]))
                 lo, hi = max(offset - at, 0), min(end - at, len(chunk))
                 if hi > lo:
                     yield chunk if (lo, hi) == (0, len(chunk)) else chunk[lo:hi]

@@ -18,7 +18,7 @@ from blake3 import blake3
 
 from pfsfuse import entries, names
 from pfsfuse.btree import BTree, _Node
-from pfsfuse.chunks import ChunkLocation, PackWriter, chunk_hash, read_chunks
+from pfsfuse.chunks import ZERO_HASH, ChunkLocation, PackWriter, chunk_hash, read_chunks
 from pfsfuse.errors import Conflict, Damaged, PfsError
 from pfsfuse.files import _Stager
 from pfsfuse.objstore import ObjectMissing
@@ -127,7 +127,8 @@ class Maintenance:
                 if problems is not None and chunk_hash(blob) != e.list_ref:
                     problems.append(f"chunk list {e.list_ref.hex()[:12]} of {where} does not match its hash")
             for digest, size in self.load_refs(e):
-                chunks[digest] = size
+                if digest != ZERO_HASH:  # a hole: no chunk behind it
+                    chunks[digest] = size
 
         finished, staged = self._roots()
         for cid, root in finished:
@@ -139,6 +140,12 @@ class Maintenance:
                     take_entry(raw, f"/{names.key_path(key)} in commit {cid}")
         for raw in staged:
             take_entry(raw, "an open commit")
+        # Files being written through a mount are built on stored chunks that
+        # no entry may name any more (the file was landed again, or unlinked
+        # while open): kept until the mount lets go of them.
+        for held in list(self.held_chunks.values()):
+            for digest in held:
+                chunks.setdefault(digest, 0)
         return nodes, chunks, len(finished)
 
     # -- fsck -----------------------------------------------------------------

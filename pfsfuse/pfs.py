@@ -92,6 +92,7 @@ class PFS(FileOps, Maintenance):
         # Packs written by sessions whose index rows are not committed yet;
         # gc must not mistake them for garbage.
         self.inflight_packs: set[str] = set()
+        self.held_chunks: dict[int, frozenset[bytes]] = {}  # chunks mounts' open files are built on (gc keeps them)
         self._parent_roots: dict[str, bytes | None] = {}
         # Called with the CommitInfo after every finish, outside any lock (the
         # pipeline scheduler listens here; pfsfuse knows nothing of it).

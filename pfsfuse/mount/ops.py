@@ -159,7 +159,7 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         # and get EROFS, as on a read-only disk, rather than the kernel's EACCES.
         self.owner_writes_everywhere = writable and allow_other
         self.commit_idle = commit_idle
-        self.overlay = Overlay(os.path.join(pfs.home, "mount-tmp"))
+        self.overlay = Overlay(os.path.join(pfs.home, "mount-tmp"), pfs.held_chunks)
         self.opened: dict[str, str] = {}  # commits this mount opened (id -> repo): finished at unmount
         self.repo_of: dict[str, str] = {}  # every open commit written through the mount
         self.last_write: dict[str, float] = {}
@@ -543,7 +543,12 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         try:
             st = await self._quick(self._stat_sync, node)
         except NotFound:
-            raise fuse_error(errno.ENOENT) from None
+            st = self._orphan_stat(inode)
+            if st is None:
+                raise fuse_error(errno.ENOENT) from None
+            a = self._attr(node, st)
+            a.st_nlink = 0  # unlinked while open: usable through its handles until closed
+            return a
         return self._attr(node, st)
 
     @errno_boundary
@@ -616,19 +621,25 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
                 raise fuse_error(errno.EROFS)
             cid, path = await self._target(node)
             dirty = await self._dirty_for_write(node.repo, cid, path, truncate=bool(flags & os.O_TRUNC))
-            return self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
+            info = self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
+            self._track(info.fh, inode)
+            return info
         if self.writable:
             row, path = await self._quick(self._resolve, node)
             dirty = self.overlay.get(row[0], path) if row is not None else None
             if dirty is not None:
-                return self._dirty_handle(dirty, False, False)
+                dirty.opens += 1
+                info = self._dirty_handle(dirty, False, False)
+                self._track(info.fh, inode)
+                return info
         locations, keep = await self._run(self._open_sync, node)
         fh = next(self._fh)
         self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
+        self._track(fh, inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     def _dirty_handle(self, dirty: DirtyFile, writing: bool, append: bool) -> pyfuse3.FileInfo:
-        dirty.opens += 1
+        """A handle taking over a claim (``opens``) on ``dirty``."""
         fh = next(self._fh)
         self._handles[fh] = DirtyHandle(dirty, writing, append)
         return pyfuse3.FileInfo(fh=fh, keep_cache=False)
@@ -639,16 +650,14 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         if isinstance(handle, ReadHandle):
             return await handle.reader.read(off, size)
         if isinstance(handle, DirtyHandle):
-            return handle.dirty.read(off, size)
+            return await self._read_dirty(handle.dirty, off, size)
         raise fuse_error(errno.EBADF)
 
     @errno_boundary
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, DirtyHandle):
-            handle.dirty.opens -= 1
-            if handle.dirty.opens == 0 and (cid := handle.dirty.commit_id) in self.repo_of:
-                self._schedule_flush(cid)
+            self._unclaim(handle.dirty)
 
     @errno_boundary
     async def write(self, fh, off, buf):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import trio
 
-from pfsfuse.chunks import ChunkLocation, read_run_into
+from pfsfuse.chunks import CODEC_ZERO, ChunkLocation, read_run_into
 from pfsfuse.objstore import ObjectStore
 from pfsfuse.objstore.base import DIRECT_ALIGN
 
@@ -232,7 +232,7 @@ class ChunkCache:
     def prefetch(self, locations: list[ChunkLocation], i: int, spawn: Callable) -> int:
         """Start reading the run at chunk ``i`` unless cached or coming;
         returns the index after the run."""
-        if not self.wanted(locations[i].hash):
+        if locations[i].codec == CODEC_ZERO or not self.wanted(locations[i].hash):
             return i + 1
         run = self.run(locations, i)
         claim = self._claim(run)
@@ -272,8 +272,15 @@ class FileReader:
         parts, digests = [], []
         pos = offset
         while pos < end:
-            data = await self.cache.get(self.locations, i, alone=not sequential)
             lo = pos - self.starts[i]
+            if self.locations[i].codec == CODEC_ZERO:  # a hole: only the zeros asked for
+                hi = min(end, self.starts[i + 1]) - self.starts[i]
+                parts.append(bytes(hi - lo))
+                digests.append(b"")  # in no cache
+                pos = self.starts[i] + hi
+                i += 1
+                continue
+            data = await self.cache.get(self.locations, i, alone=not sequential)
             hi = min(end - self.starts[i], len(data))
             parts.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
             digests.append(self.locations[i].hash)

@@ -3,14 +3,17 @@ files being written, and landing them in batches.
 
 Mixed into ``PfsOperations``. Metadata changes (mkdir, unlink, rename, ...)
 apply to the open commit at once, in a write session each; file contents
-collect in the overlay and land when the last handle closes (~0.2 s later,
-with the other files closed meanwhile), on fsync, on finish-commit, on
-unmount, or when the commit has been idle for ``--commit-idle`` seconds.
+collect in the overlay (copy-on-write by chunk: overlay.py) and land when
+the last handle closes (~0.2 s later, with the other files closed
+meanwhile), on fsync, on finish-commit, on unmount, or when the commit has
+been idle for ``--commit-idle`` seconds. Landing re-chunks only around the
+edits (landing.py).
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -18,12 +21,13 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
+from pfsfuse.chunks import read_chunks
+from pfsfuse.entries import ChunkRef
 from pfsfuse.errors import Conflict
 from pfsfuse.mount.common import (
     FLUSH_DELAY,
     FLUSH_FILES,
     MUTABLE_TIMEOUT,
-    SMALL_FILE,
     Stat,
     errno_boundary,
     fuse_error,
@@ -31,7 +35,8 @@ from pfsfuse.mount.common import (
     log,
 )
 from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, Node
-from pfsfuse.mount.overlay import DirtyFile
+from pfsfuse.mount.landing import land
+from pfsfuse.mount.overlay import SMALL_BASE, DirtyFile
 from pfsfuse.mount.reader import FileReader
 
 
@@ -84,33 +89,108 @@ class WriteOps:
     def _lookup_cid(self, cid: str, path: str) -> Stat | None:
         return self._lookup_entry(self.pfs._row(cid), path)
 
-    def _content_sync(self, cid: str, path: str) -> tuple[bool, list]:
-        """(is it a directory, chunk locations) of what ``path`` holds in the commit now."""
+    def _content_sync(self, cid: str, path: str) -> tuple[bool, list[ChunkRef]]:
+        """(is it a directory, chunk list) of what ``path`` holds in the commit now."""
         e = self.pfs.lookup_row(self.pfs._row(cid), path)
         if e is None:
             return False, []
-        return e.is_dir, ([] if e.is_dir else self.pfs.locate(self.pfs.load_refs(e)))
+        return e.is_dir, ([] if e.is_dir else self.pfs.load_refs(e))
 
     async def _dirty_for_write(self, repo: str, cid: str, path: str, truncate: bool) -> DirtyFile:
+        """The overlay file of ``path``, claimed for the caller (``opens`` + 1)
+        before any await, so a landing that ends meanwhile cannot drop and
+        close it under the caller (that was a ``ValueError: I/O operation on
+        closed file``). The caller hands the claim to a handle or gives it
+        back with ``_unclaim``. An existing file is not read: its stored
+        chunk list becomes the dirty file's base (copy-on-write)."""
         dirty = self.overlay.get(cid, path)
-        if dirty is None and truncate:
-            dirty = self.overlay.create(cid, path)  # the old content does not matter
-        if dirty is None:
-            is_dir, locations = await self._quick(self._content_sync, cid, path)
+        if dirty is None and not truncate:
+            is_dir, refs = await self._quick(self._content_sync, cid, path)
             if is_dir:
                 raise fuse_error(errno.EISDIR)
-            dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path)
-            if not truncate and locations and dirty.size == 0:
-                # Writing into an existing file: start from its content.
-                reader = FileReader(self.cache, locations, self._spawn)
-                pos = 0
-                while pos < reader.size:
-                    piece = await reader.read(pos, 4 << 20)
-                    dirty.write(pos, piece)
-                    pos += len(piece)
+            dirty = self.overlay.get(cid, path) or self.overlay.create(cid, path, refs)
+            dirty.opens += 1
+            try:
+                await self._absorb_small(dirty)
+            except BaseException:
+                self._unclaim(dirty)
+                raise
+            return dirty
+        if dirty is None:
+            dirty = self.overlay.create(cid, path)  # the old content does not matter
+        dirty.opens += 1
         if truncate:
-            dirty.truncate(0)
+            try:
+                dirty.truncate(0)
+            except BaseException:
+                self._unclaim(dirty)
+                raise
         return dirty
+
+    async def _absorb_small(self, dirty: DirtyFile) -> None:
+        """A small stored file is read into the dirty file's memory at once (see SMALL_BASE)."""
+        base, version = dirty.base, dirty.version
+        if not base.refs or base.size > SMALL_BASE or len(dirty.written):
+            return
+        locations = await self._run(self.pfs.locate, base.refs)
+        reader = FileReader(self.cache, locations, self._spawn)
+        data = bytearray()
+        while len(data) < base.size:
+            piece = await reader.read(len(data), base.size - len(data))
+            if not piece:
+                break
+            data += piece
+        if dirty.absorb(base, bytes(data), version):
+            self.overlay.rebased(dirty, frozenset())
+
+    def _unclaim(self, dirty: DirtyFile) -> None:
+        """A handle (or a claim) on a dirty file is gone."""
+        dirty.opens -= 1
+        if dirty.opens:
+            return
+        if not self.overlay.owns(dirty):
+            self.overlay.close(dirty)  # unlinked or replaced while open: its bytes go nowhere
+        elif dirty.commit_id in self.repo_of:
+            self._schedule_flush(dirty.commit_id)
+
+    async def _read_dirty(self, dirty: DirtyFile, offset: int, length: int) -> bytes:
+        return await dirty.read(offset, length, functools.partial(self._read_stored, dirty))
+
+    async def _read_stored(self, dirty: DirtyFile, offset: int, length: int) -> bytes:
+        """Bytes of the stored file a dirty file is based on (located on first use)."""
+        if dirty.reader is None:
+            base = dirty.base
+            locations = await self._run(self.pfs.locate, base.refs)
+            if dirty.base is base and dirty.reader is None:
+                dirty.reader = FileReader(self.cache, locations, self._spawn)
+            else:  # rebased meanwhile: the caller's layout is stale anyway
+                return await FileReader(self.cache, locations, self._spawn).read(offset, length)
+        return bytes(await dirty.reader.read(offset, length))
+
+    def _stored_chunk(self, ref: ChunkRef) -> bytes | memoryview:
+        """One stored chunk's plain bytes, from a worker thread (landing)."""
+        return next(read_chunks(self.pfs.store, self.pfs.locate([ref])))
+
+    # -- files unlinked while open ---------------------------------------------------
+
+    def _track(self, fh: int, inode: int) -> None:
+        """Remember which inode an open handle is on, so that the handle can
+        still be fstat'ed once its name is gone (unlinked while open)."""
+        handle = self._handles.get(fh)
+        if handle is not None:
+            handle.inode = inode
+            handle.opened_ns = time.time_ns()
+
+    def _orphan_stat(self, inode: int) -> Stat | None:
+        """What an open handle on ``inode`` shows when the name is gone."""
+        for handle in self._handles.values():
+            if getattr(handle, "inode", None) != inode:
+                continue
+            dirty = getattr(handle, "dirty", None)
+            if dirty is not None:
+                return Stat(False, dirty.size, dirty.mtime_ns, True)
+            return Stat(False, handle.reader.size, handle.opened_ns, True)
+        return None
 
     def _child_node(self, parent: Node, cid: str, path: str) -> Node:
         if parent.kind in (BRANCH, BENTRY):
@@ -129,7 +209,7 @@ class WriteOps:
         dirty = await self._dirty_for_write(parent.repo, cid, path, truncate=True)
         info = self._dirty_handle(dirty, True, bool(flags & os.O_APPEND))
         node = self._child_node(parent, cid, path)
-        self.inodes.remember(node)
+        self._track(info.fh, self.inodes.remember(node))
         return info, self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True), MUTABLE_TIMEOUT)
 
     async def _session(self, cid: str, apply: Callable) -> None:
@@ -167,7 +247,7 @@ class WriteOps:
         # Not while a flush is landing this file: it would come back after the delete.
         async with self._flush_locks.setdefault(cid, trio.Lock()):
             dirty = self.overlay.get(cid, path)
-            is_dir, _ = await self._quick(self._content_sync, cid, path)
+            is_dir = await self._quick(self._is_dir_sync, cid, path)
             if is_dir:
                 raise fuse_error(errno.EISDIR)
             in_pfs = await self._run(self.pfs.lookup_row, self.pfs._row(cid), path) is not None
@@ -176,6 +256,10 @@ class WriteOps:
             self.overlay.drop(cid, path)
             if in_pfs:
                 await self._session(cid, lambda s: s.delete(path))
+
+    def _is_dir_sync(self, cid: str, path: str) -> bool:
+        e = self.pfs.lookup_row(self.pfs._row(cid), path)
+        return e is not None and e.is_dir
 
     @errno_boundary
     async def rmdir(self, parent_inode, name, ctx):
@@ -207,7 +291,12 @@ class WriteOps:
         # Moves work on commit content: land written files first.
         await self.flush_commit(cid, include_open=True)
         noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
-        await self._session(cid, lambda s: s.move(src, dst, noreplace))
+        # Not while a landing runs: it would land a file at the old name, or
+        # land the replaced file over the moved one.
+        async with self._flush_locks.setdefault(cid, trio.Lock()):
+            await self._session(cid, lambda s: s.move(src, dst, noreplace))
+            # Files still open (landed above, kept for their handles) follow the move.
+            self.overlay.move(cid, src, dst)
 
     @errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
@@ -223,9 +312,10 @@ class WriteOps:
                     raise fuse_error(errno.ENOENT)
                 if fields.update_size:
                     dirty = await self._dirty_for_write(node.repo, cid, path, truncate=False)
-                    dirty.truncate(attr.st_size)
-                    if dirty.opens == 0:
-                        self._schedule_flush(cid)
+                    try:
+                        dirty.truncate(attr.st_size)
+                    finally:
+                        self._unclaim(dirty)
                 if fields.update_mtime:
                     dirty = self.overlay.get(cid, path)
                     if dirty is not None:
@@ -264,27 +354,42 @@ class WriteOps:
             repo = self.repo_of.get(cid)
             if not files or repo is None:
                 return 0
-            seen = [(f, f.version) for f in files]
+            for f in files:
+                if f.version == f.landed_version and f.opens == 0:
+                    self.overlay.drop(cid, f.path)  # landed while open, unchanged since
+            # An unchanged file landed already (an fsync after an fsync): nothing to do.
+            seen = [(f, f.version) for f in files if f.version != f.landed_version]
+            if not seen:
+                return 0
+
+            landed: list[tuple[DirtyFile, int, list[ChunkRef]]] = []
 
             def ingest() -> None:
                 with self.pfs.write_session(repo, cid) as session:
                     for f, _ in seen:
-                        if f.size <= SMALL_FILE:  # most files: no chunker windows to set up
-                            session.put_bytes(f.path, f.read(0, f.size), overwrite=True)
-                        else:
-                            stream = session.put_stream(f.path)
-                            stream.write_from(f.reader())
-                            session.add(f.path, stream.finish(), stream.size, overwrite=True)
+                        snap = f.snapshot()
+                        refs = land(f, snap, session.sink, self._stored_chunk)
+                        session.add(f.path, refs, snap.size, overwrite=True)
                         session.touch(f.path, f.mtime_ns)
+                        landed.append((f, snap.version, refs))
                     session.commit()
 
             try:
                 await self._run(ingest)
             finally:
                 self._changed(cid)  # before the overlay lets go of the files
-            for f, version in seen:
-                if f.version == version and f.opens == 0 and self.overlay.get(cid, f.path) is f:
+            for f, version, refs in landed:
+                if not self.overlay.owns(f) or f.version != version:
+                    continue  # changed meanwhile: lands again later, on its old base
+                f.landed_version = version
+                if f.opens == 0:
                     self.overlay.drop(cid, f.path)
+                elif f.spilled:
+                    # Still open, and big: from now on built on what just landed,
+                    # so the next landing re-chunks only what is written after it.
+                    digests = f.rebase(refs, version)
+                    if digests is not None:
+                        self.overlay.rebased(f, digests)
             return len(seen)
 
     async def flush_all(self, finish: bool) -> list[str]:
