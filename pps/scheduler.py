@@ -128,6 +128,10 @@ class Scheduler:
         """create-/update-pipeline; ``one_off`` (create-job): the pipeline is created
         stopped and given one job on its inputs' heads."""
         specs = parse_specs(text)
+        # Checked for the whole batch before anything is written: a refused spec changes nothing.
+        for spec in specs:
+            self._check_secrets(spec)
+        self._check_cycles(specs)
         out = []
         for spec in specs:
             row = self._put_pipeline(spec, update=update, reprocess=reprocess, stopped=one_off)
@@ -207,6 +211,32 @@ class Scheduler:
         elif old is not None and spec.generation != 1:
             self.request_run(spec.name, [])
         return row
+
+    def _check_secrets(self, spec: PipelineSpec) -> None:
+        """Every secret the transform names exists (with the key it reads): a missing
+        one would otherwise only show when a job starts."""
+        for i, sec in enumerate(spec.transform.secrets):
+            try:
+                data = self.store.get_secret(sec.name)
+            except NotFound:
+                raise NotFound(f"transform.secrets[{i}].name: secret '{sec.name}' not found; create it first "
+                               "(pachctl create-secret -f SECRET.json)") from None
+            if sec.key and sec.key not in data:
+                raise InvalidArgument(f"transform.secrets[{i}].key: secret '{sec.name}' has no key '{sec.key}' "
+                                      f"(it has: {', '.join(sorted(data)) or 'none'})")
+
+    def _check_cycles(self, specs: list[PipelineSpec]) -> None:
+        """Refuse a pipeline whose output would, through other pipelines, feed its own
+        input: each output commit would trigger the next job forever."""
+        reads = {row.name: self._input_repos(row) for row in self.store.list_pipelines()}
+        for spec in specs:
+            # reading its own output is refused on its own, with its own message
+            reads[spec.name] = {jp.leaf_repo(leaf) for leaf in jp.leaves(spec)} - {spec.name}
+        for spec in specs:
+            cycle = find_cycle(reads, spec.name)
+            if cycle is not None:
+                raise InvalidArgument(f"pipeline '{spec.name}' would form a cycle: {' -> '.join(cycle)} "
+                                      "(each name's output is read by the next)")
 
     def _ensure_repo(self, name: str, description: str) -> None:
         try:
@@ -640,7 +670,12 @@ class Scheduler:
             self.store.set_pipeline_state(row.name, "running", "")
         self.logs.note(row.name, job_id, f"started job {job_id}: {len(plan.to_run)} unit(s) to run, "
                                          f"{len(plan.skipped)} datum(s) skipped")
-        self.queue.put(self._tasks(active))
+        try:
+            tasks = self._tasks(active)
+        except NotFound as exc:  # a secret deleted since create-pipeline: fail, do not wait forever
+            self._fail(active, f"cannot run the job: {exc.message}")
+            return
+        self.queue.put(tasks)
         self._changed_now()
         self._maybe_complete(active)
 
@@ -992,6 +1027,33 @@ class Scheduler:
             if deadline is not None and time.monotonic() > deadline:
                 raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
             self.wait_changed(0.5)
+
+
+def find_cycle(reads: dict[str, set[str]], start: str) -> list[str] | None:
+    """The shortest path of data from pipeline ``start``'s output back to ``start``
+    (``[start, ..., start]``), or None. ``reads`` maps each pipeline to the repos it
+    reads; a pipeline's output repo bears its name."""
+    readers: dict[str, list[str]] = {}
+    for pipeline, repos in sorted(reads.items()):
+        for repo in repos:
+            readers.setdefault(repo, []).append(pipeline)
+    parent: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for repo in frontier:
+            for pipeline in readers.get(repo, ()):
+                if pipeline == start:
+                    path = [start]
+                    while repo != start:
+                        path.append(repo)
+                        repo = parent[repo]
+                    return [start, *reversed(path[1:]), start]
+                if pipeline not in parent:
+                    parent[pipeline] = repo
+                    nxt.append(pipeline)
+        frontier = nxt
+    return None
 
 
 def _transform_payload(t, with_err: bool) -> dict:

