@@ -11,15 +11,22 @@ answering, and `pachctl daemon --stop` ends it and every worker within 5 s.
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 from pachctl.client import Client
-from pps.scheduler import find_cycle
+from pps.scheduler import find_cycle, share_workers
+from tests.clihelp import run
+from tests.conftest import pid_gone, wait_for
 from tests.ppshelp import (
     Pachy,
     commit_files,
     flush,
+    pachy_daemon,
     pachy_fixtures,
     pfs,
+    processes,
     spec,
 )
 
@@ -93,3 +100,48 @@ def test_a_secret_deleted_later_fails_the_job_with_the_reason(px: Pachy, c: Clie
     assert job.state == "failure" and "secret 'fleeting' not found" in job.reason, job.reason
     waited = px("wait-job", job.id, rc=1)
     assert "secret 'fleeting' not found" in waited.err
+
+
+# -- item 5: a worker budget, and a prompt stop ---------------------------------------------
+
+
+def test_share_workers_keeps_to_the_budget_busy_pipelines_first() -> None:
+    assert share_workers([("huge", 100_000, True)], 4) == {"huge": 4}
+    # busy first (oldest job first), one each, then in turn; idle pipelines get what is left
+    got = share_workers([("a", 3, True), ("b", 1, True), ("idle", 2, False), ("c", 5, True)], 4)
+    assert got == {"a": 2, "b": 1, "c": 1, "idle": 0}
+    assert share_workers([("a", 1, True), ("idle", 2, False)], 4) == {"a": 1, "idle": 2}
+    assert sum(share_workers([(f"p{i}", 2, True) for i in range(50)], 4).values()) == 4
+
+
+def test_parallelism_100000_gets_the_budget_and_the_daemon_stops_within_5_s(tmp_path: Path) -> None:
+    budget = 2 * len(os.sched_getaffinity(0))
+    with pachy_daemon(tmp_path) as p:
+        c = p.client
+        c.create_repo("many-in")
+        commit_files(c, "many-in", {f"f{i}": b"x" for i in range(3 * budget)})
+        # User code that ignores SIGTERM: the stop must still end it.
+        huge = spec("huge", pfs("many-in"), ["trap '' TERM", "sleep 1000.37"],
+                    parallelism_spec={"constant": 100_000})
+        res = p("create-pipeline", "-f", str(p.write("huge.json", json.dumps(huge))))
+        assert f"this machine runs at most {budget} at once" in res.err, res.err
+        slowest, most = 0.0, 0
+        deadline = time.monotonic() + 30
+        while len(processes("sleep", "1000.37")) < budget or time.monotonic() < deadline - 28:
+            assert time.monotonic() < deadline, f"{len(processes('sleep', '1000.37'))} datums run, want {budget}"
+            # distinct worker ids: a worker forking its user code briefly shows twice
+            most = max(most, len(set(p.worker_pids("huge").values())))
+            t0 = time.monotonic()
+            assert [q.name for q in c.list_pipeline()] == ["huge"]
+            slowest = max(slowest, time.monotonic() - t0)
+        assert most <= budget and len(set(p.worker_pids("huge").values())) == budget
+        assert c.inspect_pipeline("huge").workers == budget
+        assert slowest < 1.0, f"list-pipeline took {slowest:.2f} s"
+        workers, user_code = list(p.worker_pids()), processes("sleep", "1000.37")
+        t0 = time.monotonic()
+        run(p.env, "daemon", "--stop")
+        everything = [p.pid, *workers, *user_code]
+        wait_for(lambda: all(pid_gone(pid) for pid in everything), 5.0 - (time.monotonic() - t0),
+                 "the daemon, its workers and their user code to end")
+        print(f"budget {budget}: at most {most} workers, slowest list-pipeline {slowest * 1000:.0f} ms, "
+              f"everything stopped in {time.monotonic() - t0:.2f} s")

@@ -13,6 +13,8 @@ client or the shim; the worker is reached as a command line.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -123,6 +125,7 @@ class LocalRunner:
                 cwd="/",
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
             )
         w = _Worker(pipeline, wid, proc)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
@@ -141,6 +144,20 @@ class LocalRunner:
             self.on_exit(w.pipeline, w.id, rc)
         except Exception as exc:  # a broken callback must not kill the watcher silently
             print(f"local runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_daemon(daemon_pid: int) -> None:
+    """In the worker before exec: SIGTERM it when the daemon dies, a kill -9 included,
+    so that no worker of a dead daemon goes on running user code (the shim kills its
+    unit on SIGTERM). Linux sends it when the *thread* that started the worker ends:
+    workers are started by the scheduler's thread, which lives as long as the daemon."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != daemon_pid:  # the daemon died before the line above
+        os._exit(1)
 
 
 def _index(wid: str) -> int:
