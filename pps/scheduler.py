@@ -83,6 +83,7 @@ class Scheduler:
         self._services: dict[str, tuple[str, str]] = {}
         self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
         self._starting: set[str] = set()  # pipelines whose long-running task is being started
+        self._waiting_for_workers: set[str] = set()  # busy, but the worker budget is in use elsewhere
         self._thread: threading.Thread | None = None
         self._stopping_workers: threading.Thread | None = None
         self._closed = False
@@ -458,10 +459,18 @@ class Scheduler:
                     held.add(row.name)
         order.sort()
         shares = share_workers([(name, wants[name], rank < 2) for rank, _t, name in order], self.max_workers)
+        starved = {name for rank, _t, name in order if rank < 2 and wants[name] and not shares[name]}
+        for name in starved - self._waiting_for_workers:
+            self.logs.note(name, None, f"waiting for a worker: all {self.max_workers} the machine runs at once "
+                                       "are busy with other pipelines (PACHY_MAX_WORKERS)")
+        self._waiting_for_workers = starved
         running = {name: self.runner.running(name) for name in shares}
         for name in sorted(shares, key=lambda n: shares[n] >= running[n]):  # shrink first
             if name not in held:
-                self.runner.ensure(name, shares[name])
+                # A worker stopped here (its share went to another pipeline) does not report its
+                # exit: its task goes back to the queue now, not when a worker of that id asks again.
+                for worker in self.runner.ensure(name, shares[name]) or ():
+                    self.queue.release_worker(worker)
         for row in rows:
             if row.name not in held and row.name in wants:
                 self._show_worker_state(row, wants[row.name])

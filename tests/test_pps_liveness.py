@@ -10,8 +10,10 @@ answering, and `pachctl daemon --stop` ends it and every worker within 5 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -141,7 +143,69 @@ def test_parallelism_100000_gets_the_budget_and_the_daemon_stops_within_5_s(tmp_
         t0 = time.monotonic()
         run(p.env, "daemon", "--stop")
         everything = [p.pid, *workers, *user_code]
-        wait_for(lambda: all(pid_gone(pid) for pid in everything), 5.0 - (time.monotonic() - t0),
-                 "the daemon, its workers and their user code to end")
+        try:
+            wait_for(lambda: all(pid_gone(pid) for pid in everything), 5.0 - (time.monotonic() - t0),
+                     "the daemon, its workers and their user code to end")
+        finally:
+            _kill(processes("sleep", "1000.37"))
         print(f"budget {budget}: at most {most} workers, slowest list-pipeline {slowest * 1000:.0f} ms, "
               f"everything stopped in {time.monotonic() - t0:.2f} s")
+
+
+def test_workers_of_a_killed_daemon_end_with_it(tmp_path: Path) -> None:
+    """kill -9 of the daemon: its workers and their user code end at once (before:
+    they ran on beside the next daemon's workers until the user code finished)."""
+    with pachy_daemon(tmp_path) as p:
+        c = p.client
+        c.create_repo("orph-in")
+        commit_files(c, "orph-in", {"a": b"1", "b": b"2"})
+        c.create_pipeline(spec("orph", pfs("orph-in"), ["trap '' TERM", "sleep 1000.43"],
+                               parallelism_spec={"constant": 2}))
+        user_code = wait_for(lambda: len(found := processes("sleep", "1000.43")) == 2 and found, 30,
+                             "both datums to run")
+        workers = list(p.worker_pids("orph"))
+        p.kill9()
+        try:
+            wait_for(lambda: all(pid_gone(pid) for pid in [*workers, *user_code]), 5,
+                     "the killed daemon's workers and their user code to end")
+        finally:
+            _kill(processes("sleep", "1000.43"))
+
+
+def _kill(pids: list[int]) -> None:
+    """Leave nothing behind if a test fails (its user code ignores SIGTERM)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_pipelines_share_one_worker_budget_and_each_job_gets_its_turn(tmp_path: Path) -> None:
+    gate = tmp_path / "go"
+    wait = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    with pachy_daemon(tmp_path / "d", PACHY_MAX_WORKERS="2") as p:
+        c = p.client
+
+        def workers(pipeline: str | None = None) -> int:
+            n = len(set(p.worker_pids(pipeline).values()))
+            assert pipeline or n <= 2, f"{n} workers, budget 2"
+            return n
+
+        c.create_repo("share-in")
+        head = commit_files(c, "share-in", {"a": b"1", "b": b"2"})
+        c.create_pipeline(spec("first", pfs("share-in"), wait, parallelism_spec={"constant": 2}))
+        wait_for(lambda: workers("first") == 2 and workers(), 30, "2 workers for the first job")
+        # A second job: the first pipeline gives up one worker (its task goes back to the queue).
+        c.create_pipeline(spec("second", pfs("share-in"), wait))
+        wait_for(lambda: workers("second") == 1 and workers("first") == 1 and workers(), 30,
+                 "one worker each")
+        # A third: the budget is in use; its job waits, and says so.
+        c.create_pipeline(spec("third", pfs("share-in"), "cp /pfs/share-in/* /pfs/out/"))
+        wait_for(lambda: workers() and any("waiting for a worker" in line.message
+                                           for line in c.get_logs(pipeline="third")), 10, "the third to wait")
+        assert workers("third") == 0
+        gate.touch()
+        res = flush(c, "share-in", head, timeout=60)  # every job runs in its turn
+        assert not res.failed_jobs and len(res.commits) == 3
+        assert {r.name: r.last_job_state for r in c.list_pipeline()} == dict.fromkeys(
+            ("first", "second", "third"), "success")
+        assert workers() <= 2

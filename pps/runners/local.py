@@ -59,8 +59,9 @@ class LocalRunner:
 
     # -- the interface --------------------------------------------------------
 
-    def ensure(self, pipeline: str, workers: int) -> None:
-        """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``.
+    def ensure(self, pipeline: str, workers: int) -> list[str]:
+        """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``;
+        returns the ids of those it stopped (their tasks are for others to take).
 
         ``<run>`` differs per runner, so workers orphaned by a killed daemon (still
         retrying for a while) never share an id or scratch directory with new ones."""
@@ -75,6 +76,7 @@ class LocalRunner:
                     have[wid] = self._start(pipeline, wid)
             extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
         _terminate(extra, 5.0)
+        return [w.id for w in extra]
 
     def stop(self, pipeline: str, timeout: float = 5.0) -> None:
         """SIGTERM the pipeline's workers, SIGKILL what is left after ``timeout``; waits."""
