@@ -84,6 +84,7 @@ class Scheduler:
         self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
         self._starting: set[str] = set()  # pipelines whose long-running task is being started
         self._waiting_for_workers: set[str] = set()  # busy, but the worker budget is in use elsewhere
+        self._ensuring = threading.Lock()  # workers started for a pipeline vs. the pipeline deleted
         self._thread: threading.Thread | None = None
         self._stopping_workers: threading.Thread | None = None
         self._closed = False
@@ -317,6 +318,9 @@ class Scheduler:
             self.store.delete_pipeline(db, name)
             for j in jobs:
                 self.pfs.unpin(f"job/{j}/", db)
+        if self.runner is not None:
+            with self._ensuring:  # workers a tick started meanwhile (from rows read before the delete)
+                self.runner.stop(name)
         self.logs.delete_jobs(jobs)
         if not keep_repo:
             try:
@@ -465,14 +469,16 @@ class Scheduler:
                                        "are busy with other pipelines (PACHY_MAX_WORKERS)")
         self._waiting_for_workers = starved
         running = {name: self.runner.running(name) for name in shares}
-        for name in sorted(shares, key=lambda n: shares[n] >= running[n]):  # shrink first
-            if name not in held:
-                # A worker stopped here (its share went to another pipeline) does not report its
-                # exit: its task goes back to the queue now, not when a worker of that id asks again.
-                for worker in self.runner.ensure(name, shares[name]) or ():
-                    self.queue.release_worker(worker)
+        with self._ensuring:
+            exist = {p.name for p in self.store.list_pipelines()}  # not deleted since the tick began
+            for name in sorted(shares, key=lambda n: shares[n] >= running[n]):  # shrink first
+                if name in exist and name not in held:
+                    # A worker stopped here (its share went to another pipeline) does not report its
+                    # exit: its task goes back to the queue now, not when a worker of that id asks again.
+                    for worker in self.runner.ensure(name, shares[name]) or ():
+                        self.queue.release_worker(worker)
         for row in rows:
-            if row.name not in held and row.name in wants:
+            if row.name not in held and row.name in shares:
                 self._show_worker_state(row, wants[row.name])
 
     def _show_worker_state(self, row: PipelineRow, want: int) -> None:
