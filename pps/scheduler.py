@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError
+from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, Unreachable
 from pps import jobs as jp
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
@@ -43,6 +43,9 @@ TICK = 1.0
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 3
 RERUN_REASON = "the daemon stopped while the job ran; it runs again"
+# A stopping daemon gives its workers this long before SIGKILL: above a service's own
+# SIGTERM grace (shim.longrun, 3 s), and short enough that a stop ends within 5 s.
+STOP_GRACE = 3.5
 
 
 @dataclass
@@ -109,8 +112,8 @@ class Scheduler:
         self.queue.close()
         self._changed_now()
         if self.runner is not None:
-            self._stopping_workers = threading.Thread(target=self.runner.close, name="pps-stop-workers",
-                                                      daemon=True)
+            self._stopping_workers = threading.Thread(target=self.runner.close, args=(STOP_GRACE,),
+                                                      name="pps-stop-workers", daemon=True)
             self._stopping_workers.start()
 
     def close(self) -> None:
@@ -1089,7 +1092,7 @@ class Scheduler:
             if deadline is not None and time.monotonic() > deadline:
                 raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
             if self._closed:
-                raise PfsError("the daemon is stopping; run the command again once it is back")
+                raise Unreachable("the daemon is stopping; run the command again once it is back")
             self.wait_changed(0.5)
 
 

@@ -16,10 +16,11 @@ import contextlib
 import json
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
-from pachctl.client import Client
+from pachctl.client import Client, errors
 from pps.scheduler import find_cycle, share_workers
 from tests.conftest import pid_gone, wait_for
 from tests.ppshelp import (
@@ -141,18 +142,38 @@ def test_parallelism_100000_gets_the_budget_and_the_daemon_stops_within_5_s(tmp_
         assert c.inspect_pipeline("huge").workers == budget
         assert slowest < 1.0, f"list-pipeline took {slowest:.2f} s"
         workers, user_code = list(p.worker_pids()), processes("sleep", "1000.37")
+        # A client following the logs (a request in flight) must not hold the stop up, nor hang.
+        following, ended = threading.Event(), threading.Event()
+        waiter = threading.Thread(target=_follow_logs, args=(p, "huge", following, ended), daemon=True)
+        waiter.start()
+        wait_for(following.is_set, 10, "get-logs -f to stream")
         # `pachctl daemon --stop` sends the daemon this SIGTERM and waits; sent from here, the
         # time measured is the daemon's, not a loaded machine's Python start-up of pachctl.
         t0 = time.monotonic()
         os.kill(p.pid, signal.SIGTERM)
-        everything = [p.pid, *workers, *user_code]
+        everything = {"daemon": [p.pid], "workers": workers, "user code": user_code}
         try:
-            wait_for(lambda: all(pid_gone(pid) for pid in everything), 5.0 - (time.monotonic() - t0),
-                     "the daemon, its workers and their user code to end")
+            wait_for(lambda: all(pid_gone(pid) for pids in everything.values() for pid in pids),
+                     5.0 - (time.monotonic() - t0), "the daemon, its workers and their user code to end")
+        except AssertionError as exc:
+            left = {what: [pid for pid in pids if not pid_gone(pid)] for what, pids in everything.items()}
+            raise AssertionError(f"{exc}; still running: {left}") from None
         finally:
             _kill(processes("sleep", "1000.37"))
+        assert ended.wait(5), "get-logs -f still streams from a stopped daemon"
         print(f"budget {budget}: at most {most} workers, slowest list-pipeline {slowest * 1000:.0f} ms, "
               f"everything stopped in {time.monotonic() - t0:.2f} s")
+
+
+def _follow_logs(p: Pachy, pipeline: str, following: threading.Event, ended: threading.Event) -> None:
+    with Client(home=str(p.home), autostart=False, timeout=60) as client:
+        try:
+            for _line in client.get_logs(pipeline=pipeline, follow=True):
+                following.set()
+        except errors.PfsError:
+            pass  # the daemon went away mid-stream
+        finally:
+            ended.set()
 
 
 def test_workers_of_a_killed_daemon_end_with_it(tmp_path: Path) -> None:

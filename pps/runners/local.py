@@ -92,13 +92,14 @@ class LocalRunner:
         with self._lock:
             return sum(1 for w in self._workers.get(pipeline, {}).values() if w.alive())
 
-    def close(self) -> None:
-        """Stop every worker (all at once, not one pipeline after another)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker (all at once, not one pipeline after another); SIGKILL
+        what is left after ``timeout``."""
         with self._lock:
             self._closed = True
             workers = [w for ws in self._workers.values() for w in ws.values()]
             self._workers.clear()
-        _terminate(workers, 5.0)
+        _terminate(workers, timeout)
 
     # -- processes ------------------------------------------------------------
 
