@@ -1096,9 +1096,14 @@ class Scheduler:
             self.wait_changed(0.5)
 
 
+WORKER_MEMORY = 256 << 20  # a worker (~50 MB of Python) and room for its user code
+
+
 def default_max_workers() -> int:
     """Worker processes this machine runs at once, all pipelines together:
-    ``PACHY_MAX_WORKERS``, else 2 per core this process may use."""
+    ``PACHY_MAX_WORKERS``, else 2 per core this process may use (one computing
+    while the other reads or writes), and no more than ``WORKER_MEMORY`` each
+    of the machine's memory allows."""
     given = os.environ.get("PACHY_MAX_WORKERS", "").strip()
     if given:
         try:
@@ -1111,7 +1116,14 @@ def default_max_workers() -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return 2 * max(1, cores)
+    budget = 2 * max(1, cores)
+    try:
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemTotal:"))
+        budget = min(budget, max(1, total // WORKER_MEMORY))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return budget
 
 
 def share_workers(wants: list[tuple[str, int, bool]], budget: int) -> dict[str, int]:

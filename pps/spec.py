@@ -677,7 +677,7 @@ def inert_fields(spec: PipelineSpec, caps: Capabilities) -> list[tuple[str, str]
     if caps.max_workers and p.workers() > caps.max_workers:
         note("parallelism_spec.coefficient" if p.coefficient else "parallelism_spec.constant",
              f"{p.workers()} workers asked for; this machine runs at most {caps.max_workers} at once, shared "
-             "by all pipelines (PACHY_MAX_WORKERS; default 2 per core), so the pipeline gets at most "
+             "by all pipelines (PACHY_MAX_WORKERS; by default 2 per core), so the pipeline gets at most "
              f"{caps.max_workers}")
     if not caps.s3_gateway:
         reason = "needs an S3 gateway in the worker; none is available here"
