@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         config.accesslog = None
         config.errorlog = "-"
         config.keep_alive_timeout = 60
+        # A stop waits this long for requests in flight (long polls are woken at once):
+        # SIGTERM or `pachctl daemon --stop` ends the daemon within a few seconds.
+        config.graceful_timeout = 1.0
         config.h11_max_incomplete_size = 64 * 1024
         token = None
         if args.listen:
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
         scheduler.start()
         _calm_gc()
-        trio.run(_serve, app, config, mounts, scheduler.queue.close)
+        trio.run(_serve, app, config, mounts, scheduler.begin_close)
     finally:
         scheduler.close()
         os.umask(old_umask)

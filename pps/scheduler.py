@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError
+from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, Unreachable
 from pps import jobs as jp
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
@@ -42,6 +43,9 @@ TICK = 1.0
 CRASH_WINDOW = 60.0
 CRASH_LIMIT = 3
 RERUN_REASON = "the daemon stopped while the job ran; it runs again"
+# A stopping daemon gives its workers this long before SIGKILL: above a service's own
+# SIGTERM grace (shim.longrun, 3 s), and short enough that a stop ends within 5 s.
+STOP_GRACE = 3.5
 
 
 @dataclass
@@ -63,13 +67,16 @@ class Trigger:
 
 
 class Scheduler:
-    def __init__(self, pfs, home: str, *, runner=None, capabilities: Capabilities | None = None):
+    def __init__(self, pfs, home: str, *, runner=None, capabilities: Capabilities | None = None,
+                 max_workers: int | None = None):
         self.pfs = pfs
         self.store = PpsStore(pfs)
         self.queue = TaskQueue()
         self.logs = LogStore(home)
         self.runner = runner
-        self.capabilities = capabilities or Capabilities()
+        # One budget of worker processes for all pipelines: parallelism asks, the budget decides.
+        self.max_workers = max_workers if max_workers is not None else default_max_workers()
+        self.capabilities = replace(capabilities or Capabilities(), max_workers=self.max_workers)
         self._wake = threading.Event()
         self._changed = threading.Condition()
         self._lock = threading.RLock()
@@ -79,7 +86,10 @@ class Scheduler:
         self._services: dict[str, tuple[str, str]] = {}
         self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
         self._starting: set[str] = set()  # pipelines whose long-running task is being started
+        self._waiting_for_workers: set[str] = set()  # busy, but the worker budget is in use elsewhere
+        self._ensuring = threading.Lock()  # workers started for a pipeline vs. the pipeline deleted
         self._thread: threading.Thread | None = None
+        self._stopping_workers: threading.Thread | None = None
         self._closed = False
         pfs.on_finish.append(lambda _info: self.notify())
 
@@ -90,14 +100,28 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="pps-scheduler", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
-        self._closed = True
+    def begin_close(self) -> None:
+        """The daemon is stopping: no new work, waiters and long polls woken, and every
+        worker told to stop at once, in a thread of its own, while the API shuts down
+        (workers, and the user code they kill, end in parallel with the rest)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._wake.set()
         self.queue.close()
+        self._changed_now()
+        if self.runner is not None:
+            self._stopping_workers = threading.Thread(target=self.runner.close, args=(STOP_GRACE,),
+                                                      name="pps-stop-workers", daemon=True)
+            self._stopping_workers.start()
+
+    def close(self) -> None:
+        self.begin_close()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        if self.runner is not None:
-            self.runner.close()
+        if self._stopping_workers is not None:
+            self._stopping_workers.join(timeout=15)
 
     def notify(self) -> None:
         self._wake.set()
@@ -128,6 +152,10 @@ class Scheduler:
         """create-/update-pipeline; ``one_off`` (create-job): the pipeline is created
         stopped and given one job on its inputs' heads."""
         specs = parse_specs(text)
+        # Checked for the whole batch before anything is written: a refused spec changes nothing.
+        for spec in specs:
+            self._check_secrets(spec)
+        self._check_cycles(specs)
         out = []
         for spec in specs:
             row = self._put_pipeline(spec, update=update, reprocess=reprocess, stopped=one_off)
@@ -208,6 +236,32 @@ class Scheduler:
             self.request_run(spec.name, [])
         return row
 
+    def _check_secrets(self, spec: PipelineSpec) -> None:
+        """Every secret the transform names exists (with the key it reads): a missing
+        one would otherwise only show when a job starts."""
+        for i, sec in enumerate(spec.transform.secrets):
+            try:
+                data = self.store.get_secret(sec.name)
+            except NotFound:
+                raise NotFound(f"transform.secrets[{i}].name: secret '{sec.name}' not found; create it first "
+                               "(pachctl create-secret -f SECRET.json)") from None
+            if sec.key and sec.key not in data:
+                raise InvalidArgument(f"transform.secrets[{i}].key: secret '{sec.name}' has no key '{sec.key}' "
+                                      f"(it has: {', '.join(sorted(data)) or 'none'})")
+
+    def _check_cycles(self, specs: list[PipelineSpec]) -> None:
+        """Refuse a pipeline whose output would, through other pipelines, feed its own
+        input: each output commit would trigger the next job forever."""
+        reads = {row.name: self._input_repos(row) for row in self.store.list_pipelines()}
+        for spec in specs:
+            # reading its own output is refused on its own, with its own message
+            reads[spec.name] = {jp.leaf_repo(leaf) for leaf in jp.leaves(spec)} - {spec.name}
+        for spec in specs:
+            cycle = find_cycle(reads, spec.name)
+            if cycle is not None:
+                raise InvalidArgument(f"pipeline '{spec.name}' would form a cycle: {' -> '.join(cycle)} "
+                                      "(each name's output is read by the next)")
+
     def _ensure_repo(self, name: str, description: str) -> None:
         try:
             self.pfs.create_repo(name, description)
@@ -267,6 +321,9 @@ class Scheduler:
             self.store.delete_pipeline(db, name)
             for j in jobs:
                 self.pfs.unpin(f"job/{j}/", db)
+        if self.runner is not None:
+            with self._ensuring:  # workers a tick started meanwhile (from rows read before the delete)
+                self.runner.stop(name)
         self.logs.delete_jobs(jobs)
         if not keep_repo:
             try:
@@ -335,7 +392,8 @@ class Scheduler:
 
     def tick(self) -> None:
         now = time.monotonic()
-        for row in self.store.list_pipelines():
+        rows = self.store.list_pipelines()
+        for row in rows:
             with self._lock:
                 job = self.active.get(row.name)
             if job is not None:
@@ -348,7 +406,6 @@ class Scheduler:
                     explicit = bool(self._runs.get(row.name)) and row.name not in self.active
                 if explicit:
                     self._start_or_report(row)
-                self._manage_workers(row)
                 continue
             try:
                 self._cron_ticks(row)
@@ -358,7 +415,7 @@ class Scheduler:
                 busy = row.name in self.active
             if not busy:
                 self._start_or_report(row)
-            self._manage_workers(row)
+        self._manage_workers(rows)
 
     def _start_or_report(self, row: PipelineRow) -> None:
         """Start the next job; a failure to plan it shows in the pipeline's state and
@@ -373,31 +430,69 @@ class Scheduler:
                 self.store.set_pipeline_state(row.name, "failure", f"cannot start a job: {reason}")
                 self.logs.note(row.name, None, f"cannot start a job: {reason}")
 
-    def _manage_workers(self, row: PipelineRow) -> None:
-        if self.runner is None:
+    def _manage_workers(self, rows: list[PipelineRow]) -> None:
+        """Share the worker budget between pipelines (``share_workers``) and have the
+        runner start or stop workers to match; shrinking first, so that the total
+        never exceeds the budget while workers move from one pipeline to another."""
+        if self.runner is None or self._closed:
             return
-        spec = self.spec_of(row)
-        with self._lock:
-            busy = row.name in self.active or row.name in self._services
-        want = max(1, spec.parallelism_spec.workers())
-        if (spec.standby or spec.autoscaling or row.stopped) and not busy:
-            want = 0
-        crashes = [t for t in self._crashes.get(row.name, []) if time.monotonic() - t < CRASH_WINDOW]
-        self._crashes[row.name] = crashes
-        if len(crashes) >= CRASH_LIMIT and want:
-            if row.state != "crashing":
-                self.store.set_pipeline_state(row.name, "crashing", f"{len(crashes)} worker(s) died in the "
-                                              f"last minute; see {self.logs.dir}/../workers/")
-            if time.monotonic() - crashes[-1] < 5.0:
-                return
-        self.runner.ensure(row.name, want)
+        now = time.monotonic()
+        wants: dict[str, int] = {}
+        held: set[str] = set()  # crashing: no restart for a while
+        order: list[tuple[int, float, str]] = []  # services first, then jobs oldest first, then idle
+        for row in rows:
+            try:
+                spec = self.spec_of(row)
+            except PfsError:
+                wants[row.name] = 0
+                continue
+            with self._lock:
+                job = self.active.get(row.name)
+                service = row.name in self._services
+            busy = job is not None or service
+            want = max(1, spec.parallelism_spec.workers())
+            if (spec.standby or spec.autoscaling or row.stopped) and not busy:
+                want = 0
+            wants[row.name] = want
+            order.append((0, 0.0, row.name) if service else (1, job.row.created, row.name) if job is not None
+                         else (2, row.created, row.name))
+            crashes = [t for t in self._crashes.get(row.name, []) if now - t < CRASH_WINDOW]
+            self._crashes[row.name] = crashes
+            if len(crashes) >= CRASH_LIMIT and want:
+                if row.state != "crashing":
+                    self.store.set_pipeline_state(row.name, "crashing", f"{len(crashes)} worker(s) died in "
+                                                  f"the last minute; see {self.logs.dir}/../workers/")
+                if now - crashes[-1] < 5.0:
+                    held.add(row.name)
+        order.sort()
+        shares = share_workers([(name, wants[name], rank < 2) for rank, _t, name in order], self.max_workers)
+        starved = {name for rank, _t, name in order if rank < 2 and wants[name] and not shares[name]}
+        for name in starved - self._waiting_for_workers:
+            self.logs.note(name, None, f"waiting for a worker: all {self.max_workers} the machine runs at once "
+                                       "are busy with other pipelines (PACHY_MAX_WORKERS)")
+        self._waiting_for_workers = starved
+        running = {name: self.runner.running(name) for name in shares}
+        with self._ensuring:
+            exist = {p.name for p in self.store.list_pipelines()}  # not deleted since the tick began
+            for name in sorted(shares, key=lambda n: shares[n] >= running[n]):  # shrink first
+                if name in exist and name not in held:
+                    # A worker stopped here (its share went to another pipeline) does not report its
+                    # exit: its task goes back to the queue now, not when a worker of that id asks again.
+                    for worker in self.runner.ensure(name, shares[name]) or ():
+                        self.queue.release_worker(worker)
+        for row in rows:
+            if row.name not in held and row.name in shares:
+                self._show_worker_state(row, wants[row.name])
+
+    def _show_worker_state(self, row: PipelineRow, want: int) -> None:
+        crashing = len(self._crashes.get(row.name, [])) >= CRASH_LIMIT
         state = "paused" if row.stopped else "standby" if want == 0 else "running"
         if row.stopped and row.state == "paused":
             return
         now_row = self.store.find_pipeline(row.name)
         if now_row is None or now_row.state == "failure":
             return  # stays until a job starts (or the pipeline is updated, stopped or started)
-        if row.state != state and not (row.state == "crashing" and len(crashes) >= CRASH_LIMIT):
+        if row.state != state and not (row.state == "crashing" and crashing):
             self.store.set_pipeline_state(row.name, state, "")
 
     def _cron_ticks(self, row: PipelineRow) -> None:
@@ -640,7 +735,12 @@ class Scheduler:
             self.store.set_pipeline_state(row.name, "running", "")
         self.logs.note(row.name, job_id, f"started job {job_id}: {len(plan.to_run)} unit(s) to run, "
                                          f"{len(plan.skipped)} datum(s) skipped")
-        self.queue.put(self._tasks(active))
+        try:
+            tasks = self._tasks(active)
+        except NotFound as exc:  # a secret deleted since create-pipeline: fail, do not wait forever
+            self._fail(active, f"cannot run the job: {exc.message}")
+            return
+        self.queue.put(tasks)
         self._changed_now()
         self._maybe_complete(active)
 
@@ -649,7 +749,7 @@ class Scheduler:
         units = [u for u in job.plan.to_run if u.unit_id not in job.results]
         if not units:
             return []
-        workers = max(1, spec.parallelism_spec.workers())
+        workers = min(max(1, spec.parallelism_spec.workers()), self.max_workers)
         per_task = max(1, min(64, len(units) // (workers * 4) or 1))
         if spec.datum_set_spec is not None and spec.datum_set_spec.number:
             per_task = spec.datum_set_spec.number  # units per task: what a worker takes at a time
@@ -909,7 +1009,7 @@ class Scheduler:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             row = self.store.get_job(job_id)
-            if row.done or (deadline is not None and time.monotonic() > deadline):
+            if row.done or (deadline is not None and time.monotonic() > deadline) or self._closed:
                 return row
             self.wait_changed(0.5)
 
@@ -991,7 +1091,87 @@ class Scheduler:
                 return list(dict.fromkeys(found)), failed
             if deadline is not None and time.monotonic() > deadline:
                 raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
+            if self._closed:
+                raise Unreachable("the daemon is stopping; run the command again once it is back")
             self.wait_changed(0.5)
+
+
+WORKER_MEMORY = 256 << 20  # a worker (~50 MB of Python) and room for its user code
+
+
+def default_max_workers() -> int:
+    """Worker processes this machine runs at once, all pipelines together:
+    ``PACHY_MAX_WORKERS``, else 2 per core this process may use (one computing
+    while the other reads or writes), and no more than ``WORKER_MEMORY`` each
+    of the machine's memory allows."""
+    given = os.environ.get("PACHY_MAX_WORKERS", "").strip()
+    if given:
+        try:
+            if int(given) >= 1:
+                return int(given)
+        except ValueError:
+            pass
+        log.warning("PACHY_MAX_WORKERS=%r is not a positive integer; using 2 per core", given)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    budget = 2 * max(1, cores)
+    try:
+        with open("/proc/meminfo") as f:
+            total = next(int(line.split()[1]) << 10 for line in f if line.startswith("MemTotal:"))
+        budget = min(budget, max(1, total // WORKER_MEMORY))
+    except (OSError, StopIteration, ValueError):
+        pass
+    return budget
+
+
+def share_workers(wants: list[tuple[str, int, bool]], budget: int) -> dict[str, int]:
+    """Workers per pipeline within ``budget``. ``wants`` is ``(pipeline, workers
+    wanted, busy)`` in order of priority. Busy pipelines (a job or a service) come
+    first: one worker each in order while the budget lasts (so the oldest job always
+    runs), then one more each in turn up to what they want; idle pipelines share
+    what is left the same way."""
+    shares = {name: 0 for name, _w, _b in wants}
+    left = budget
+    for group in ([w for w in wants if w[2]], [w for w in wants if not w[2]]):
+        while left > 0:
+            gave = False
+            for name, want, _busy in group:
+                if left > 0 and shares[name] < want:
+                    shares[name] += 1
+                    left -= 1
+                    gave = True
+            if not gave:
+                break
+    return shares
+
+
+def find_cycle(reads: dict[str, set[str]], start: str) -> list[str] | None:
+    """The shortest path of data from pipeline ``start``'s output back to ``start``
+    (``[start, ..., start]``), or None. ``reads`` maps each pipeline to the repos it
+    reads; a pipeline's output repo bears its name."""
+    readers: dict[str, list[str]] = {}
+    for pipeline, repos in sorted(reads.items()):
+        for repo in repos:
+            readers.setdefault(repo, []).append(pipeline)
+    parent: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for repo in frontier:
+            for pipeline in readers.get(repo, ()):
+                if pipeline == start:
+                    path = [start]
+                    while repo != start:
+                        path.append(repo)
+                        repo = parent[repo]
+                    return [start, *reversed(path[1:]), start]
+                if pipeline not in parent:
+                    parent[pipeline] = repo
+                    nxt.append(pipeline)
+        frontier = nxt
+    return None
 
 
 def _transform_payload(t, with_err: bool) -> dict:

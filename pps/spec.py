@@ -202,6 +202,7 @@ class Capabilities:
     runner: str = "local"  # local | docker | kubernetes
     gpus: int = 0
     s3_gateway: bool = False
+    max_workers: int = 0  # workers this machine runs at once, all pipelines together (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -672,6 +673,12 @@ def inert_fields(spec: PipelineSpec, caps: Capabilities) -> list[tuple[str, str]
                 note(f"{prefix}.type", f"{KUBE_ONLY} (kubernetes Service type)", svc.type)
                 note(f"{prefix}.ip", f"{KUBE_ONLY} (kubernetes Service IP)", svc.ip)
                 note(f"{prefix}.annotations", KUBE_ONLY, svc.annotations)
+    p = spec.parallelism_spec
+    if caps.max_workers and p.workers() > caps.max_workers:
+        note("parallelism_spec.coefficient" if p.coefficient else "parallelism_spec.constant",
+             f"{p.workers()} workers asked for; this machine runs at most {caps.max_workers} at once, shared "
+             "by all pipelines (PACHY_MAX_WORKERS; by default 2 per core), so the pipeline gets at most "
+             f"{caps.max_workers}")
     if not caps.s3_gateway:
         reason = "needs an S3 gateway in the worker; none is available here"
         note("s3_out", reason, spec.s3_out)

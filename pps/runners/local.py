@@ -13,6 +13,8 @@ client or the shim; the worker is reached as a command line.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -57,8 +59,9 @@ class LocalRunner:
 
     # -- the interface --------------------------------------------------------
 
-    def ensure(self, pipeline: str, workers: int) -> None:
-        """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``.
+    def ensure(self, pipeline: str, workers: int) -> list[str]:
+        """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``;
+        returns the ids of those it stopped (their tasks are for others to take).
 
         ``<run>`` differs per runner, so workers orphaned by a killed daemon (still
         retrying for a while) never share an id or scratch directory with new ones."""
@@ -73,6 +76,7 @@ class LocalRunner:
                     have[wid] = self._start(pipeline, wid)
             extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
         _terminate(extra, 5.0)
+        return [w.id for w in extra]
 
     def stop(self, pipeline: str, timeout: float = 5.0) -> None:
         """SIGTERM the pipeline's workers, SIGKILL what is left after ``timeout``; waits."""
@@ -88,13 +92,14 @@ class LocalRunner:
         with self._lock:
             return sum(1 for w in self._workers.get(pipeline, {}).values() if w.alive())
 
-    def close(self) -> None:
-        """Stop every worker (all at once, not one pipeline after another)."""
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker (all at once, not one pipeline after another); SIGKILL
+        what is left after ``timeout``."""
         with self._lock:
             self._closed = True
             workers = [w for ws in self._workers.values() for w in ws.values()]
             self._workers.clear()
-        _terminate(workers, 5.0)
+        _terminate(workers, timeout)
 
     # -- processes ------------------------------------------------------------
 
@@ -123,6 +128,7 @@ class LocalRunner:
                 cwd="/",
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
             )
         w = _Worker(pipeline, wid, proc)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
@@ -141,6 +147,20 @@ class LocalRunner:
             self.on_exit(w.pipeline, w.id, rc)
         except Exception as exc:  # a broken callback must not kill the watcher silently
             print(f"local runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_daemon(daemon_pid: int) -> None:
+    """In the worker before exec: SIGTERM it when the daemon dies, a kill -9 included,
+    so that no worker of a dead daemon goes on running user code (the shim kills its
+    unit on SIGTERM). Linux sends it when the *thread* that started the worker ends:
+    workers are started by the scheduler's thread, which lives as long as the daemon."""
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != daemon_pid:  # the daemon died before the line above
+        os._exit(1)
 
 
 def _index(wid: str) -> int:
