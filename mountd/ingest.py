@@ -12,8 +12,23 @@ from typing import Any
 
 from mountd import wire
 from pfsfuse.errors import InvalidArgument
+from pfsfuse.files import WriteSession
+from pfsfuse.pfs import PFS
 
 SMALL_FILE = 1 << 20
+
+NEW_COMMIT_DOC = (
+    "ref names a branch: start a commit on it, write, finish it, all in one step; "
+    "if the upload breaks off the branch is left as it was (put-file -c)"
+)
+
+
+def open_session(pfs: PFS, repo: str, ref: str, new_commit: bool) -> WriteSession:
+    """The session an upload writes into: the open commit ``ref``, or with
+    ``new_commit`` a commit made on branch ``ref`` once the upload is whole."""
+    session = pfs.new_commit_session(repo, ref) if new_commit else pfs.write_session(repo, ref)
+    session.strict_paths = True  # clients name new files: no control characters, no trailing '/'
+    return session
 
 
 class WireIngest:
