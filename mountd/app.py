@@ -6,12 +6,13 @@ of a few MiB, so no request holds a whole file in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
 import stat
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 import trio
@@ -125,6 +126,19 @@ def _put_result(session: WriteSession) -> models.PutResult:
 
 def _commit(info) -> models.Commit:
     return models.Commit(**info.to_dict())
+
+
+@contextlib.asynccontextmanager
+async def upload_session(pfs: PFS, repo: str, ref: str, new_commit: bool) -> AsyncIterator[WriteSession]:
+    """A write session for one upload request, closed in a worker thread even
+    when the request is cancelled: closing an abandoned session deletes the
+    packs it wrote (and waits for those still being written)."""
+    session = await run(open_session, pfs, repo, ref, new_commit)
+    try:
+        yield session
+    finally:
+        with trio.CancelScope(shield=True):
+            await run(session.close)
 
 
 class LocalUnavailable(PfsError):
@@ -375,7 +389,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
                 raise LocalUnavailable("local files are read only for clients on the daemon's unix socket")
             return await run(ingest_local, pfs, repo, ref, path, local, dev, ino, overwrite, new_commit)
         try:
-            with await run(open_session, pfs, repo, ref, new_commit) as session:
+            async with upload_session(pfs, repo, ref, new_commit) as session:
                 stream = await run(session.put_stream, path)
                 await pump(request, stream.write)
                 refs = await run(stream.finish)
@@ -391,7 +405,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         request: Request, repo: str, ref: str = Query(...), new_commit: bool = Query(False, description=NEW_COMMIT_DOC)
     ):
         try:
-            with await run(open_session, pfs, repo, ref, new_commit) as session:
+            async with upload_session(pfs, repo, ref, new_commit) as session:
                 ingest = BatchIngest(session)
                 await pump(request, ingest.feed)
                 return await run(ingest.close)

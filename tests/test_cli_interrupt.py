@@ -172,7 +172,9 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield disk
 
 
-def test_put_c_on_full_disk_removes_its_packs_at_once(small_disk: Path, start_daemon: Callable[..., Daemon]) -> None:
+def test_put_c_on_full_disk_removes_its_packs_at_once(
+    small_disk: Path, tmp_path: Path, start_daemon: Callable[..., Daemon]
+) -> None:
     home = small_disk / "home"
     d = start_daemon(home)
     c: Client = d.client
@@ -189,6 +191,15 @@ def test_put_c_on_full_disk_removes_its_packs_at_once(small_disk: Path, start_da
     assert os.statvfs(small_disk).f_bavail >= free_before - 64  # within a few blocks (the log grows)
     assert [x.id for x in c.list_commit("r")] == before_commits
     assert c.inspect_commit("r", "master").finished is not None
+    # The same through the CLI (the daemon reads the local file itself): exit 7.
+    big = tmp_path / "big.bin"  # not on the small disk
+    with open(big, "wb") as f:
+        for piece in _random(60 * MiB):
+            f.write(piece)
+    res = run(make_env(home, tmp_path / "config"), "put-file", "r", "master", "huge", "-c", "-f", str(big), rc=7)
+    assert len(res.err.splitlines()) == 1 and res.err.startswith("error: ")
+    assert _pack_files(home) == before_packs
+    assert [x.id for x in c.list_commit("r")] == before_commits
     # ...and the next -c put works.
     res = c.put_file("r", "master", "after", os.urandom(8 * MiB), new_commit=True)
     assert res.commit is not None and res.commit.finished is not None
