@@ -11,6 +11,7 @@ import os
 import secrets
 import sqlite3
 import stat
+import threading
 import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
@@ -20,7 +21,13 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mountd import models, wire
-from mountd.ingest import NEW_COMMIT_DOC, WireIngest, open_session
+from mountd.ingest import (
+    NEW_COMMIT_DOC,
+    CancellableReader,
+    WireIngest,
+    open_session,
+    run_until_disconnect,
+)
 from mountd.mounts import MountManager
 from pfsfuse import __version__
 from pfsfuse.errors import Conflict, NoSpace, PfsError, SourceError
@@ -173,7 +180,8 @@ class TokenAuth:
 
 
 def ingest_local(
-    pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int, ino: int, overwrite: bool, new_commit: bool = False
+    pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int, ino: int, overwrite: bool,
+    new_commit: bool = False, cancelled: threading.Event | None = None,
 ):
     """Put a file the client named on this machine, read straight into the
     chunker: no copy through HTTP. The device and inode the client saw must
@@ -198,7 +206,7 @@ def ingest_local(
                 raise LocalUnavailable(f"'{local}' is not the client's file here")
             os.set_blocking(fd, True)
             try:
-                stream.write_from(f)
+                stream.write_from(CancellableReader(f, cancelled) if cancelled is not None else f)
             except OSError as exc:
                 if exc.errno in (28, 122):  # ENOSPC/EDQUOT: ours, not the source's
                     raise
@@ -387,7 +395,10 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         if local is not None:
             if token is not None:
                 raise LocalUnavailable("local files are read only for clients on the daemon's unix socket")
-            return await run(ingest_local, pfs, repo, ref, path, local, dev, ino, overwrite, new_commit)
+            return await run_until_disconnect(
+                request,
+                lambda cancelled: ingest_local(pfs, repo, ref, path, local, dev, ino, overwrite, new_commit, cancelled),
+            )
         try:
             async with upload_session(pfs, repo, ref, new_commit) as session:
                 stream = await run(session.put_stream, path)

@@ -8,19 +8,69 @@ means (overwrite, or put/append) is the subclass's business.
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from collections.abc import Callable
+from typing import Any, BinaryIO, TypeVar
+
+import trio
+from starlette.requests import Request
 
 from mountd import wire
-from pfsfuse.errors import InvalidArgument
+from pfsfuse.errors import InvalidArgument, PfsError
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
 SMALL_FILE = 1 << 20
+T = TypeVar("T")
 
 NEW_COMMIT_DOC = (
     "ref names a branch: start a commit on it, write, finish it, all in one step; "
     "if the upload breaks off the branch is left as it was (put-file -c)"
 )
+
+
+class ClientGone(PfsError):
+    """The client hung up (Ctrl-C, killed) while the daemon worked for it."""
+
+
+class CancellableReader:
+    """A file whose reads stop once ``cancelled`` is set: the daemon reading a
+    client's local file gives up when that client goes away, so an
+    interrupted ``put-file -c -f FILE`` makes no commit."""
+
+    def __init__(self, f: BinaryIO, cancelled: threading.Event):
+        self._f = f
+        self._cancelled = cancelled
+
+    def readinto(self, buf) -> int:
+        if self._cancelled.is_set():
+            raise ClientGone("the client went away; nothing was written")
+        return self._f.readinto(buf)
+
+
+async def run_until_disconnect(request: Request, fn: Callable[[threading.Event], T]) -> T:
+    """``fn(cancelled)`` in a worker thread, with ``cancelled`` set if the
+    client disconnects meanwhile (for requests without a body to read, where
+    nothing else would notice)."""
+    cancelled = threading.Event()
+    outcome: list[T] = []
+    failure: list[Exception] = []
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        cancelled.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        try:
+            outcome.append(await trio.to_thread.run_sync(fn, cancelled))
+        except Exception as exc:  # re-raised below, outside the nursery (no exception group)
+            failure.append(exc)
+        nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def open_session(pfs: PFS, repo: str, ref: str, new_commit: bool) -> WriteSession:

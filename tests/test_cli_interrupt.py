@@ -114,6 +114,45 @@ def test_put_c_killed_mid_upload_leaves_branch_as_it_was(env: dict[str, str], si
     _assert_unchanged_and_usable(env, repo, before)
 
 
+def _daemon_has_open(env: dict[str, str], path: Path) -> bool:
+    pid = int((Path(env["PACHY_HOME"]) / "mountd.lock").read_text().strip())
+    fds = Path(f"/proc/{pid}/fd")
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) == str(path):
+                return True
+    return False
+
+
+def test_put_c_of_a_local_file_interrupted_while_the_daemon_reads_it(env: dict[str, str]) -> None:
+    """On this machine the daemon reads `-f FILE` itself: Ctrl-C of the command
+    must stop that read and make no commit (not finish it while exiting 130)."""
+    repo = "localread"
+    run(env, "create-repo", repo)
+    run(env, "put-file", repo, "master", "kept", "-c", input=b"kept\n")
+    before = _commits(env, repo)
+    big = Path(env["TEST_ROOT"]) / "sparse.bin"
+    with open(big, "wb") as f:
+        f.truncate(64 << 30)  # 64 GiB of holes: minutes to read, no disk used
+    proc = subprocess.Popen(
+        [*PACHCTL, "put-file", repo, "master", "big", "-c", "-f", str(big)],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _daemon_has_open(env, big) or proc.poll() is not None, 20, "the daemon to read the file")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        rc, err = _after(proc)
+        assert rc == 130 and "interrupted" in err
+        wait_for(lambda: not _daemon_has_open(env, big), 20, "the daemon to stop reading")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        big.unlink()
+    _assert_unchanged_and_usable(env, repo, before)
+
+
 def test_put_c_fifo_without_writer_interrupted(env: dict[str, str]) -> None:
     repo = "nowriter"
     run(env, "create-repo", repo)
