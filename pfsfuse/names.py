@@ -91,9 +91,9 @@ def check_new_path(path: str) -> str:
 
 
 def check_glob(pattern: str) -> str:
-    """Refuse what no glob means: a '[' class never closed (as in '/[a-'),
-    an empty class, or a trailing '\\'. Otherwise fnmatch would read the '['
-    as a plain character and match nothing, silently."""
+    """Refuse what no glob means: a '[' class never closed (as in '/[a-') or
+    a trailing '\\' (as the pipelines' globs do, pps/datums.py). Otherwise
+    fnmatch would read the '[' as a plain character and match nothing, silently."""
     if _CONTROL.search(pattern):
         raise InvalidArgument(f"invalid glob pattern '{escape(pattern)}': it holds control characters")
     for part in pattern.split("/"):
