@@ -25,6 +25,7 @@ from mountd.ingest import (
     NEW_COMMIT_DOC,
     CancellableReader,
     WireIngest,
+    commit_upload,
     open_session,
     run_until_disconnect,
 )
@@ -117,9 +118,9 @@ class BatchIngest(WireIngest):
         else:
             self.session.delete(path)
 
-    def close(self) -> models.PutResult:
+    def close(self, cancelled: threading.Event | None = None) -> models.PutResult:
         self.end_of_stream()
-        self.session.commit()
+        commit_upload(self.session, cancelled)
         return _put_result(self.session)
 
 
@@ -212,7 +213,7 @@ def ingest_local(
                     raise
                 raise SourceError(f"cannot read '{local}': {exc.strerror}") from None
         session.add(path, stream.finish(), stream.size, overwrite)
-        session.commit()
+        commit_upload(session, cancelled)
     return _put_result(session)
 
 
@@ -405,7 +406,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
                 await pump(request, stream.write)
                 refs = await run(stream.finish)
                 session.add(path, refs, stream.size, overwrite)
-                await run(session.commit)
+                await run_until_disconnect(request, lambda cancelled: commit_upload(session, cancelled))
         except Exception:
             await drain(request)
             raise
@@ -419,7 +420,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             async with upload_session(pfs, repo, ref, new_commit) as session:
                 ingest = BatchIngest(session)
                 await pump(request, ingest.feed)
-                return await run(ingest.close)
+                return await run_until_disconnect(request, ingest.close)
         except Exception:
             await drain(request)
             raise

@@ -4,6 +4,11 @@ Each file is held in memory while it is small and streamed through the
 chunker once it is not, so any size goes through in bounded memory. What a
 put lands in (a commit's write session, a job's pins) and what its mode
 means (overwrite, or put/append) is the subclass's business.
+
+Also what every upload route shares: the session it writes into
+(``open_session``: an open commit, or a new commit made once the upload is
+whole), and noticing a client that hung up while the daemon worked for it
+(``run_until_disconnect``), so an interrupted ``put-file -c`` makes no commit.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from starlette.requests import Request
 
 from mountd import wire
 from pfsfuse.errors import InvalidArgument, PfsError
-from pfsfuse.files import WriteSession
+from pfsfuse.files import NewCommitSession, WriteSession
 from pfsfuse.pfs import PFS
 
 SMALL_FILE = 1 << 20
@@ -50,8 +55,8 @@ class CancellableReader:
 
 async def run_until_disconnect(request: Request, fn: Callable[[threading.Event], T]) -> T:
     """``fn(cancelled)`` in a worker thread, with ``cancelled`` set if the
-    client disconnects meanwhile (for requests without a body to read, where
-    nothing else would notice)."""
+    client disconnects meanwhile. For work done once the request's body is
+    read (or when it has none), where nothing else would notice."""
     cancelled = threading.Event()
     outcome: list[T] = []
     failure: list[Exception] = []
@@ -71,6 +76,16 @@ async def run_until_disconnect(request: Request, fn: Callable[[threading.Event],
     if failure:
         raise failure[0]
     return outcome[0]
+
+
+def commit_upload(session: WriteSession, cancelled: threading.Event | None) -> None:
+    """Commit an upload's session; a new commit is not made if the client hung
+    up meanwhile (checked inside the commit's transaction), so a command
+    interrupted after its last byte was sent does not leave a commit behind."""
+    if isinstance(session, NewCommitSession) and cancelled is not None:
+        session.commit(wanted=lambda: not cancelled.is_set())
+    else:
+        session.commit()
 
 
 def open_session(pfs: PFS, repo: str, ref: str, new_commit: bool) -> WriteSession:

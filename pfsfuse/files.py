@@ -14,7 +14,7 @@ import fnmatch
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pfsfuse import entries, names
@@ -219,11 +219,15 @@ class NewCommitSession(WriteSession):
         self._ops = []
         self.finished = None  # the CommitInfo, once commit() succeeded
 
-    def commit(self) -> None:
+    def commit(self, wanted: Callable[[], bool] | None = None) -> None:
+        """``wanted``: asked once more inside the transaction (the caller's
+        client may have hung up meanwhile); False makes no commit."""
         try:
             self._close_sink()  # every pack durable before the database is locked
 
             def fill(commit_id: str) -> None:
+                if wanted is not None and not wanted():
+                    raise Conflict(f"the upload to {self.repo}@{self.branch} was abandoned; no commit was made")
                 self.commit_id = self.ref = commit_id
                 WriteSession.commit(self)
 

@@ -267,3 +267,24 @@ def test_abandoned_session_keeps_a_pack_another_session_shares(pfs) -> None:
     assert pfs.read_file("r", "b", "x")[1] is not None
     assert b"".join(pfs.read_file("r", "b", "x")[1]) == b"same bytes"
     assert pfs.fsck()["ok"]
+
+
+def test_new_commit_not_made_once_unwanted(pfs) -> None:
+    """The daemon asks once more, inside the commit's transaction, whether the
+    client is still there: a client gone after its last byte gets no commit."""
+    pfs.create_repo("r")
+    def files() -> set[Path]:
+        return {p for p in Path(pfs.store.root).rglob("*") if p.is_file()}
+
+    packs = files()
+    s = pfs.new_commit_session("r", "master")
+    s.put_bytes("f", os.urandom(4096))
+    with pytest.raises(errors.Conflict, match="abandoned"):
+        s.commit(wanted=lambda: False)
+    assert pfs.list_commits("r") == [] and pfs.list_branches("r") == []
+    assert files() == packs
+    s = pfs.new_commit_session("r", "master")
+    s.put_bytes("f", b"kept")
+    s.commit(wanted=lambda: True)
+    assert s.finished is not None and s.finished.finished is not None
+    assert b"".join(pfs.read_file("r", "master", "f")[1]) == b"kept"
