@@ -6,12 +6,14 @@ of a few MiB, so no request holds a whole file in memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
 import stat
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 
 import trio
@@ -19,10 +21,17 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mountd import models, wire
-from mountd.ingest import WireIngest
+from mountd.ingest import (
+    NEW_COMMIT_DOC,
+    CancellableReader,
+    WireIngest,
+    commit_upload,
+    open_session,
+    run_until_disconnect,
+)
 from mountd.mounts import MountManager
 from pfsfuse import __version__
-from pfsfuse.errors import Conflict, NoSpace, PfsError
+from pfsfuse.errors import Conflict, NoSpace, PfsError, SourceError
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
@@ -109,18 +118,35 @@ class BatchIngest(WireIngest):
         else:
             self.session.delete(path)
 
-    def close(self) -> models.PutResult:
+    def close(self, cancelled: threading.Event | None = None) -> models.PutResult:
         self.end_of_stream()
-        self.session.commit()
+        commit_upload(self.session, cancelled)
         return _put_result(self.session)
 
 
 def _put_result(session: WriteSession) -> models.PutResult:
-    return models.PutResult(files=session.files, bytes=session.bytes, stored=session.sink.packs.bytes_written)
+    finished = getattr(session, "finished", None)  # the commit a new_commit upload made
+    return models.PutResult(
+        files=session.files, bytes=session.bytes, stored=session.sink.packs.bytes_written,
+        commit=_commit(finished) if finished is not None else None,
+    )
 
 
 def _commit(info) -> models.Commit:
     return models.Commit(**info.to_dict())
+
+
+@contextlib.asynccontextmanager
+async def upload_session(pfs: PFS, repo: str, ref: str, new_commit: bool) -> AsyncIterator[WriteSession]:
+    """A write session for one upload request, closed in a worker thread even
+    when the request is cancelled: closing an abandoned session deletes the
+    packs it wrote (and waits for those still being written)."""
+    session = await run(open_session, pfs, repo, ref, new_commit)
+    try:
+        yield session
+    finally:
+        with trio.CancelScope(shield=True):
+            await run(session.close)
 
 
 class LocalUnavailable(PfsError):
@@ -154,23 +180,40 @@ class TokenAuth:
         await self.app(scope, receive, send)
 
 
-def ingest_local(pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int, ino: int, overwrite: bool):
+def ingest_local(
+    pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int, ino: int, overwrite: bool,
+    new_commit: bool = False, cancelled: threading.Event | None = None,
+):
     """Put a file the client named on this machine, read straight into the
     chunker: no copy through HTTP. The device and inode the client saw must
-    match what we open, so a different mount namespace falls back to streaming."""
-    with pfs.write_session(repo, ref) as session:
+    match what we open, so a different mount namespace falls back to streaming.
+    Only regular files: a FIFO or a device could block this thread for ever
+    (opening with O_NONBLOCK never waits for a writer); the client reads those."""
+    try:
+        regular = stat.S_ISREG(os.stat(local).st_mode)
+    except OSError as exc:
+        raise LocalUnavailable(f"cannot open '{local}' here: {exc.strerror}") from None
+    if not regular:  # never even open a FIFO: its writer would see us as its reader
+        raise LocalUnavailable(f"'{local}' is not a regular file; the client reads it")
+    with open_session(pfs, repo, ref, new_commit) as session:
         stream = session.put_stream(path)
         try:
-            f = open(local, "rb")  # noqa: SIM115 - closed below
+            fd = os.open(local, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise LocalUnavailable(f"cannot open '{local}' here: {exc.strerror}") from None
-        with f:
-            st = os.fstat(f.fileno())
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != (dev, ino) or not stat.S_ISREG(st.st_mode):
                 raise LocalUnavailable(f"'{local}' is not the client's file here")
-            stream.write_from(f)
+            os.set_blocking(fd, True)
+            try:
+                stream.write_from(CancellableReader(f, cancelled) if cancelled is not None else f)
+            except OSError as exc:
+                if exc.errno in (28, 122):  # ENOSPC/EDQUOT: ours, not the source's
+                    raise
+                raise SourceError(f"cannot read '{local}': {exc.strerror}") from None
         session.add(path, stream.finish(), stream.size, overwrite)
-        session.commit()
+        commit_upload(session, cancelled)
     return _put_result(session)
 
 
@@ -348,30 +391,36 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         local: str | None = Query(None, description="a file on the daemon's machine (unix-socket clients only)"),
         dev: int = 0,
         ino: int = 0,
+        new_commit: bool = Query(False, description=NEW_COMMIT_DOC),
     ):
         if local is not None:
             if token is not None:
                 raise LocalUnavailable("local files are read only for clients on the daemon's unix socket")
-            return await run(ingest_local, pfs, repo, ref, path, local, dev, ino, overwrite)
+            return await run_until_disconnect(
+                request,
+                lambda cancelled: ingest_local(pfs, repo, ref, path, local, dev, ino, overwrite, new_commit, cancelled),
+            )
         try:
-            with await run(pfs.write_session, repo, ref) as session:
+            async with upload_session(pfs, repo, ref, new_commit) as session:
                 stream = await run(session.put_stream, path)
                 await pump(request, stream.write)
                 refs = await run(stream.finish)
                 session.add(path, refs, stream.size, overwrite)
-                await run(session.commit)
+                await run_until_disconnect(request, lambda cancelled: commit_upload(session, cancelled))
         except Exception:
             await drain(request)
             raise
         return _put_result(session)
 
     @app.post("/v1/repos/{repo}/files", response_model=models.PutResult)
-    async def put_files(request: Request, repo: str, ref: str = Query(...)):
+    async def put_files(
+        request: Request, repo: str, ref: str = Query(...), new_commit: bool = Query(False, description=NEW_COMMIT_DOC)
+    ):
         try:
-            with await run(pfs.write_session, repo, ref) as session:
+            async with upload_session(pfs, repo, ref, new_commit) as session:
                 ingest = BatchIngest(session)
                 await pump(request, ingest.feed)
-                return await run(ingest.close)
+                return await run_until_disconnect(request, ingest.close)
         except Exception:
             await drain(request)
             raise

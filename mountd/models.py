@@ -91,6 +91,7 @@ class PutResult(BaseModel):
     files: int
     bytes: int
     stored: int = Field(description="bytes written to new pack objects (after dedup and compression)")
+    commit: Commit | None = Field(None, description="the commit made, for a new_commit upload")
 
 
 class DiffEntry(BaseModel):

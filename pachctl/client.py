@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -78,7 +79,10 @@ def _pieces(source: Source, progress: Progress | None = None) -> Iterator[bytes]
         except OSError as exc:
             raise errors.SourceError(f"cannot read '{os.fspath(source)}': {exc.strerror}") from None
         with f:
-            yield from _pieces(f, progress)
+            try:
+                yield from _pieces(f, progress)
+            except OSError as exc:  # EIO from /proc/self/mem, a device that fails, ...
+                raise errors.SourceError(f"cannot read '{os.fspath(source)}': {exc.strerror or exc}") from None
         return
     if hasattr(source, "read"):
         while True:
@@ -184,9 +188,9 @@ class Client:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if proc.poll() is not None:
-                    raise errors.Unreachable(
-                        f"the daemon for {home} exited during start-up; see {log_path}:\n" + _tail(log_path)
-                    )
+                    failed = errors.Unreachable(f"the daemon for {home} exited during start-up; see {log_path}")
+                    failed.detail = _tail(log_path)  # the CLI prints it below the one-line error
+                    raise failed
                 try:
                     self._http.get("/v1/version", timeout=2).raise_for_status()
                     return
@@ -372,14 +376,19 @@ class Client:
         source: Source,
         overwrite: bool = False,
         progress: Progress | None = None,
+        new_commit: bool = False,
     ) -> PutResult:
         """Append ``source`` to ``path`` (or replace it with ``overwrite``), streamed.
 
         ``source``: bytes or str (the content), a ``pathlib.Path`` (a local
         file), a binary file object, or an iterable of byte pieces.
+        ``new_commit``: ``commit`` is a branch; the daemon starts a commit on
+        it, writes and finishes it in one step (``result.commit``), or, if the
+        upload breaks off (the source fails, this process dies), leaves the
+        branch as it was.
         """
         if self.socket is not None and isinstance(source, os.PathLike) and not os.environ.get("PACHY_NO_LOCAL_READ"):
-            result = self._put_local(repo, commit, path, source, overwrite)
+            result = self._put_local(repo, commit, path, source, overwrite, new_commit)
             if result is not None:
                 if progress:
                     progress(result.bytes)
@@ -387,19 +396,23 @@ class Client:
         pieces = _pieces(source, progress)
         first = next(pieces, b"")  # read errors surface before the request
         body = _chain(first, pieces)
-        params = {"ref": commit, "path": path, "overwrite": overwrite}
+        params = {"ref": commit, "path": path, "overwrite": overwrite, "new_commit": new_commit}
         return PutResult(**self._json("PUT", f"/v1/repos/{_seg(repo)}/file", params=params, content=body))
 
-    def _put_local(self, repo: str, commit: str, path: str, source: os.PathLike, overwrite: bool) -> PutResult | None:
+    def _put_local(
+        self, repo: str, commit: str, path: str, source: os.PathLike, overwrite: bool, new_commit: bool = False
+    ) -> PutResult | None:
         """Same machine: let the daemon read the file itself (no copy through
         HTTP). None when it cannot see the same file; the caller streams."""
         try:
             st = os.stat(source)
         except OSError as exc:
             raise errors.SourceError(f"cannot read '{os.fspath(source)}': {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a FIFO, a device: read here, so only this process ever waits on it
         params = {
             "ref": commit, "path": path, "overwrite": overwrite,
-            "local": os.path.abspath(source), "dev": st.st_dev, "ino": st.st_ino,
+            "local": os.path.abspath(source), "dev": st.st_dev, "ino": st.st_ino, "new_commit": new_commit,
         }
         self._ensure_daemon_or_raise()
         try:
@@ -410,11 +423,13 @@ class Client:
             return None
         return PutResult(**self._check(resp).json())
 
-    def put_files(self, repo: str, commit: str, records: Iterable[bytes]) -> PutResult:
+    def put_files(self, repo: str, commit: str, records: Iterable[bytes], new_commit: bool = False) -> PutResult:
         """Many files in one request; ``records`` come from ``mountd.wire``
-        (``encode_small_put``, ``encode_put``): all land together or none do."""
+        (``encode_small_put``, ``encode_put``): all land together or none do.
+        ``new_commit`` as for ``put_file``."""
         url = f"/v1/repos/{_seg(repo)}/files"
-        return PutResult(**self._json("POST", url, params={"ref": commit}, content=_batched(records)))
+        params = {"ref": commit, "new_commit": new_commit}
+        return PutResult(**self._json("POST", url, params=params, content=_batched(records)))
 
     def get_file(self, repo: str, commit: str, path: str) -> Iterator[bytes]:
         """The file's bytes as a stream of pieces."""
@@ -459,8 +474,12 @@ class Client:
         params = {"ref": commit, "pattern": pattern}
         return [FileInfo(**f) for f in self._json("GET", f"/v1/repos/{_seg(repo)}/glob", params=params)]
 
-    def delete_file(self, repo: str, commit: str, path: str) -> None:
+    def delete_file(self, repo: str, commit: str, path: str, new_commit: bool = False) -> PutResult | None:
+        """Delete a file or directory; ``new_commit`` as for ``put_file``."""
+        if new_commit:
+            return self.put_files(repo, commit, [wire.encode_header(wire.DELETE, {"path": path})], new_commit=True)
         self._request("DELETE", f"/v1/repos/{_seg(repo)}/file", params={"ref": commit, "path": path})
+        return None
 
     def diff_file(self, repo: str, commit: str, old: str | None = None) -> list[DiffEntry]:
         params = {"ref": commit}

@@ -176,6 +176,16 @@ class PackWriter:
             while self._writes:
                 self._writes.popleft().result()
 
+    def abandon(self) -> None:
+        """Give up: wait until no pack write is running any more (their
+        errors no longer matter), so the caller can delete what they left."""
+        while self._writes:
+            try:
+                self._writes.popleft().result()
+            except Exception:  # noqa: BLE001 - a failed write is what we are cleaning up after
+                pass
+        self._parts, self._entries, self._size = [], [], 0
+
 
 def read_pack_trailer(store: ObjectStore, key: str) -> list[ChunkLocation]:
     """The chunk list a pack carries at its end (for fsck and index rebuilds)."""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import fnmatch
 import re
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from pfsfuse import entries, names
@@ -50,17 +51,25 @@ def _info(path: str, e: Entry, chunks: int = 0) -> FileInfo:
     return FileInfo("/" + path, e.type_name, e.size, e.mtime_ns / 1e9, chunks)
 
 
+_INFLIGHT = threading.Lock()  # guards every PFS's inflight_packs counts
+
+
 class _ChunkSession:
     """Bytes streamed into chunks and packs outside any lock, indexed at commit().
 
     Holds the writer gate from the first byte to commit() or close(), so gc
-    never frees a chunk this session has counted on as already stored."""
+    never frees a chunk this session has counted on as already stored. A
+    session closed without commit() deletes the packs it wrote at once (a
+    full disk gets its space back now, not at the next gc), except any that
+    another session also wrote (pack names are content hashes) or that the
+    index uses."""
 
     def __init__(self, pfs):
         self.pfs = pfs
         self._gate = pfs.writer()
         self._gate.__enter__()
         self._open = True
+        self._committed = False
         self.sink = ChunkSink(pfs.store, pfs.has_chunk, pfs.zstd_level)
         self._packs: set[str] = set()
         self.sink.packs.on_pack = self._on_pack
@@ -68,16 +77,36 @@ class _ChunkSession:
         self.bytes = 0
 
     def _on_pack(self, key: str) -> None:
+        if key in self._packs:
+            return
         self._packs.add(key)
-        self.pfs.inflight_packs.add(key)
+        with _INFLIGHT:
+            self.pfs.inflight_packs[key] += 1
 
     def close(self) -> None:
-        """Release the session; without commit() what it wrote becomes garbage."""
-        if self._open:
-            self._open = False
-            # Indexed by commit() or garbage now: either way no longer in flight.
-            self.pfs.inflight_packs.difference_update(self._packs)
+        """Release the session; without commit() what it wrote is deleted."""
+        if not self._open:
+            return
+        self._open = False
+        try:
+            if not self._committed and self._packs:
+                self._delete_packs()
+        finally:
+            with _INFLIGHT:
+                for key in self._packs:
+                    self.pfs.inflight_packs[key] -= 1
+                    if self.pfs.inflight_packs[key] <= 0:
+                        del self.pfs.inflight_packs[key]
             self._gate.__exit__(None, None, None)
+
+    def _delete_packs(self) -> None:
+        self.sink.packs.abandon()  # no write of ours may land after the delete
+        for key in sorted(self._packs):
+            with _INFLIGHT:
+                shared = self.pfs.inflight_packs[key] > 1
+            if shared or self.pfs.q1("SELECT 1 FROM chunks WHERE pack=? LIMIT 1", (key,)):
+                continue
+            self.pfs.store.delete(key)
 
     def _close_sink(self) -> list[ChunkLocation]:
         try:
@@ -111,20 +140,30 @@ class WriteSession(_ChunkSession):
         self.commit_id = row[0]
         self._ops: list[tuple[str, str, list[ChunkRef] | None, int, bool]] = []
 
+    # Uploads through the API set this: a path a client names for a new file
+    # must not hold control characters or end in '/' (names.check_new_path).
+    # The mount and the pipelines keep POSIX's looser rule.
+    strict_paths = False
+
+    def _file_path(self, path: str) -> str:
+        return names.check_new_path(path) if self.strict_paths else names.clean_path(path)
+
     def put_stream(self, path: str) -> StreamChunker:
-        names.clean_path(path)
+        self._file_path(path)
         return self.sink.stream()
 
     def add(self, path: str, refs: list[ChunkRef], size: int, overwrite: bool = False) -> None:
-        self._ops.append(("put", names.clean_path(path), refs, size, overwrite))
+        self._ops.append(("put", self._file_path(path), refs, size, overwrite))
         self.files += 1
         self.bytes += size
 
     def put_bytes(self, path: str, data: bytes, overwrite: bool = False) -> None:
-        path = names.clean_path(path)
+        path = self._file_path(path)
         self.add(path, self.sink.add_bytes(data), len(data), overwrite)
 
     def mkdir(self, path: str) -> None:
+        if self.strict_paths:  # a directory may be named with its trailing '/'
+            names.check_new_path(path.rstrip("/") or path)
         self._ops.append(("mkdir", names.clean_path(path), None, 0, False))
 
     def delete(self, path: str) -> None:
@@ -165,9 +204,45 @@ class WriteSession(_ChunkSession):
                             stager.delete(path)
                     else:
                         stager.delete(path)
+            self._committed = True  # after the transaction: its rows now use our packs
         finally:
-            for c in locations:
-                pfs.inflight_packs.discard(c.pack)
+            self.close()
+
+
+class NewCommitSession(WriteSession):
+    """Puts and deletes for a commit that does not exist yet (``put-file -c``).
+
+    The upload streams into packs first; ``commit()`` then starts a commit on
+    the branch, stages everything and finishes it in one transaction
+    (``PFS.commit_new``). Anything short of that -- the client going away
+    mid-stream, a full disk, a bad path, the daemon killed -- leaves the
+    branch as it was: no open commit blocks the next ``put-file -c``."""
+
+    def __init__(self, pfs, repo: str, branch: str, description: str = ""):
+        pfs.check_can_start(repo, branch)  # refuse before any byte is uploaded
+        _ChunkSession.__init__(self, pfs)
+        self.repo = repo
+        self.ref = branch
+        self.branch = branch
+        self.description = description
+        self.commit_id = ""
+        self._ops = []
+        self.finished = None  # the CommitInfo, once commit() succeeded
+
+    def commit(self, wanted: Callable[[], bool] | None = None) -> None:
+        """``wanted``: asked once more inside the transaction (the caller's
+        client may have hung up meanwhile); False makes no commit."""
+        try:
+            self._close_sink()  # every pack durable before the database is locked
+
+            def fill(commit_id: str) -> None:
+                if wanted is not None and not wanted():
+                    raise Conflict(f"the upload to {self.repo}@{self.branch} was abandoned; no commit was made")
+                self.commit_id = self.ref = commit_id
+                WriteSession.commit(self)
+
+            self.finished = self.pfs.commit_new(self.repo, self.branch, fill, self.description)
+        finally:
             self.close()
 
 
@@ -217,9 +292,8 @@ class PinSession(_ChunkSession):
                     rows.append((owner, seqs[owner], op, path, value))
                     seqs[owner] += 1
                 db.executemany("INSERT INTO pins(owner, seq, op, path, value) VALUES(?,?,?,?,?)", rows)
+            self._committed = True
         finally:
-            for c in locations:
-                self.pfs.inflight_packs.discard(c.pack)
             self.close()
 
 
@@ -378,6 +452,9 @@ class FileOps:
     def write_session(self, repo: str, ref: str) -> WriteSession:
         return WriteSession(self, repo, ref)
 
+    def new_commit_session(self, repo: str, branch: str, description: str = "") -> NewCommitSession:
+        return NewCommitSession(self, repo, branch, description)
+
     def pin_session(self, owner: str = "") -> PinSession:
         return PinSession(self, owner)
 
@@ -520,6 +597,7 @@ class FileOps:
         return [_info(p, c) for p, c in self._children(self.root_of(row), path, self._staging_of(row))]
 
     def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
+        names.check_glob(pattern)
         row = self.resolve(repo, ref)
         parts = [p for p in pattern.strip("/").split("/") if p] or [""]
         root, staging = self.root_of(row), self._staging_of(row)

@@ -20,10 +20,34 @@ NAME_RULE = (
 )
 
 
+# C0 controls, DEL and C1 controls: a terminal acts on them (ESC starts an
+# escape sequence), so they are refused in anything a user names and escaped
+# wherever a name is shown.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# What a commit id looks like (a uuid4 in hex): a branch with such a name
+# would shadow the commit it reads as (refs resolve a branch first).
+COMMIT_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\n``):
+    safe to echo to a terminal, and still telling the user what was there."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def check_name(kind: str, name: str) -> str:
     """Return ``name`` if it is a valid repo/branch/pipeline name, else raise."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidArgument(f"invalid {kind} name '{name}': {NAME_RULE}")
+        raise InvalidArgument(f"invalid {kind} name '{escape(str(name))}': {NAME_RULE}")
+    return name
+
+
+def check_branch_name(name: str) -> str:
+    """A name for a new branch: a valid name that cannot be read as a commit
+    id (refs resolve a branch first, so it would hide the commit)."""
+    check_name("branch", name)
+    if COMMIT_ID.fullmatch(name):
+        raise InvalidArgument(f"invalid branch name '{name}': it reads as a commit id (32 hex digits)")
     return name
 
 
@@ -37,7 +61,7 @@ def clean_path(path: str, *, allow_root: bool = False) -> str:
     The root is '' and is accepted only where a directory is expected.
     """
     if "\x00" in path:
-        raise InvalidArgument(f"invalid path {path!r}: paths cannot contain NUL bytes")
+        raise InvalidArgument(f"invalid path '{escape(path)}': paths cannot contain NUL bytes")
     stripped = path.strip("/")
     if not stripped:
         if allow_root:
@@ -50,6 +74,46 @@ def clean_path(path: str, *, allow_root: bool = False) -> str:
         if part in (".", ".."):
             raise InvalidArgument(f"invalid path '{path}': '{part}' is not allowed in paths")
     return stripped
+
+
+def check_new_path(path: str) -> str:
+    """A path a client asks to create (put-file, mkdir): ``clean_path`` plus
+    no control characters, and no trailing '/' (that names a directory, and
+    would otherwise be silently stored as a file)."""
+    if _CONTROL.search(path):
+        raise InvalidArgument(
+            f"invalid path '{escape(path)}': paths cannot contain control characters (newlines, ESC, ...)"
+        )
+    clean = clean_path(path)
+    if path.endswith("/"):
+        raise InvalidArgument(f"invalid path '{path}': a file path cannot end in '/'; name the file")
+    return clean
+
+
+def check_glob(pattern: str) -> str:
+    """Refuse what no glob means: a '[' class never closed (as in '/[a-') or
+    a trailing '\\' (as the pipelines' globs do, pps/datums.py). Otherwise
+    fnmatch would read the '[' as a plain character and match nothing, silently."""
+    if _CONTROL.search(pattern):
+        raise InvalidArgument(f"invalid glob pattern '{escape(pattern)}': it holds control characters")
+    for part in pattern.split("/"):
+        i = 0
+        while i < len(part):
+            c = part[i]
+            if c == "\\" and i == len(part) - 1:
+                raise InvalidArgument(f"invalid glob pattern '{pattern}': it ends in an unfinished escape '\\'")
+            if c == "[":
+                j = i + 1
+                if j < len(part) and part[j] in "!^":
+                    j += 1
+                if j < len(part) and part[j] == "]":
+                    j += 1  # a ']' first is a member, not the end
+                end = part.find("]", j)
+                if end < 0:
+                    raise InvalidArgument(f"invalid glob pattern '{pattern}': unterminated '[' (a class needs its ']')")
+                i = end
+            i += 1
+    return pattern
 
 
 def split_path(path: str) -> tuple[str, str]:

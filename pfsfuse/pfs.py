@@ -8,6 +8,7 @@ See STORAGE.md for the ordering rules that keep every step crash-safe.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from pfsfuse import entries, names
+from pfsfuse import entries, names, refs
 from pfsfuse.btree import BTree
 from pfsfuse.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from pfsfuse.files import FileOps
@@ -86,12 +87,13 @@ class PFS(FileOps, Maintenance):
             self.store.cleanup_temporaries()
         self.zstd_level = zstd_level
         self._lock = threading.RLock()
+        self._tx_depth = 0  # > 0 inside tx(), which nests (see tx)
         self.db = connect(os.path.join(home, "meta.sqlite"))
         self.nodes = SqliteNodeStore(self.db, self._lock)
         self.tree = BTree(self.nodes, cache_nodes=1024)
         # Packs written by sessions whose index rows are not committed yet;
         # gc must not mistake them for garbage.
-        self.inflight_packs: set[str] = set()
+        self.inflight_packs: collections.Counter[str] = collections.Counter()
         self.held_chunks: dict[int, frozenset[bytes]] = {}  # chunks mounts' open files are built on (gc keeps them)
         self._parent_roots: dict[str, bytes | None] = {}
         # Called with the CommitInfo after every finish, outside any lock (the
@@ -108,15 +110,28 @@ class PFS(FileOps, Maintenance):
 
     @contextlib.contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction: all of it lands, or none of it."""
+        """A write transaction: all of it lands, or none of it. Nested in
+        another (same thread: the lock is reentrant) it joins the outer one,
+        so steps that each open a transaction compose into one atomic step
+        (``commit_new``: start, stage and finish a commit at once)."""
         with self._lock:
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield self.db
+                finally:
+                    self._tx_depth -= 1
+                return
             self.db.execute("BEGIN IMMEDIATE")
+            self._tx_depth = 1
             try:
                 yield self.db
             except BaseException:
+                self._tx_depth = 0
                 self.db.execute("ROLLBACK")
                 raise
             else:
+                self._tx_depth = 0
                 self.db.execute("COMMIT")
 
     def q(self, sql: str, args: tuple = ()) -> list[tuple]:
@@ -254,6 +269,10 @@ class PFS(FileOps, Maintenance):
     ) -> list[CommitInfo]:
         """Newest first. With a branch, its first-parent history from the head."""
         self._require_repo(repo)
+        if n is not None and n < 0:
+            raise InvalidArgument(f"invalid number of commits {n}: it cannot be negative")
+        if n is not None:
+            n = min(n, refs.MAX_NUMBER)  # SQLite's integers stop there
         out: list[CommitInfo] = []
         if branch is not None:
             head = self.q1("SELECT head FROM branches WHERE repo=? AND name=?", (repo, branch))
@@ -314,15 +333,13 @@ class PFS(FileOps, Maintenance):
                 b = db.execute("SELECT head FROM branches WHERE repo=? AND name=?", (repo, branch)).fetchone()
                 if b is not None and new_branch:
                     raise AlreadyExists(f"branch '{branch}' already exists in repo '{repo}'")
+                if b is None:
+                    self._check_new_branch(db, repo, branch)
                 head = b[0] if b is not None else None
             if parent_row is None and head is not None:
                 parent_row = self._row(head)
             if parent_row is not None and parent_row[6] is None:
-                pref = f"{parent_row[2]}/{parent_row[3]}" if parent_row[2] is not None else parent_row[0]
-                raise Conflict(
-                    f"commit '{pref}' in repo '{repo}' is still open; finish it before starting "
-                    f"another on top of it (pachctl finish-commit {repo} {pref})"
-                )
+                raise _still_open(repo, parent_row)
             seq = self._next_seq(db, repo, branch) if branch is not None else None
             size = parent_row[8] if parent_row is not None else 0
             db.execute(
@@ -341,6 +358,20 @@ class PFS(FileOps, Maintenance):
                 )
         return self._info(self._row(cid))
 
+    def check_can_start(self, repo: str, branch: str) -> None:
+        """Raise what start_commit(repo, branch) would for the repo, the name or
+        an open head, without starting anything."""
+        self._require_repo(repo)
+        names.check_name("branch", branch)
+        b = self.q1("SELECT head FROM branches WHERE repo=? AND name=?", (repo, branch))
+        if b is None:
+            with self._lock:
+                self._check_new_branch(self.db, repo, branch)
+        elif b[0] is not None:
+            head = self._row(b[0])
+            if head[6] is None:
+                raise _still_open(repo, head)
+
     def fork_commit(self, repo: str, parent: str, branch: str) -> CommitInfo:
         return self.start_commit(repo, branch, parent=parent, new_branch=True)
 
@@ -355,6 +386,27 @@ class PFS(FileOps, Maintenance):
         return row
 
     def finish_commit(self, repo: str, ref: str, description: str | None = None) -> CommitInfo:
+        info = self._finish(repo, ref, description)
+        for listener in list(self.on_finish):
+            listener(info)
+        return info
+
+    def commit_new(
+        self, repo: str, branch: str, fill: Callable[[str], None], description: str = ""
+    ) -> CommitInfo:
+        """Start a commit on ``branch``, ``fill(commit_id)`` it, finish it: one
+        transaction, so the branch gains the whole commit or nothing (no open
+        commit is ever left behind, even by a crash). ``fill`` must not block
+        on I/O: the database is locked while it runs."""
+        with self.tx():
+            started = self.start_commit(repo, branch, description=description)
+            fill(started.id)
+            info = self._finish(repo, started.id, None)
+        for listener in list(self.on_finish):
+            listener(info)
+        return info
+
+    def _finish(self, repo: str, ref: str, description: str | None) -> CommitInfo:
         row = self.require_open(repo, ref)
         cid = row[0]
         with self.tx() as db:
@@ -374,10 +426,7 @@ class PFS(FileOps, Maintenance):
                 (time.time(), root, size, description, cid),
             )
             db.execute("DELETE FROM staging WHERE commit_id=?", (cid,))
-        info = self._info(self._row(cid))
-        for listener in list(self.on_finish):
-            listener(info)
-        return info
+        return self._info(self._row(cid))
 
     def _apply_sizes(
         self, base: bytes | None, staged: list[tuple[bytes, bytes | None]]
@@ -479,12 +528,28 @@ class PFS(FileOps, Maintenance):
         self._require_repo(repo)
         head_id = self.resolve(repo, head)[0] if head is not None else None
         with self.tx() as db:
+            if not db.execute("SELECT 1 FROM branches WHERE repo=? AND name=?", (repo, name)).fetchone():
+                self._check_new_branch(db, repo, name)
             db.execute(
                 "INSERT INTO branches(repo, name, head) VALUES(?,?,?) "
                 "ON CONFLICT(repo, name) DO UPDATE SET head=excluded.head",
                 (repo, name, head_id),
             )
         return next(b for b in self.list_branches(repo) if b.name == name)
+
+    @staticmethod
+    def _check_new_branch(db: sqlite3.Connection, repo: str, name: str) -> None:
+        """A new branch must not shadow a commit: refs resolve a branch before
+        a commit id, so a branch named like a commit id (or like the prefix of
+        one in this repo) would make that commit unreachable by its id."""
+        names.check_branch_name(name)
+        if refs.HEX_PREFIX.fullmatch(name) and db.execute(
+            "SELECT 1 FROM commits WHERE repo=? AND id>=? AND id<? LIMIT 1", (repo, name, name + "g")
+        ).fetchone():
+            raise InvalidArgument(
+                f"invalid branch name '{name}': it reads as the id of a commit in repo '{repo}' "
+                "and would hide it; choose another name"
+            )
 
     def delete_branch(self, repo: str, name: str) -> None:
         self._require_repo(repo)
@@ -494,3 +559,11 @@ class PFS(FileOps, Maintenance):
 
     def info_of(self, row: tuple) -> CommitInfo:
         return self._info(row)
+
+
+def _still_open(repo: str, row: tuple) -> Conflict:
+    ref = f"{row[2]}/{row[3]}" if row[2] is not None else row[0]
+    return Conflict(
+        f"commit '{ref}' in repo '{repo}' is still open; finish it before starting "
+        f"another on top of it (pachctl finish-commit {repo} {ref})"
+    )

@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass
 
 from pfsfuse.errors import InvalidArgument
+from pfsfuse.names import escape
 
 _SUFFIX = re.compile(r"(\^+|~\d*)$")
 _HEX = re.compile(r"[0-9a-f]{4,32}")
+HEX_PREFIX = _HEX  # what may name a commit by its id or a prefix of it
+MAX_NUMBER = (1 << 63) - 1  # commit numbers are SQLite integers
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,8 @@ class Ref:
 def parse_ref(text: str) -> Ref:
     if not text:
         raise InvalidArgument("empty commit reference")
+    if _CONTROL.search(text):
+        raise InvalidArgument(f"invalid commit reference '{escape(text)}': it holds control characters")
     back = 0
     rest = text
     while True:
@@ -43,14 +49,18 @@ def parse_ref(text: str) -> Ref:
             back += len(token)
         else:
             back += int(token[1:]) if len(token) > 1 else 1
+        if back > MAX_NUMBER:
+            raise InvalidArgument(f"invalid commit reference '{text}': {back} steps back is out of range")
         rest = rest[: m.start()]
     if not rest:
         raise InvalidArgument(f"invalid commit reference '{text}'")
     base, slash, seq = rest.partition("/")
     if slash:
-        if not seq.isdigit():
+        if not (seq.isascii() and seq.isdigit()):
             raise InvalidArgument(
                 f"invalid commit reference '{text}': expected BRANCH/N with N a number"
             )
+        if int(seq) > MAX_NUMBER:
+            raise InvalidArgument(f"invalid commit reference '{text}': commit number {seq} is out of range")
         return Ref(base=base, seq=int(seq), back=back)
     return Ref(base=base, back=back)

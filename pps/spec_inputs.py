@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from pfsfuse.errors import InvalidArgument
 from pfsfuse.names import check_name
+from pps.datums import GlobError, compile_glob
 
 
 class SpecError(InvalidArgument):
@@ -592,6 +593,7 @@ def _pfs(f: Fields, ctx: InputContext) -> PfsInput:
         raise f.fail("glob", 'required: a glob pattern such as "/*" or "/"')
     if glob and not glob.startswith("/"):
         glob = "/" + glob
+    _check_glob(f, glob)
     return PfsInput(
         name=_input_name(f, repo, ctx.generation), repo=repo, glob=glob,
         branch=f.name("branch", "branch", "master"), commit=f.text("commit"),
@@ -599,6 +601,17 @@ def _pfs(f: Fields, ctx: InputContext) -> PfsInput:
         group_by=f.text("group_by"), outer_join=f.flag("outer_join"), s3=f.flag("s3"),
         trigger=_trigger(f.sub("trigger", TRIGGER_FIELDS)), method=method,
         run_empty=f.flag("run_empty"))
+
+
+def _check_glob(f: Fields, glob: str) -> None:
+    """A glob the datum planner cannot compile (``/[a-``) is refused here,
+    naming its field, rather than failing every job of the pipeline later."""
+    if not glob:
+        return
+    try:
+        compile_glob(glob)
+    except GlobError as e:
+        raise f.fail("glob", f"invalid glob pattern: {e}") from None
 
 
 def _cron(f: Fields, ctx: InputContext) -> CronInput:
@@ -699,6 +712,7 @@ def parse_v1_inputs(value: Any, path: str, ctx: InputContext) -> Input | None:
             if not repo:
                 raise SpecError(join(f.at("repo"), "name"), "required: the input repo's name")
         glob = f.text("glob")
+        _check_glob(f, glob)
         leaf = PfsInput(
             name=_input_name(f, repo, 1), repo=repo,
             glob="/" + glob if glob and not glob.startswith("/") else glob,

@@ -17,11 +17,13 @@ both say the job finished or neither does.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from pfsfuse.errors import AlreadyExists, InvalidArgument, NotFound
+from pfsfuse.names import escape
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pps_pipelines(
@@ -345,6 +347,7 @@ class PpsStore:
     # -- secrets ---------------------------------------------------------------
 
     def put_secret(self, name: str, data: dict[str, str]) -> None:
+        check_secret(name, data)
         with self.pfs.tx() as db:
             db.execute("INSERT OR REPLACE INTO pps_secrets(name, data) VALUES(?,?)", (name, json.dumps(data)))
 
@@ -361,6 +364,24 @@ class PpsStore:
         with self.pfs.tx() as db:
             if db.execute("DELETE FROM pps_secrets WHERE name=?", (name,)).rowcount == 0:
                 raise NotFound(f"secret '{name}' not found")
+
+
+# Kubernetes' rule for Secret keys (and, with at most 253 characters, a fair
+# rule for the names): each key becomes a file under the mount path, so '/',
+# '.', '..' and control characters could escape it or garble a terminal.
+_SECRET_WORD = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+
+
+def check_secret(name: str, data: dict[str, str]) -> None:
+    """Refuse a secret name or key that is not a plain file name. Errors name
+    the name or key (escaped), never a value."""
+    for what, word in [("name", name)] + [("key", k) for k in data]:
+        if not isinstance(word, str) or not _SECRET_WORD.fullmatch(word) or word in (".", ".."):
+            prefix = f"secret '{escape(name)}': " if what == "key" else ""
+            raise InvalidArgument(
+                f"{prefix}invalid secret {what} '{escape(str(word))}': use letters, digits, '-', '_' and '.' "
+                "(at most 253 characters, not '.' or '..'), as Kubernetes requires"
+            )
 
 
 def _datum(job: str, r: tuple) -> dict[str, Any]:

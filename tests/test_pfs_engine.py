@@ -811,12 +811,15 @@ def test_gc_after_delete_commit_and_interrupted_session(pfs: PFS) -> None:
     commit(pfs, "r", {"a": b"keep me"})
     c = pfs.start_commit("r")
     put(pfs, "r", c.id, "dropped", rng.randbytes(MiB))
-    with pfs.write_session("r", c.id) as s:  # never committed: its pack is garbage
+    packs = set(pack_files(pfs))
+    with pfs.write_session("r", c.id) as s:  # never committed: its pack is deleted at close
         s.put_bytes("abandoned", rng.randbytes(MiB))
         s.sink.close()
+        assert len(set(pack_files(pfs)) - packs) == 1
+    assert set(pack_files(pfs)) == packs
     pfs.delete_commit("r", c.id)
     report = pfs.gc()
-    assert report["packs_deleted"] == 2
+    assert report["packs_deleted"] == 1  # the deleted commit's
     assert pack_files(pfs) and read(pfs, "r", "master", "a") == b"keep me"
     assert pfs.fsck()["ok"]
 

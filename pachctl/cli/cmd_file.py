@@ -6,7 +6,10 @@ import contextlib
 import difflib
 import os
 import posixpath
+import re
+import stat
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,14 +18,46 @@ import httpx
 from mountd import wire
 from mountd.models import errors
 from pachctl.cli.common import add, client, json_flag
-from pachctl.cli.output import Progress, emit_json, human_size, kv, table
+from pachctl.cli.output import Progress, emit_json, human_size, kv, safe, table
 from pachctl.client import PIECE
 
 SMALL = 1 << 20
 
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def _is_url(s: str) -> bool:
     return s.startswith(("http://", "https://"))
+
+
+def _source_name(name: str) -> str:
+    """A -f/-i source as this command reads it: http(s) URLs as they are,
+    ``file://`` URLs as the local path they name; any other scheme is refused
+    (it would otherwise be looked up as a local file and be "not found")."""
+    m = _SCHEME.match(name)
+    if m is None or _is_url(name):
+        return name
+    scheme = m.group(1).lower()
+    if scheme == "file":
+        url = urllib.parse.urlsplit(name)
+        if url.netloc not in ("", "localhost"):
+            raise errors.InvalidArgument(f"cannot read '{name}': file:// URLs name files on this machine (file:///PATH)")
+        return urllib.parse.unquote(url.path)
+    raise errors.InvalidArgument(
+        f"cannot read '{name}': the URL scheme '{scheme}' is not supported; "
+        "use a local path, a file:// URL or an http(s):// URL"
+    )
+
+
+def _size(path: str) -> int | None:
+    """A local file's size for the progress bar; None when it has none to
+    tell (a FIFO, a character device, /proc files that say 0)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) and st.st_size else None
 
 
 def fetch_url(url: str, progress=None) -> Iterator[bytes]:
@@ -68,7 +103,10 @@ def _open_local(path: str):
 
 def _file_records(local: str, dest: str, overwrite: bool, progress) -> Iterator[bytes]:
     with _open_local(local) as f:
-        first = f.read(SMALL + 1)
+        try:
+            first = f.read(SMALL + 1)
+        except OSError as exc:
+            raise errors.SourceError(f"cannot read '{local}': {exc.strerror or exc}") from None
         if len(first) <= SMALL:
             progress(len(first))
             yield wire.encode_small_put(dest, first, overwrite)
@@ -77,7 +115,13 @@ def _file_records(local: str, dest: str, overwrite: bool, progress) -> Iterator[
         def pieces() -> Iterator[bytes]:
             progress(len(first))
             yield first
-            while piece := f.read(PIECE):
+            while True:
+                try:
+                    piece = f.read(PIECE)
+                except OSError as exc:
+                    raise errors.SourceError(f"cannot read '{local}': {exc.strerror or exc}") from None
+                if not piece:
+                    return
                 progress(len(piece))
                 yield piece
 
@@ -102,10 +146,11 @@ def _plan(args) -> list[tuple[str, str]]:
         try:
             with contextlib.ExitStack() as stack:
                 if stream is None:
-                    stream = stack.enter_context(open(args.input))
+                    stream = stack.enter_context(open(_source_name(args.input)))
                 names += [line.strip() for line in stream if line.strip()]
         except OSError as exc:
             raise errors.SourceError(f"cannot read '{args.input}': {exc.strerror}") from None
+    names = [_source_name(n) for n in names]
     plan = []
     many = len(names) > 1 or args.input
     for name in names:
@@ -127,30 +172,15 @@ def _plan(args) -> list[tuple[str, str]]:
     return plan
 
 
-@contextlib.contextmanager
-def _writing(c, args) -> Iterator[str]:
-    """Yield the commit to write into. A commit started here (-c, or the 2.x
-    form on a finished branch) is finished on success and deleted on failure,
-    so a failed put leaves no trace."""
-    target, started = _target(c, args)
-    try:
-        yield target
-    except BaseException:
-        if started:
-            with contextlib.suppress(errors.PfsError):
-                c.delete_commit(args.repo, started)
-        raise
-    if started:
-        finished = c.finish_commit(args.repo, started)
-        if args.verbose:
-            print(finished.ref, file=sys.stderr)
-
-
-def _target(c, args) -> tuple[str, str | None]:
-    """The commit to write into, and the id of a commit we started (to finish)."""
+def _target(c, args) -> tuple[str, bool]:
+    """The ref to write into, and whether the daemon makes a new commit on it
+    (``-c``, or the 2.x form on a branch whose head is finished). A new commit
+    is started, written and finished by the daemon in one step once the whole
+    upload arrived: if this command is interrupted or killed (SIGINT, SIGTERM,
+    SIGKILL), its source fails, or the disk fills, the branch stays as it was
+    -- there is never an open commit left behind to block the next put."""
     if args.commit_flag:
-        started = c.start_commit(args.repo, args.commit)
-        return started.id, started.id
+        return args.commit, True
     if args.v2:
         # 2.x: putting into a branch whose head is finished makes a new commit.
         try:
@@ -158,9 +188,13 @@ def _target(c, args) -> tuple[str, str | None]:
         except errors.NotFound:
             info = None
         if info is None or (info.finished is not None and info.branch == args.commit):
-            started = c.start_commit(args.repo, args.commit)
-            return started.id, started.id
-    return args.commit, None
+            return args.commit, True
+    return args.commit, False
+
+
+def _report(args, result) -> None:
+    if args.verbose and result is not None and result.commit is not None:
+        print(result.commit.ref, file=sys.stderr)
 
 
 def put_file(args) -> int:
@@ -171,33 +205,36 @@ def put_file(args) -> int:
         plan = None
     else:
         plan = _plan(args)
-    with _writing(c, args) as target:
-        if plan is None:
-            result = c.put_file(args.repo, target, args.path, sys.stdin.buffer, overwrite=args.overwrite)
-        elif len(plan) == 1 and not args.recursive and not args.input:
-            dest, src = plan[0]
-            total = None if _is_url(src) else os.path.getsize(src)
-            progress = Progress(total, dest)
-            source = fetch_url(src) if _is_url(src) else Path(src)
-            try:
-                result = c.put_file(args.repo, target, dest, source, overwrite=args.overwrite, progress=progress)
-            finally:
-                progress.close()
-        else:
-            total = sum(os.path.getsize(s) for _, s in plan if not _is_url(s))
-            progress = Progress(total, f"{len(plan)} files")
+    target, new = _target(c, args)
+    if plan is None:
+        result = c.put_file(args.repo, target, args.path, sys.stdin.buffer, overwrite=args.overwrite, new_commit=new)
+    elif len(plan) == 1 and not args.recursive and not args.input:
+        dest, src = plan[0]
+        total = None if _is_url(src) else _size(src)
+        progress = Progress(total, dest)
+        source = fetch_url(src) if _is_url(src) else Path(src)
+        try:
+            result = c.put_file(
+                args.repo, target, dest, source, overwrite=args.overwrite, progress=progress, new_commit=new
+            )
+        finally:
+            progress.close()
+    else:
+        total = sum(_size(s) or 0 for _, s in plan if not _is_url(s))
+        progress = Progress(total, f"{len(plan)} files")
 
-            def records() -> Iterator[bytes]:
-                for dest, src in plan:
-                    if _is_url(src):
-                        yield from wire.encode_put(dest, fetch_url(src, progress), args.overwrite)
-                    else:
-                        yield from _file_records(src, dest, args.overwrite, progress)
+        def records() -> Iterator[bytes]:
+            for dest, src in plan:
+                if _is_url(src):
+                    yield from wire.encode_put(dest, fetch_url(src, progress), args.overwrite)
+                else:
+                    yield from _file_records(src, dest, args.overwrite, progress)
 
-            try:
-                result = c.put_files(args.repo, target, records())
-            finally:
-                progress.close()
+        try:
+            result = c.put_files(args.repo, target, records(), new_commit=new)
+        finally:
+            progress.close()
+    _report(args, result)
     if args.verbose:
         print(f"put {result.files} file(s), {human_size(result.bytes)}; stored {human_size(result.stored)} new", file=sys.stderr)
     return 0
@@ -251,8 +288,8 @@ def inspect_file(args) -> int:
 
 def delete_file(args) -> int:
     c = client()
-    with _writing(c, args) as target:
-        c.delete_file(args.repo, target, args.path)
+    target, new = _target(c, args)
+    _report(args, c.delete_file(args.repo, target, args.path, new_commit=new))
     return 0
 
 
@@ -269,17 +306,17 @@ def diff_file(args) -> int:
     for d in changes:
         mark = {"added": "A", "deleted": "D", "modified": "M"}[d.status]
         if not args.patch:
-            print(f"{mark}  {d.path}")
+            print(f"{mark}  {safe(d.path)}")
             continue
         old = _text(c, args.repo, old_ref, d.path) if d.status != "added" else ""
         new = _text(c, args.repo, args.commit, d.path) if d.status != "deleted" else ""
         if old is None or new is None:
-            print(f"Binary or large file {d.path} {d.status}")
+            print(f"Binary or large file {safe(d.path)} {d.status}")
             continue
         sys.stdout.writelines(
             difflib.unified_diff(
                 old.splitlines(keepends=True), new.splitlines(keepends=True),
-                fromfile=f"a{d.path}", tofile=f"b{d.path}",
+                fromfile=f"a{safe(d.path)}", tofile=f"b{safe(d.path)}",
             )
         )
     return 0

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         error(exc.message)
+        detail = getattr(exc, "detail", None)  # e.g. the log tail of a daemon that failed to start
+        if detail:
+            sys.stderr.write(detail if detail.endswith("\n") else detail + "\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

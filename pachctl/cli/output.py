@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -60,9 +61,20 @@ def ago(ts: float | None, now: float | None = None) -> str:
     return human_duration((now or time.time()) - ts) + " ago"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def safe(value: Any) -> str:
+    """A value as text fit for a terminal: control characters (ESC, newlines,
+    ...) in names and paths are shown as escapes (``\\x1b``, ``\\n``), never
+    acted on. Human output only; ``--json`` keeps the exact strings."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text) if _CONTROL.search(text) else text
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
     out = out or sys.stdout
-    cells = [[str(c) for c in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    cells = [[str(c) for c in headers]] + [[safe(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
         line = "   ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip()
@@ -72,7 +84,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> No
 def kv(pairs: Sequence[tuple[str, Any]], out=None) -> None:
     out = out or sys.stdout
     for k, v in pairs:
-        out.write(f"{k}: {'' if v is None else v}\n")
+        out.write(f"{k}: {safe(v)}\n")
 
 
 def emit_json(value: Any) -> None:
@@ -93,8 +105,10 @@ def use_color(stream=None) -> bool:
 
 
 def error(message: str) -> None:
+    """One line on stderr, whatever the message quotes (a name with a newline
+    or an escape sequence in it is shown escaped)."""
     prefix = "\033[31merror:\033[0m" if use_color() else "error:"
-    sys.stderr.write(f"{prefix} {message}\n")
+    sys.stderr.write(f"{prefix} {safe(message)}\n")
 
 
 class Progress:
