@@ -144,7 +144,8 @@ class Worker:
             self._say(f"pipeline {self.pipeline} is gone ({exc}); exiting")
             return EXIT_OK
         except errors.Unauthorized as exc:
-            self._say(f"the daemon refused this worker's token ({exc}); start it with the right PACHY_TOKEN")
+            self._say(f"the daemon refused this worker ({exc}); only workers its runner started, with the "
+                      f"credential it gave them (and its PACHY_TOKEN over TCP), may serve")
             return EXIT_CONFIG
         finally:
             self._shielded = True
