@@ -110,6 +110,10 @@ class Worker:
         except (sandbox.SandboxError, OSError) as exc:
             self._say(f"cannot start: {exc}")
             return EXIT_CONFIG
+        # User code must not reach the daemon (its home, socket) or any scratch.
+        client = getattr(self.link, "client", None)
+        sandbox.hide(p for p in (getattr(self.link, "home", None), getattr(client, "socket", None),
+                                 self.scratch, self.fast_scratch) if p)
         if self.own_process:
             _become_subreaper()
         self.logs.start()
@@ -302,17 +306,10 @@ class Worker:
     def _run(self, task: Task, dirs: TaskDirs, i: int) -> Result:
         unit, udir = task.units[i], dirs.units[i]
         log = self.logs.bind(task.job_id, unit.log_datum)
-        who = None
-        try:
-            who = execute.resolve_user(task.transform.user)
-        except TaskError:
-            pass  # run_unit reports it as the unit's failure
 
         def prepare_try(n: int) -> None:
             if n:
                 dirs.reset_out(udir)
-            if who is not None:
-                dirs.give_to(udir, who.uid, who.gid)
 
         try:
             outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)
