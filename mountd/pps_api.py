@@ -438,10 +438,11 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     @app.post("/v1/workers/tasks/{task_id}/result")
     async def task_result(request: Request, task_id: str, worker: str = ""):
         w = worker_of(request)
-        found = await run(s.job_for_task, task_id)
-        if found is not None and (found[0].pipeline != w.pipeline or found[0].worker != w.worker):
+        held = s.queue.get(task_id)
+        if held is not None and (held.pipeline != w.pipeline or held.worker != w.worker):
             await drain(request)
             raise Forbidden(f"task '{task_id}' is not held by worker '{w.worker}'")
+        found = await run(s.job_for_task, task_id)
         if found is None:
             await drain(request)
             raise NotFound(f"task '{task_id}' is not running (its job ended, or another worker finished it)")
