@@ -10,7 +10,7 @@ What user code of a unit sees (pps/WORKERS.md, "Isolation"):
   and the worker's own scratch roots hidden under empty read-only tmpfs
   mounts, made after the binds so ``/pfs`` stays reachable; ``/dev/shm``
   is a fresh tmpfs (the workers' fast scratch lives in the host's).
-- a PID namespace per worker thread: a tiny init process (``_INIT``) is
+- a PID namespace per worker thread: a tiny init process (``PidSpace``) is
   pid 1 there and has mounted a ``/proc`` of that namespace in a mount
   namespace of its own, which every unit's namespace is copied from. So
   ``/proc`` lists the unit's own processes (and that init) only, and
@@ -39,9 +39,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import subprocess
-import sys
+import signal
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -75,50 +75,6 @@ _FIX = (
     "run the worker as root (with CAP_SYS_ADMIN), or as a user where unprivileged user "
     "namespaces are enabled (sysctl user.max_user_namespaces > 0)"
 )
-
-# pid 1 of a worker thread's PID namespace. It mounts that namespace's /proc
-# in a mount namespace of its own (the units' namespaces are copies of it),
-# says "ready", then on each "k" kills every other process of the namespace
-# (what a unit left behind) and answers "k"; it exits when its stdin closes,
-# and the kernel then kills whatever is left in the namespace.
-_INIT = r"""
-import ctypes, os, signal, time
-libc = ctypes.CDLL(None, use_errno=True)
-def check(rc, what):
-    if rc != 0:
-        raise SystemExit(f"sandbox init: {what} failed: {os.strerror(ctypes.get_errno())}")
-check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")
-check(libc.mount(b"none", b"/", None, 0x4000 | 0x80000, None), "making / a slave")
-check(libc.mount(b"proc", b"/proc", b"proc", 0x2 | 0x4 | 0x8, None), "mounting /proc")
-def reap(*_):
-    try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-signal.signal(signal.SIGCHLD, reap)
-os.write(1, b"ready\n")
-while True:
-    try:
-        req = os.read(0, 1)
-    except InterruptedError:
-        continue
-    if not req:
-        break
-    try:
-        os.kill(-1, signal.SIGKILL)  # from pid 1: every process of the namespace but itself
-    except ProcessLookupError:
-        pass
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                time.sleep(0.001)
-        except ChildProcessError:
-            break
-    os.write(1, b"k")
-"""
-
 
 class SandboxError(RuntimeError):
     """The sandbox cannot be set up; the message names the fix."""
@@ -194,7 +150,16 @@ def hide(paths: Iterable[str]) -> None:
 
 
 class PidSpace:
-    """A PID namespace for the units of one thread, with its init and its /proc."""
+    """A PID namespace for the units of one thread, with its init and its /proc.
+
+    The init is a fork of the worker (no program to find and start): pid 1
+    of the namespace. It mounts that namespace's /proc in a mount namespace
+    of its own, which every unit's namespace is then copied from, says
+    "ready", and on each request kills every other process of the namespace
+    (what a unit left behind) and answers. It exits when the worker closes
+    its end of the pipe (or dies), and the kernel then kills whatever is
+    left in the namespace.
+    """
 
     def __init__(self) -> None:
         if not getattr(_local, "fs_own", False):
@@ -210,56 +175,110 @@ class PidSpace:
         if getattr(_local, "own_pidns", None) is None:
             _local.own_pidns = os.open("/proc/thread-self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             _local.own_mntns = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        # Back to our own namespace for children first: a namespace whose init
-        # died cannot be reused, and a new one can only be made from our own.
-        if _libc.setns(_local.own_pidns, CLONE_NEWPID) != 0:
-            raise _fail("setns(CLONE_NEWPID)")
+        # After the first: back to our own namespace for children first (a namespace
+        # whose init died cannot be reused; a new one can only be made from our own).
+        if getattr(_local, "had_space", False) and _libc.setns(_local.own_pidns, CLONE_NEWPID) != 0:
+            raise _fail("setns(CLONE_NEWPID) (a new PID namespace after its init died)")
+        _local.had_space = True
         if _libc.unshare(CLONE_NEWPID) != 0:
             raise _fail("unshare(CLONE_NEWPID) (a PID namespace for user code)")
-        self.init = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", _INIT],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={}, cwd="/", close_fds=True,
-        )  # fmt: skip
+        self.mntns: int | None = None
+        req_r, self.req = os.pipe2(os.O_CLOEXEC)
+        self.ans, ans_w = os.pipe2(os.O_CLOEXEC)
+        self.pid = os.fork()
+        if self.pid == 0:  # the init
+            try:
+                _init_main(req_r, ans_w)
+            finally:
+                os._exit(1)
+        os.close(req_r)
+        os.close(ans_w)
+        _inits.add(self.pid)
         try:
-            if os.read(self.init.stdout.fileno(), 6) != b"ready\n":
-                self.init.wait(5)
+            if os.read(self.ans, 6) != b"ready\n":
                 raise SandboxError(
                     "cannot make a PID namespace with its own /proc for user code (see the worker's log); " + _FIX
                 )
-            self.mntns = os.open(f"/proc/{self.init.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            self.mntns = os.open(f"/proc/{self.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
             self.close()
             raise
 
     def alive(self) -> bool:
-        return self.init.poll() is None
+        if self.pid is None:
+            return False
+        try:
+            return os.waitpid(self.pid, os.WNOHANG)[0] == 0
+        except ChildProcessError:
+            return False
 
     def kill_strays(self) -> None:
         """Kill every process of the namespace but its init (what the last unit left)."""
         try:
-            os.write(self.init.stdin.fileno(), b"k")
-            os.read(self.init.stdout.fileno(), 1)
+            os.write(self.req, b"k")
+            os.read(self.ans, 1)
         except OSError:
             pass  # the init is gone, and the kernel killed the namespace with it
 
     def close(self) -> None:
-        for f in (self.init.stdin, self.init.stdout):
-            if f is not None:
-                f.close()
-        try:
-            self.init.wait(5)
-        except subprocess.TimeoutExpired:
-            self.init.kill()
-            self.init.wait()
-        if getattr(self, "mntns", None) is not None:
-            os.close(self.mntns)
-            self.mntns = None
+        for fd in (self.req, self.ans, self.mntns):
+            if fd is not None:
+                os.close(fd)
+        self.req = self.ans = self.mntns = None
+        if self.pid is not None:
+            try:
+                os.waitpid(self.pid, 0)  # it exits on the closed pipe
+            except ChildProcessError:
+                pass
+            _inits.discard(self.pid)
+            self.pid = None
 
     def __del__(self) -> None:  # the thread that owned it ended: end its namespace
         try:
             self.close()
         except Exception:
             pass
+
+
+_inits: set[int] = set()  # pids of live inits: children of the worker it must not reap
+
+
+def inits() -> frozenset[int]:
+    """The worker's children that are PID namespace inits (not a unit's leftovers)."""
+    return frozenset(_inits)
+
+
+def _init_main(req: int, ans: int) -> None:
+    """The body of a PID namespace's init (a fork of the worker; never returns)."""
+    os.dup2(req, 0)
+    os.dup2(ans, 1)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # nothing of the worker's stays open here
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # it ends when the worker closes the pipe
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    if _libc.unshare(CLONE_NEWNS) != 0 or _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0 \
+            or _libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) != 0:
+        os.write(2, f"sandbox init: cannot mount a /proc: {os.strerror(ctypes.get_errno())}\n".encode())
+        os._exit(1)
+    os.write(1, b"ready\n")
+    while True:
+        try:
+            if not os.read(0, 1):
+                os._exit(0)
+        except InterruptedError:
+            continue
+        try:
+            os.kill(-1, signal.SIGKILL)  # from pid 1: every process of the namespace but itself
+        except ProcessLookupError:
+            pass
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    time.sleep(0.001)
+            except ChildProcessError:
+                break  # nothing left
+        os.write(1, b"k")
 
 
 def _space() -> PidSpace:

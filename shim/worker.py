@@ -363,7 +363,7 @@ def _become_subreaper() -> None:
 def _reap_orphans() -> None:
     """Kill and reap what a unit left behind outside its process group."""
     for _ in range(10):
-        pids = _children()
+        pids = [p for p in _children() if p not in sandbox.inits()]
         if not pids:
             break
         for pid in pids:

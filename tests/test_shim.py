@@ -308,11 +308,25 @@ def running_with(arg: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                if arg.encode() in f.read().split(b"\0") and pid_alive(int(name)):
+                if any(arg.encode() in a for a in f.read().split(b"\0")) and pid_alive(int(name)):
                     found.append(int(name))
         except OSError:
             continue
     return found
+
+
+def host_pid(ns_pid: int, token: str) -> int:
+    """The host pid of the process user code knows as ``ns_pid`` (in its PID
+    namespace) and with ``token`` in its command line."""
+    for pid in running_with(token) or [-1]:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if len(nspid) > 1 and int(nspid[-1]) == ns_pid:
+            return pid
+    raise AssertionError(f"no process known as {ns_pid} in its namespace runs with {token!r}")
 
 
 def test_datum_timeout_kills_the_whole_group_promptly(tmp_path):

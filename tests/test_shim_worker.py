@@ -25,7 +25,15 @@ from pachctl.client import errors
 from pps.runners import LocalRunner
 from shim.link import Link
 from shim.worker import EXIT_GAVE_UP, EXIT_OK, Worker
-from tests.test_shim import FakeReader, in_thread, pid_alive, task_dict, unit_dict, wait_for
+from tests.test_shim import (
+    FakeReader,
+    in_thread,
+    pid_alive,
+    running_with,
+    task_dict,
+    unit_dict,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the shim tests need root (mount namespaces)")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -423,12 +431,12 @@ def test_worker_process_over_http_uploads_the_result(tmp_path):
 def test_sigterm_during_a_unit_kills_it_and_exits_cleanly(tmp_path):
     sock = str(tmp_path / "d.sock")
     pidfile = tmp_path / "pid"
-    raw = task_dict(["sh", "-c", f"echo $$ > {pidfile}; sleep 1000"])
+    raw = task_dict(["sh", "-c", f"echo $$ > {pidfile}; sleep 1000.5"])
     mini = MiniDaemon(sock, raw, {"/f": b"x"})
     proc = _shim(tmp_path, sock)
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "the unit to start")
-        user_pid = int(pidfile.read_text())
+        user_pid = wait_for(lambda: running_with("1000.5"), 10, "the unit's sleep")[0]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
