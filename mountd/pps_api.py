@@ -373,6 +373,9 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         own_pipeline(w, pipeline)
         if worker and worker != w.worker:
             raise Forbidden(f"this credential was issued to worker '{w.worker}', not '{worker}'")
+        if await run(s.store.find_pipeline, pipeline) is None:
+            # Deleted (perhaps while the runner was starting this worker): it must exit.
+            raise NotFound(f"pipeline '{pipeline}' not found")
         task = await trio.to_thread.run_sync(s.queue.take, pipeline, w.worker, min(wait, 60.0),
                                              abandon_on_cancel=True, limiter=poll_limiter)
         if task is None:

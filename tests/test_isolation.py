@@ -144,6 +144,7 @@ def test_worker_api_answers_only_the_worker_it_was_issued_to(tmp_path: Path) -> 
             return 1
 
     s.runner = Runner()
+    s.store.find_pipeline = lambda name: object() if name in ("pa", "pb") else None  # both exist
     pfs_.create_repo("r")
     info = pfs_.start_commit("r", "master")
     with pfs_.write_session("r", info.id) as ws:
