@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import hashlib
 import os
 import pwd
 import selectors
@@ -64,25 +65,31 @@ class Identity:
     home: str = "/"
 
 
-# User code of a worker run as root, with no transform.user, runs as this
-# uid and gid, picked at random per worker process from a range no distro
-# allocates: an unprivileged user that owns nothing on the host, and differs
-# between workers (so one pipeline's code cannot touch another's processes or
-# files in /tmp). A clash is possible in principle: 1 in ~16 million per pair.
+# User code of a worker run as root, with no transform.user, runs as an
+# unprivileged uid (and gid) of a range no distro allocates, that owns
+# nothing on the host. It is derived from the pipeline's name and the
+# daemon's home: a pipeline's workers (parallel, restarted) share it, and so
+# find what an earlier try left in /tmp, while two pipelines differ, so one's
+# code cannot touch the other's processes or private files. A clash is
+# possible in principle: 1 in ~16 million per pair of pipelines.
 ANON_BASE, ANON_SPAN = 0x60000000, 1 << 24
-_anon: Identity | None = None
+_anon_salt = ""
 
 
-def anonymous_identity() -> Identity | None:
-    """The unprivileged identity for user code when no ``transform.user`` is given;
-    None when the worker cannot switch users (it runs without root)."""
-    global _anon
+def set_anonymous_salt(salt: str) -> None:
+    """What tells apart the pipelines of different daemons (the worker gives the home)."""
+    global _anon_salt
+    _anon_salt = salt
+
+
+def anonymous_identity(pipeline: str) -> Identity | None:
+    """The unprivileged identity for ``pipeline``'s user code when no ``transform.user``
+    is given; None when the worker cannot switch users (it runs without root)."""
     if os.geteuid() != 0 or sandbox.in_user_namespace():
         return None
-    if _anon is None:
-        n = ANON_BASE + int.from_bytes(os.urandom(4), "big") % ANON_SPAN
-        _anon = Identity(n, n, [], "/tmp")
-    return _anon
+    digest = hashlib.sha256(f"{_anon_salt}\0{pipeline}".encode()).digest()
+    n = ANON_BASE + int.from_bytes(digest[:4], "big") % ANON_SPAN
+    return Identity(n, n, [], "/tmp")
 
 
 @dataclass
@@ -121,12 +128,12 @@ def build_env(task: Task, unit: Unit, who: Identity | None = None) -> dict[str, 
     return env
 
 
-def resolve_user(spec: str) -> Identity | None:
+def resolve_user(spec: str, pipeline: str = "") -> Identity | None:
     """``transform.user``: ``name``, ``uid``, ``name:group`` or ``uid:gid``, resolved with the
     worker's passwd and group files; "" = an unprivileged uid of the worker's
     (``anonymous_identity``), or the worker's own user if it cannot switch."""
     if not spec:
-        return anonymous_identity()
+        return anonymous_identity(pipeline)
     name, _, group = spec.partition(":")
     try:
         pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
@@ -185,7 +192,7 @@ def run_unit(
     t = task.transform
     tries = 0
     try:
-        who = resolve_user(t.user)
+        who = resolve_user(t.user, task.pipeline)
         env = build_env(task, unit, who)
         cwd = t.working_dir or "/"
         accept = frozenset([0, *t.accept_return_code])

@@ -211,7 +211,7 @@ class LongRunning:
                     self._start_spout(dirs)
                 self.dirs = dirs  # only now: a failure above lays the task out again next time
             unit, udir = task.units[0], self.dirs.units[0]
-            who = execute.resolve_user(task.transform.user)
+            who = execute.resolve_user(task.transform.user, task.pipeline)
             env = execute.build_env(task, unit, who)
             execute.hand_over(self.dirs.binds(udir), who)
         except (MaterializeError, TaskError, sandbox.SandboxError, OSError) as exc:

@@ -112,6 +112,7 @@ class Worker:
             return EXIT_CONFIG
         # User code must not reach the daemon (its home, socket) or any scratch.
         client = getattr(self.link, "client", None)
+        execute.set_anonymous_salt(getattr(self.link, "home", None) or "")
         sandbox.hide(p for p in (getattr(self.link, "home", None), getattr(client, "socket", None),
                                  self.scratch, self.fast_scratch) if p)
         if self.own_process:
