@@ -9,8 +9,8 @@
 
 from __future__ import annotations
 
-import os
 import http.client
+import os
 import socket
 import time
 import urllib.error
