@@ -128,6 +128,7 @@ class LocalRunner:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
         for name in ("PACHY_TOKEN", "PACHY_WORKER_CREDENTIAL"):
             env.pop(name, None)  # given through the pipe below, never by the environment
+        env["PACHY_HOME"] = self.home  # the worker hides it from user code
         credential = secrets.token_urlsafe(32)
         read_end, write_end = os.pipe()
         cmd = [
