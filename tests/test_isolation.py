@@ -126,6 +126,22 @@ def test_user_code_reaches_neither_other_pipelines_nor_the_daemon(px: Pachy, c: 
     assert int(report["procs"]) <= 6, report  # its init, sh, ls, grep: nothing of anyone else
     assert report["uid"] != "0"
 
+    # Even code run as root (it asked for it) finds the daemon's home empty and no one
+    # else's processes: the layers below the uid hold too (root could undo them on purpose).
+    c.create_repo("root-attack-in")
+    head = commit_files(c, "root-attack-in", {"x": b"1"})
+    c.create_pipeline({"pipeline": {"name": "root-attacker"}, "input": pfs("root-attack-in", "/"),
+                       "transform": {"cmd": ["sh"], "user": "root", "env": {"HOMEDIR": str(px.home)}, "stdin": [
+                           "R=/pfs/out/report",
+                           'test -e "$HOMEDIR/meta.sqlite" && echo meta=reached >> $R',
+                           'test -e "$HOMEDIR/mountd.sock" && echo socket=reached >> $R',
+                           "cat /proc/[0-9]*/environ | grep -q hunter2 && echo any-environ=reached >> $R",
+                           "ls /dev/shm | grep -q pachy && echo shm=reached >> $R",
+                           "echo procs=$(ls /proc | grep -c '^[0-9]') >> $R"]}})
+    flush_ok(c, "root-attack-in", head)
+    report = dict(line.split("=", 1) for line in outputs(c, "root-attacker")["report"].decode().split())
+    assert list(report) == ["procs"] and int(report["procs"]) <= 6, report
+
     go.touch()
     flush_ok(c, "victim-in", victim_head)
     assert outputs(c, "victim") == {"pw": secret.encode()}  # the victim got its task and its secret
