@@ -311,18 +311,22 @@ def enter(binds: Sequence[Bind]) -> None:
         os.fchdir(cwd)  # setns moved the thread to "/"
     finally:
         os.close(cwd)
-    for b in binds:
-        _mount(b.source, b.target, MS_BIND | MS_REC)
-        if b.readonly:
-            _mount(None, b.target, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    # After the binds, whose sources live under what is hidden.
-    for path in _hidden:
-        if os.path.isdir(path):
-            _mount("tmpfs", path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs", "size=4k,mode=755")
-        elif os.path.exists(path):  # a socket elsewhere than the home
-            _mount("/dev/null", path, MS_BIND)
-    if os.path.isdir(SHM):
-        _mount("tmpfs", SHM, MS_NOSUID | MS_NODEV, "tmpfs", "mode=1777")
+    try:
+        for b in binds:
+            _mount(b.source, b.target, MS_BIND | MS_REC)
+            if b.readonly:
+                _mount(None, b.target, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        # After the binds, whose sources live under what is hidden.
+        for path in _hidden:
+            if os.path.isdir(path):
+                _mount("tmpfs", path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "tmpfs", "size=4k,mode=755")
+            elif os.path.exists(path):  # a socket elsewhere than the home
+                _mount("/dev/null", path, MS_BIND)
+        if os.path.isdir(SHM):
+            _mount("tmpfs", SHM, MS_NOSUID | MS_NODEV, "tmpfs", "mode=1777")
+    except BaseException:
+        release()  # not left in a namespace where the scratch is busy
+        raise
 
 
 def release() -> None:
