@@ -92,10 +92,6 @@ class LocalRunner:
             workers = list(self._workers.pop(pipeline, {}).values())
         _terminate(workers, timeout)
 
-    def owns(self, worker: str) -> bool:
-        """Did this runner start ``worker``? (ids carry the runner's run id)"""
-        return worker.rpartition("-")[0].endswith(f"-{self._run_id}")
-
     def authenticate(self, credential: str) -> tuple[str, str] | None:
         """(pipeline, worker id) of the live worker ``credential`` was issued to, else None."""
         if not credential:
