@@ -166,13 +166,19 @@ def hand_over(binds: Sequence[sandbox.Bind], who: Identity | None) -> None:
     Read-only shared trees (1.x /pfs/prev) stay the worker's, world-readable."""
     if who is None:
         return
+
+    def give(path: str) -> None:
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (who.uid, who.gid):  # a chown changes ctime: only when needed
+            os.chown(path, who.uid, who.gid, follow_symlinks=False)
+
     for b in binds:
         if not b.owned:
             continue
-        os.chown(b.source, who.uid, who.gid)
+        give(b.source)
         for base, subdirs, files in os.walk(b.source):
             for name in subdirs + files:
-                os.chown(os.path.join(base, name), who.uid, who.gid, follow_symlinks=False)
+                give(os.path.join(base, name))
 
 
 def run_unit(

@@ -307,10 +307,19 @@ class Worker:
     def _run(self, task: Task, dirs: TaskDirs, i: int) -> Result:
         unit, udir = task.units[i], dirs.units[i]
         log = self.logs.bind(task.job_id, unit.log_datum)
+        try:
+            who = execute.resolve_user(task.transform.user, task.pipeline)
+        except TaskError:
+            who = None  # run_unit reports it as the unit's failure
 
         def prepare_try(n: int) -> None:
             if n:
                 dirs.reset_out(udir)
+            if dirs.prev is not None and who is not None:
+                # 1.x: /pfs/out is measured against what it started with; handing it
+                # to the user changes the files' ctime, so measure after that.
+                execute.hand_over(dirs.binds(udir), who)
+                udir.baseline = collect.snapshot(udir.out)
 
         try:
             outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)

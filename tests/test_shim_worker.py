@@ -448,3 +448,17 @@ def test_sigterm_during_a_unit_kills_it_and_exits_cleanly(tmp_path):
     assert mini.results == []  # the task is left for another worker
     assert not (tmp_path / "s").exists()
 
+
+
+def test_1x_out_handed_to_the_user_reports_only_what_the_code_changed(tmp_path):
+    """/pfs/out is handed (chowned) to the unprivileged user before the try; the
+    result still has only what the code changed (an append), nothing for the rest."""
+    raw = task_dict(["sh", "-c", "id -u > /pfs/out/uid; echo more >> /pfs/out/total"],
+                    generation=1, prev={"repo": "sum", "commit": "p1"})
+    fake = FakeLink([raw], {("r", "c"): {"/f": b"x"}, ("sum", "p1"): {"/total": b"1\n", "/same": b"s"}})
+    assert in_thread(Worker(fake, "pipe", "w", str(tmp_path / "s"), give_up=1).run) == EXIT_OK
+    events = decode_result(fake.uploads[0][1])
+    assert events[0][1]["state"] == "success", events[0][1]["reason"]
+    puts = {e[1]["path"]: (e[1]["append"], nxt) for e, nxt in zip(events, events[1:], strict=False) if isinstance(e, tuple) and e[0] == "P"}
+    assert puts["/total"] == (True, b"more\n") and "/same" not in puts  # an append, and nothing for the rest
+    assert puts["/uid"][1] != b"0\n"  # not root
