@@ -31,7 +31,7 @@ from mountd.ingest import (
 )
 from mountd.mounts import MountManager
 from pfsfuse import __version__
-from pfsfuse.errors import Conflict, NoSpace, PfsError, SourceError
+from pfsfuse.errors import Conflict, Forbidden, NoSpace, PfsError, SourceError
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
@@ -284,6 +284,13 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.post("/v1/mounts", response_model=models.MountInfo, status_code=201)
     async def mount(body: models.MountRequest):
+        if token is not None:
+            # Over TCP the caller may be on another machine, and a mount runs as the
+            # daemon's user at any path of this one: only local (unix socket) clients.
+            raise Forbidden(
+                "mounts are refused over TCP: run 'pachctl mount' on the daemon's machine, "
+                "against its unix socket"
+            )
         if mounts is None or mounts.nursery is None:
             raise PfsError("this daemon cannot serve mounts")
         return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos, body.commit_idle, body.allow_other))

@@ -7,6 +7,7 @@ import json
 import struct
 import uuid
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import trio
 from fastapi import FastAPI, Request, Response
@@ -15,13 +16,35 @@ from fastapi.responses import StreamingResponse
 from mountd import models, pps_models, wire
 from mountd.app import drain, pump, run
 from mountd.ingest import WireIngest
-from pfsfuse.errors import InvalidArgument, NoSpace, NotFound, PfsError
+from pfsfuse.errors import Forbidden, InvalidArgument, NoSpace, NotFound, PfsError, Unauthorized
 from pfsfuse.files import PinSession
 from pfsfuse.pfs import PFS
 from pps.scheduler import Scheduler
 from pps.store import JobRow, PipelineRow
 
 _U64 = struct.Struct(">Q")
+WORKER_HEADER = "X-Pachy-Worker"  # shim.link sends it; the daemon must not import the shim
+
+
+class Worker(NamedTuple):
+    pipeline: str
+    worker: str
+
+
+def task_commits(payload: dict) -> set[tuple[str, str]]:
+    """The (repo, commit) pairs a task's worker may read: its units' inputs and 1.x prev."""
+    pairs = {(f.get("repo"), f.get("commit")) for u in payload.get("units") or [] for f in u.get("files") or []}
+    prev = payload.get("prev")
+    if isinstance(prev, dict):
+        pairs.add((prev.get("repo"), prev.get("commit")))
+    return pairs
+
+
+def _find_job(s: Scheduler, job_id: str) -> JobRow | None:
+    try:
+        return s.store.get_job(job_id)
+    except PfsError:  # unknown, or an ambiguous prefix
+        return None
 SMALL = 1 << 20  # bytes of a batch read handed over per thread hop
 
 
@@ -325,27 +348,58 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         return {}
 
     # -- workers (the shim) ------------------------------------------------------
+    # Every worker endpoint wants the credential its runner gave the worker
+    # (header X-Pachy-Worker) and answers only about that worker's pipeline and
+    # tasks: a task (with its secrets) goes only to the pipeline's own workers.
+
+    def worker_of(request: Request) -> Worker:
+        credential = request.headers.get(WORKER_HEADER, "")
+        authenticate = getattr(s.runner, "authenticate", None)
+        found = authenticate(credential) if authenticate is not None and credential else None
+        if found is None:
+            raise Unauthorized(
+                "worker endpoints answer only workers this daemon started, with the credential it gave them "
+                f"({WORKER_HEADER}); a worker of an earlier run of the daemon must exit"
+            )
+        return Worker(*found)
+
+    def own_pipeline(w: Worker, pipeline: str) -> None:
+        if pipeline != w.pipeline:
+            raise Forbidden(f"worker '{w.worker}' serves pipeline '{w.pipeline}', not '{pipeline}'")
 
     @app.post("/v1/workers/{pipeline}/next")
-    async def next_task(pipeline: str, worker: str, wait: float = 20.0):
-        owns = getattr(s.runner, "owns", None)
-        if owns is not None and not owns(worker):
-            # A worker of an earlier run of this daemon (orphaned by a kill -9): it must not serve.
-            raise NotFound(f"worker '{worker}' was not started by this daemon; exiting")
-        task = await trio.to_thread.run_sync(s.queue.take, pipeline, worker, min(wait, 60.0),
+    async def next_task(request: Request, pipeline: str, worker: str = "", wait: float = 20.0):
+        w = worker_of(request)
+        own_pipeline(w, pipeline)
+        if worker and worker != w.worker:
+            raise Forbidden(f"this credential was issued to worker '{w.worker}', not '{worker}'")
+        if await run(s.store.find_pipeline, pipeline) is None:
+            # Deleted (perhaps while the runner was starting this worker): it must exit.
+            raise NotFound(f"pipeline '{pipeline}' not found")
+        task = await trio.to_thread.run_sync(s.queue.take, pipeline, w.worker, min(wait, 60.0),
                                              abandon_on_cancel=True, limiter=poll_limiter)
         if task is None:
             return Response(status_code=204)
         return task.payload
 
     @app.post("/v1/workers/{pipeline}/still")
-    async def still_current(pipeline: str, task: str):
+    async def still_current(request: Request, pipeline: str, task: str):
         """A spout or service worker asks whether to keep running its task."""
+        own_pipeline(worker_of(request), pipeline)
         return {"current": await run(s.still_current, pipeline, task)}
 
     @app.post("/v1/workers/read")
     async def read_batch(request: Request):
+        w = worker_of(request)
         items = (await request.json()).get("items", [])
+        lease = s.queue.leased(w.worker)
+        allowed = task_commits(lease.payload) if lease is not None and lease.pipeline == w.pipeline else set()
+        for it in items:
+            if isinstance(it, dict) and (it.get("repo"), it.get("commit")) not in allowed:
+                raise Forbidden(
+                    f"worker '{w.worker}' may read only the inputs of the task it holds, not "
+                    f"{it.get('repo')}@{it.get('commit')}"
+                )
 
         def chunks() -> Iterator[bytes]:
             rows: dict[tuple[str, str], tuple] = {}  # a task reads many files of few commits
@@ -386,6 +440,11 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     @app.post("/v1/workers/tasks/{task_id}/result")
     async def task_result(request: Request, task_id: str, worker: str = ""):
+        w = worker_of(request)
+        held = s.queue.get(task_id)
+        if held is not None and (held.pipeline != w.pipeline or held.worker != w.worker):
+            await drain(request)
+            raise Forbidden(f"task '{task_id}' is not held by worker '{w.worker}'")
         found = await run(s.job_for_task, task_id)
         if found is None:
             await drain(request)
@@ -409,7 +468,25 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     @app.post("/v1/workers/logs")
     async def worker_logs(request: Request):
+        w = worker_of(request)
         body = await request.body()
         lines = [json.loads(t) for t in body.decode("utf-8", "replace").splitlines() if t.strip()]
-        await run(s.logs.write, lines)
+
+        def write() -> None:
+            jobs: dict[str, bool] = {}  # job id -> is it this worker's pipeline's?
+            mine = []
+            for line in lines:
+                if not isinstance(line, dict):
+                    continue
+                job = line.get("job")
+                if job is not None:
+                    if job not in jobs:
+                        row = _find_job(s, str(job))
+                        jobs[job] = row is not None and row.id == job and row.pipeline == w.pipeline
+                    if not jobs[job]:
+                        continue  # a line for another pipeline's job: not this worker's to write
+                mine.append(line | {"pipeline": w.pipeline, "worker": w.worker})
+            s.logs.write(mine)
+
+        await run(write)
         return {}

@@ -21,6 +21,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from mountd.app import build_app
+from mountd.home import secure_home
 from mountd.mounts import MountManager
 from pfsfuse.errors import PfsError
 from pfsfuse.objstore import open_store
@@ -124,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
     args = parse_args(argv)
     home = os.path.abspath(args.home) if args.home else default_home()
-    os.makedirs(home, mode=0o700, exist_ok=True)
+    # Everything the daemon creates is private to its user (the metadata holds
+    # plaintext secrets), whatever umask it was started with; workers set their own.
+    old_umask = os.umask(0o077)
     try:
+        secure_home(home)
         lock = _lock_home(home)
         store_url = args.store or os.environ.get("PACHY_STORE") or os.path.join(home, "objects")
         pfs = PFS(home, open_store(store_url), zstd_level=args.zstd_level)
@@ -153,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         app = build_app(pfs, token, mounts, scheduler)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        os.umask(old_umask)
         return exc.exit_code
-    old_umask = os.umask(0o077)  # the socket is created 0600
     try:
         print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
         scheduler.start()

@@ -166,17 +166,18 @@ class Client:
 
     def _start_daemon(self) -> None:
         """Start the embedded default's daemon and wait until it answers."""
-        home = self.settings.home
-        os.makedirs(home, mode=0o700, exist_ok=True)
+        from mountd.home import open_private, secure_home  # stdlib only: cheap
+
+        home = secure_home(self.settings.home)  # a home of another user is refused, not written to
         log_path = os.path.join(home, "mountd.log")
-        with open(os.path.join(home, "autostart.lock"), "w") as lock:
+        with os.fdopen(open_private(os.path.join(home, "autostart.lock"), os.O_WRONLY | os.O_CREAT), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one starter at a time
             try:
                 self._http.get("/v1/version").raise_for_status()
                 return  # someone else started it meanwhile
             except httpx.TransportError:
                 pass
-            with open(log_path, "ab") as log:
+            with os.fdopen(open_private(log_path), "ab") as log:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "mountd", "--home", home],
                     stdin=subprocess.DEVNULL,

@@ -92,6 +92,15 @@ class Unauthorized(PfsError):
     http_status = 401
 
 
+class Forbidden(PfsError):
+    """The caller is known but may not do this (a worker outside its pipeline,
+    a mount asked for over TCP)."""
+
+    kind = "forbidden"
+    exit_code = EXIT_ERROR
+    http_status = 403
+
+
 ALL_KINDS: dict[str, type[PfsError]] = {
     cls.kind: cls
     for cls in (
@@ -105,6 +114,7 @@ ALL_KINDS: dict[str, type[PfsError]] = {
         Damaged,
         Unreachable,
         Unauthorized,
+        Forbidden,
     )
 }
 

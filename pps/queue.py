@@ -75,6 +75,11 @@ class TaskQueue:
         with self._cond:
             self._release(worker)
 
+    def leased(self, worker: str) -> Task | None:
+        """The task ``worker`` holds now, if any."""
+        with self._cond:
+            return self._leases.get(worker)
+
     def get(self, task_id: str) -> Task | None:
         with self._cond:
             return self._tasks.get(task_id)

@@ -2,7 +2,11 @@
 
 The daemon's address and token come from ``--address``/``--token``, else
 from the environment and config file exactly as for ``pachctl``
-(``PACHY_ADDRESS``, ``PACHY_TOKEN``, ...). Exit codes: 0 stopped (signal,
+(``PACHY_ADDRESS``, ``PACHY_TOKEN``, ...). The worker's credential (and the
+token) come best through ``--credential-fd N``: a pipe holding
+``{"credential": ..., "token": ...}``, read and closed at start; else from
+``PACHY_WORKER_CREDENTIAL``, removed from the environment once read. User
+code never sees either (pps/WORKERS.md, "Isolation"). Exit codes: 0 stopped (signal,
 or the pipeline is gone), 2 cannot work here (no /pfs mount point, no
 mount namespaces, bad token), 3 gave up on an unreachable daemon.
 """
@@ -10,6 +14,7 @@ mount namespaces, bad token), 3 gave up on an unreachable daemon.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -22,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", required=True, help="this worker's id, unique within the pipeline")
     parser.add_argument("--address", default=None, help="unix:/path/to/mountd.sock or host:port")
     parser.add_argument("--token", default=None)
+    parser.add_argument("--credential-fd", type=int, default=None,
+                        help="read this worker's credential (and the daemon's token) from this descriptor")
     parser.add_argument("--scratch", default=None, help="where units' inputs are laid out (default <home>/scratch/<worker>)")
     parser.add_argument("--fast-scratch", default=None,
                         help="a tmpfs directory for tasks of small inputs (default /dev/shm/pachy-<worker> when "
@@ -29,6 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    # Files the shim lays out for user code are readable by it (it may run as
+    # another uid); what must stay private is made 0700 explicitly.
+    os.umask(0o022)
+    try:
+        credential, token = _credentials(args)
+    except (OSError, ValueError) as exc:
+        print(f"[{args.worker}] cannot start: cannot read the worker credential: {exc}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         # Before anything starts a thread: the kernel refuses a user namespace
         # to a multithreaded process.
@@ -43,19 +58,32 @@ def main(argv: list[str] | None = None) -> int:
     from shim.worker import Worker
 
     try:
-        settings = config.resolve(args.address, args.token)
+        settings = config.resolve(args.address, token)
     except Exception as exc:  # a broken config file: say which, exit as a config problem
         print(f"[{args.worker}] cannot start: {exc}", file=sys.stderr)
         return 2
     scratch = args.scratch or os.path.join(settings.home, "scratch", args.worker)
     fast = args.fast_scratch or os.environ.get("PACHY_FAST_SCRATCH") or _default_fast(args.worker)
     fast = None if fast in ("", "none") else fast
-    link = Link(settings.address, settings.token, settings.home)
+    os.environ.pop("PACHY_TOKEN", None)  # user code gets no copy of it, even by mistake
+    link = Link(settings.address, settings.token, settings.home, credential=credential)
     try:
         return Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True,
                       fast_scratch=fast).run()
     finally:
         link.close()
+
+
+def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(worker credential, token): from ``--credential-fd``, else the environment."""
+    credential = os.environ.pop("PACHY_WORKER_CREDENTIAL", None)
+    token = args.token
+    if args.credential_fd is not None:
+        with os.fdopen(args.credential_fd, "rb") as f:
+            given = json.loads(f.read(1 << 16) or b"{}")
+        credential = given.get("credential") or credential
+        token = token or given.get("token")
+    return credential, token
 
 
 def _default_fast(worker: str) -> str | None:

@@ -17,7 +17,9 @@ Choices where Pachyderm is the reference:
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import hashlib
 import os
 import pwd
 import selectors
@@ -60,6 +62,34 @@ class Identity:
     uid: int
     gid: int
     groups: list[int]
+    home: str = "/"
+
+
+# User code of a worker run as root, with no transform.user, runs as an
+# unprivileged uid (and gid) of a range no distro allocates, that owns
+# nothing on the host. It is derived from the pipeline's name and the
+# daemon's home: a pipeline's workers (parallel, restarted) share it, and so
+# find what an earlier try left in /tmp, while two pipelines differ, so one's
+# code cannot touch the other's processes or private files. A clash is
+# possible in principle: 1 in ~16 million per pair of pipelines.
+ANON_BASE, ANON_SPAN = 0x60000000, 1 << 24
+_anon_salt = ""
+
+
+def set_anonymous_salt(salt: str) -> None:
+    """What tells apart the pipelines of different daemons (the worker gives the home)."""
+    global _anon_salt
+    _anon_salt = salt
+
+
+def anonymous_identity(pipeline: str) -> Identity | None:
+    """The unprivileged identity for ``pipeline``'s user code when no ``transform.user``
+    is given; None when the worker cannot switch users (it runs without root)."""
+    if os.geteuid() != 0 or sandbox.in_user_namespace():
+        return None
+    digest = hashlib.sha256(f"{_anon_salt}\0{pipeline}".encode()).digest()
+    n = ANON_BASE + int.from_bytes(digest[:4], "big") % ANON_SPAN
+    return Identity(n, n, [], "/tmp")
 
 
 @dataclass
@@ -75,10 +105,14 @@ class Run:
     who: Identity | None = None
 
 
-def build_env(task: Task, unit: Unit) -> dict[str, str]:
-    """Worker basics, then the job env, the unit env, transform.env, secrets."""
+def build_env(task: Task, unit: Unit, who: Identity | None = None) -> dict[str, str]:
+    """Worker basics, then the job env, the unit env, transform.env, secrets.
+
+    ``HOME`` is the user's own when user code runs as another user."""
     env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
     env.setdefault("PATH", DEFAULT_PATH)
+    if who is not None:
+        env["HOME"] = who.home
     env.update(task.env)
     env.update(unit.env)
     env.update(task.transform.env)
@@ -94,20 +128,22 @@ def build_env(task: Task, unit: Unit) -> dict[str, str]:
     return env
 
 
-def resolve_user(spec: str) -> Identity | None:
-    """``transform.user``: ``name``, ``uid``, ``name:group`` or ``uid:gid``; "" = the worker's."""
+def resolve_user(spec: str, pipeline: str = "") -> Identity | None:
+    """``transform.user``: ``name``, ``uid``, ``name:group`` or ``uid:gid``, resolved with the
+    worker's passwd and group files; "" = an unprivileged uid of the worker's
+    (``anonymous_identity``), or the worker's own user if it cannot switch."""
     if not spec:
-        return None
+        return anonymous_identity(pipeline)
     name, _, group = spec.partition(":")
     try:
         pw = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-        uid, gid, login = pw.pw_uid, pw.pw_gid, pw.pw_name
+        uid, gid, login, home = pw.pw_uid, pw.pw_gid, pw.pw_name, pw.pw_dir or "/"
     except KeyError:
         if not name.isdigit():
             raise TaskError(
                 f"transform.user '{spec}': no user '{name}' on the worker; create it or give a numeric uid"
             ) from None
-        uid, gid, login = int(name), int(name), None  # a bare uid with no passwd entry, as in images
+        uid, gid, login, home = int(name), int(name), None, "/"  # a bare uid with no passwd entry, as in images
     if group:
         try:
             gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
@@ -118,8 +154,31 @@ def resolve_user(spec: str) -> Identity | None:
             f"transform.user '{spec}' needs a worker run as root; this one runs without root "
             f"(in a user namespace) and can only run user code as itself"
         )
+    if uid == os.geteuid() and not group:
+        return None  # the worker's own user ("root" for a root worker): nothing to switch
     groups = os.getgrouplist(login, gid) if login else [gid]
-    return Identity(uid, gid, groups)
+    return Identity(uid, gid, groups, home)
+
+
+def hand_over(binds: Sequence[sandbox.Bind], who: Identity | None) -> None:
+    """Give user code what its sandbox shows it: every file under the binds it
+    owns (its /pfs: inputs and /pfs/out; secrets) becomes ``who``'s.
+    Read-only shared trees (1.x /pfs/prev) stay the worker's, world-readable."""
+    if who is None:
+        return
+
+    def give(path: str) -> None:
+        st = os.lstat(path)
+        if (st.st_uid, st.st_gid) != (who.uid, who.gid):  # a chown changes ctime: only when needed
+            os.chown(path, who.uid, who.gid, follow_symlinks=False)
+
+    for b in binds:
+        if not b.owned:
+            continue
+        give(b.source)
+        for base, subdirs, files in os.walk(b.source):
+            for name in subdirs + files:
+                give(os.path.join(base, name))
 
 
 def run_unit(
@@ -139,8 +198,8 @@ def run_unit(
     t = task.transform
     tries = 0
     try:
-        env = build_env(task, unit)
-        who = resolve_user(t.user)
+        who = resolve_user(t.user, task.pipeline)
+        env = build_env(task, unit, who)
         cwd = t.working_dir or "/"
         accept = frozenset([0, *t.accept_return_code])
         main = Run(t.cmd, stdin_bytes(t.stdin), env, cwd, task.datum_timeout, accept, who)
@@ -148,6 +207,7 @@ def run_unit(
         for i in range(task.datum_tries):
             if prepare_try:
                 prepare_try(i)
+            hand_over(binds, who)
             tries += 1
             ok, reason = run_once(main, binds, log)
             if ok:
@@ -156,6 +216,7 @@ def run_unit(
         if t.err_cmd:
             if prepare_try:
                 prepare_try(tries)
+            hand_over(binds, who)
             err = Run(t.err_cmd, stdin_bytes(t.err_stdin), env, cwd, task.datum_timeout, accept, who)
             ok, why = run_once(err, binds, log)
             if ok:
@@ -164,6 +225,8 @@ def run_unit(
         return Outcome("failed", reason, tries, started, time.time())
     except (TaskError, sandbox.SandboxError) as exc:
         return Outcome("failed", str(exc), tries, started, time.time())
+    except OSError as exc:  # handing /pfs over to the user failed
+        return Outcome("failed", f"cannot prepare /pfs for user code: {exc}", tries, started, time.time())
 
 
 def stdin_bytes(lines: list[str]) -> bytes:
@@ -190,6 +253,7 @@ def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, s
                 child.pump(3600.0)
         finally:
             rc = child.finish()  # kills what is left of its group, on a timeout or a worker stop too
+            sandbox.kill_strays()  # and what left the group, in its PID namespace
     finally:
         sandbox.release()
     if timed_out:
@@ -212,19 +276,18 @@ def exit_reason(rc: int) -> str:
 
 def spawn(run: Run) -> subprocess.Popen:
     """Start ``run`` with piped stdio in a process group of its own, in the calling
-    thread's mount namespace (``sandbox.enter`` first); OSError if it cannot start."""
-    return subprocess.Popen(
-        run.cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=run.env,
-        cwd=run.cwd,
-        process_group=0,  # its own group, so a kill reaches its children too
-        user=run.who.uid if run.who else None,
-        group=run.who.gid if run.who else None,
-        extra_groups=run.who.groups if run.who else None,
-    )
+    thread's namespaces (``sandbox.enter`` first), as ``run.who``; OSError if it cannot start."""
+    who = run.who
+    with sandbox.acting_as(who.uid, who.gid, who.groups) if who is not None else contextlib.nullcontext():
+        return subprocess.Popen(
+            run.cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=run.env,
+            cwd=run.cwd,
+            process_group=0,  # its own group, so a kill reaches its children too
+        )
 
 
 def spawn_error(run: Run, exc: OSError) -> str:

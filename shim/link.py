@@ -23,6 +23,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 SMALL = 64 * 1024  # records below this are joined into bigger writes; larger ones pass through
 STILL_TIMEOUT = 10.0
+WORKER_HEADER = "X-Pachy-Worker"
 
 
 def encode_unit(header: dict) -> bytes:
@@ -75,10 +76,17 @@ def coalesce(records: Iterable[bytes]) -> Iterator[bytes]:
 class Link:
     """One worker's connection to the daemon."""
 
-    def __init__(self, address: str | None = None, token: str | None = None, home: str | None = None):
+    def __init__(
+        self, address: str | None = None, token: str | None = None, home: str | None = None,
+        *, credential: str | None = None,
+    ):
         self.client = Client(address, token=token, home=home, autostart=False)
         self.where = self.client.where
+        self.home = self.client.settings.home
         self._http = self.client._http
+        if credential:
+            # Every request carries it: the worker endpoints answer only the worker it was issued to.
+            self._http.headers[WORKER_HEADER] = credential
 
     def close(self) -> None:
         self.client.close()

@@ -211,10 +211,9 @@ class LongRunning:
                     self._start_spout(dirs)
                 self.dirs = dirs  # only now: a failure above lays the task out again next time
             unit, udir = task.units[0], self.dirs.units[0]
-            env = execute.build_env(task, unit)
-            who = execute.resolve_user(task.transform.user)
-            if who is not None:
-                self.dirs.give_to(udir, who.uid, who.gid)
+            who = execute.resolve_user(task.transform.user, task.pipeline)
+            env = execute.build_env(task, unit, who)
+            execute.hand_over(self.dirs.binds(udir), who)
         except (MaterializeError, TaskError, sandbox.SandboxError, OSError) as exc:
             return None, str(exc)
         except errors.Unauthorized:
@@ -240,6 +239,7 @@ class LongRunning:
         try:
             return child.finish()
         finally:
+            sandbox.kill_strays()
             sandbox.release()
             if self.after_exit is not None:
                 self.after_exit()

@@ -65,7 +65,7 @@ class TaskDirs:
         """What the unit's namespace mounts: its /pfs, then prev and secrets inside or beside it."""
         binds = [sandbox.Bind(unit.pfs, sandbox.PFS)]
         if self.prev is not None:
-            binds.append(sandbox.Bind(self.prev, sandbox.PFS + "/prev", readonly=True))
+            binds.append(sandbox.Bind(self.prev, sandbox.PFS + "/prev", readonly=True, owned=False))
         return binds + self.secret_binds
 
     def reset_out(self, unit: UnitDir) -> None:
@@ -75,14 +75,6 @@ class TaskDirs:
 
     def view(self, unit: UnitDir) -> collect.View:
         return collect.View(unit.pfs, self.prev)
-
-    def give_to(self, unit: UnitDir, uid: int, gid: int) -> None:
-        """Let ``transform.user`` write /pfs/out and read the secrets."""
-        for top in [unit.out, *self.secret_dirs]:
-            os.chown(top, uid, gid)
-            for base, subdirs, files in os.walk(top):
-                for name in subdirs + files:
-                    os.chown(os.path.join(base, name), uid, gid, follow_symlinks=False)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

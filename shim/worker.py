@@ -110,6 +110,11 @@ class Worker:
         except (sandbox.SandboxError, OSError) as exc:
             self._say(f"cannot start: {exc}")
             return EXIT_CONFIG
+        # User code must not reach the daemon (its home, socket) or any scratch.
+        client = getattr(self.link, "client", None)
+        execute.set_anonymous_salt(getattr(self.link, "home", None) or "")
+        sandbox.hide(p for p in (getattr(self.link, "home", None), getattr(client, "socket", None),
+                                 self.scratch, self.fast_scratch) if p)
         if self.own_process:
             _become_subreaper()
         self.logs.start()
@@ -144,7 +149,8 @@ class Worker:
             self._say(f"pipeline {self.pipeline} is gone ({exc}); exiting")
             return EXIT_OK
         except errors.Unauthorized as exc:
-            self._say(f"the daemon refused this worker's token ({exc}); start it with the right PACHY_TOKEN")
+            self._say(f"the daemon refused this worker ({exc}); only workers its runner started, with the "
+                      f"credential it gave them (and its PACHY_TOKEN over TCP), may serve")
             return EXIT_CONFIG
         finally:
             self._shielded = True
@@ -301,17 +307,19 @@ class Worker:
     def _run(self, task: Task, dirs: TaskDirs, i: int) -> Result:
         unit, udir = task.units[i], dirs.units[i]
         log = self.logs.bind(task.job_id, unit.log_datum)
-        who = None
         try:
-            who = execute.resolve_user(task.transform.user)
+            who = execute.resolve_user(task.transform.user, task.pipeline)
         except TaskError:
-            pass  # run_unit reports it as the unit's failure
+            who = None  # run_unit reports it as the unit's failure
 
         def prepare_try(n: int) -> None:
             if n:
                 dirs.reset_out(udir)
-            if who is not None:
-                dirs.give_to(udir, who.uid, who.gid)
+            if dirs.prev is not None and who is not None:
+                # 1.x: /pfs/out is measured against what it started with; handing it
+                # to the user changes the files' ctime, so measure after that.
+                execute.hand_over(dirs.binds(udir), who)
+                udir.baseline = collect.snapshot(udir.out)
 
         try:
             outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)
@@ -365,7 +373,7 @@ def _become_subreaper() -> None:
 def _reap_orphans() -> None:
     """Kill and reap what a unit left behind outside its process group."""
     for _ in range(10):
-        pids = _children()
+        pids = [p for p in _children() if p not in sandbox.inits()]
         if not pids:
             break
         for pid in pids:

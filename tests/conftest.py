@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -88,12 +89,29 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT) -> None:
         time.sleep(0.01)
 
 
+def open_to_user_code(path: Path) -> None:
+    """Let pipelines' user code (an unprivileged uid, shim/execute.py) use ``path``:
+    tests hand files to it and get markers back through their tmp_path. Its
+    parents (pytest makes them 0700) become traversable, it becomes writable
+    by all (sticky, as /tmp); what the daemon keeps there stays private by its own modes."""
+    if os.geteuid() != 0:
+        return
+    path.chmod(0o1777)
+    for parent in path.parents:
+        if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
+            break
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod((mode & 0o7777) | 0o011)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Keep every test away from the user's real config, data and daemon."""
     for name in _ENV_CLEARED:
         monkeypatch.delenv(name, raising=False)
     home = tmp_path / "pachy-home"
+    open_to_user_code(tmp_path)
     monkeypatch.setenv("PACHY_HOME", str(home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg-config"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))

@@ -25,7 +25,7 @@ import pytest
 from mountd.pps_models import FlushResult, Job
 from pachctl.client import Client, errors
 from tests.clihelp import Result, make_env, run
-from tests.conftest import pid_gone, wait_for, wait_until_answering
+from tests.conftest import open_to_user_code, pid_gone, wait_for, wait_until_answering
 
 FLUSH_TIMEOUT = 60.0
 _CLEARED = ("ADDRESS", "PACHD_ADDRESS", "PACHY_ADDRESS", "PACHY_TOKEN", "PACHY_STORE", "PACHY_NO_AUTOSTART",
@@ -37,6 +37,7 @@ class Pachy:
 
     def __init__(self, root: Path, **extra_env: str):
         self.root = root
+        open_to_user_code(root)  # tests hand files to pipelines' user code through it
         self.home = root / "home"
         self.work = root / "work"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -108,8 +109,8 @@ class Pachy:
                     argv = f.read().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if "shim" not in argv or address not in argv or pid_gone(int(name)):
-                continue
+            if "shim" not in argv or address not in argv or pid_gone(int(name)) or _in_child_pidns(int(name)):
+                continue  # (a worker's sandbox init is a fork of it, pid 1 of a namespace of its own)
             opts = dict(zip(argv, argv[1:], strict=False))  # --pipeline NAME, --worker ID
             if pipeline is None or opts.get("--pipeline") == pipeline:
                 out[int(name)] = opts.get("--worker", "?")
@@ -130,6 +131,14 @@ class Pachy:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.encode() if isinstance(data, str) else data)
         return path
+
+
+def _in_child_pidns(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("NSpid:") and len(line.split()) > 2 for line in f)
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import time
@@ -30,8 +31,8 @@ def _get(port: int, path: str) -> bytes | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
             return resp.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return None
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException):
+        return None  # (IncompleteRead: the old service was stopped mid-answer by a restart)
 
 
 def _port_closed(port: int) -> bool:

@@ -299,26 +299,53 @@ def test_err_cmd_recovers_or_not(tmp_path):
     assert "err_cmd failed too: exit code 7" in outcome.reason
 
 
+def running_with(arg: str) -> list[int]:
+    """Host pids of live processes with ``arg`` on their command line (user code
+    sees pids of its own PID namespace, so it cannot tell us its host pid)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if any(arg.encode() in a for a in f.read().split(b"\0")) and pid_alive(int(name)):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def host_pid(ns_pid: int, token: str) -> int:
+    """The host pid of the process user code knows as ``ns_pid`` (in its PID
+    namespace) and with ``token`` in its command line."""
+    for pid in running_with(token) or [-1]:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                nspid = next(line.split()[1:] for line in f if line.startswith("NSpid:"))
+        except (OSError, StopIteration):
+            continue
+        if len(nspid) > 1 and int(nspid[-1]) == ns_pid:
+            return pid
+    raise AssertionError(f"no process known as {ns_pid} in its namespace runs with {token!r}")
+
+
 def test_datum_timeout_kills_the_whole_group_promptly(tmp_path):
-    pidfile = tmp_path / "pid"
-    raw = task_dict(["sh", "-c", f"sleep 1000 & echo $! > {pidfile}; sleep 1000"], datum_timeout=0.3)
+    raw = task_dict(["sh", "-c", "sleep 1000.1 & sleep 1000"], datum_timeout=0.3)
     t0 = time.monotonic()
     outcome, _, _ = run_task(raw, str(tmp_path / "t"))
     assert time.monotonic() - t0 < 5
     assert outcome.state == "failed"
     assert "timed out after 0.3 s" in outcome.reason
-    child = int(read(str(pidfile)))
-    wait_for(lambda: not pid_alive(child), 5, "the background sleep to die")
+    wait_for(lambda: not running_with("1000.1"), 5, "the background sleep to die")
 
 
 def test_leftover_background_processes_are_killed(tmp_path):
-    pidfile = tmp_path / "pid"
-    raw = task_dict(["sh", "-c", f"sleep 1000 > /dev/null 2>&1 & echo $! > {pidfile}"])
+    raw = task_dict(["sh", "-c", "setsid sleep 1000.2 > /dev/null 2>&1 &"])
     t0 = time.monotonic()
     outcome, _, _ = run_task(raw, str(tmp_path / "t"))
     assert outcome.state == "success"
     assert time.monotonic() - t0 < 5
-    wait_for(lambda: not pid_alive(int(read(str(pidfile)))), 5, "the leftover sleep to die")
+    wait_for(lambda: not running_with("1000.2"), 5, "the leftover sleep (in a session of its own) to die")
 
 
 def test_spawn_errors_name_the_fix(tmp_path):
@@ -343,13 +370,8 @@ def test_user_code_runs_as_transform_user(tmp_path):
     raw = task_dict(["sh", "-c", "id -u > /pfs/out/uid; id -u > /tmp/not-allowed-$$ 2>/dev/null; true"], user="65534")
     task = Task.from_dict(raw)
     dirs = materialize.materialize(task, str(tmp_path / "t"), FakeReader({("r", "c"): {"/f": b"x"}}))
-    who = execute.resolve_user("65534")
     udir = dirs.units[0]
-
-    def prepare(n: int) -> None:
-        dirs.give_to(udir, who.uid, who.gid)
-
-    outcome = in_thread(execute.run_unit, task, task.units[0], dirs.binds(udir), Logs(), prepare)
+    outcome = in_thread(execute.run_unit, task, task.units[0], dirs.binds(udir), Logs())
     assert outcome.state == "success", outcome.reason
     assert read(out_file(dirs, "uid")) == "65534\n"
     with pytest.raises(ValueError, match="no user 'no-such-user-here'"):

@@ -29,7 +29,17 @@ from shim.link import GiveUp
 from shim.materialize import MaterializeError
 from shim.task import Task, TaskError
 from shim.worker import EXIT_OK, Worker
-from tests.test_shim import FakeReader, Logs, in_thread, pid_alive, task_dict, unit_dict, wait_for
+from tests.test_shim import (
+    FakeReader,
+    Logs,
+    host_pid,
+    in_thread,
+    pid_alive,
+    running_with,
+    task_dict,
+    unit_dict,
+    wait_for,
+)
 from tests.test_shim_worker import FakeLink, mock_link
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the shim tests need root (mount namespaces)")
@@ -253,12 +263,12 @@ def test_a_start_that_ran_long_enough_restarts_after_the_shortest_pause(tmp_path
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace(tmp_path):
     pidfile = tmp_path / "pid"
     link, logs = StillLink(), Logs()
-    script = f'trap "" TERM; echo $$ > {pidfile}; while :; do sleep 0.05; done'
+    script = f'trap "" TERM; echo $$ > {pidfile}; while :; do sleep 0.05; done # ignoring-term'
     stop = threading.Event()
     lr = supervisor(service_task(script), tmp_path / "t", link, logs, stop, term_grace=0.5)
     bg = Background(lr.run)
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the service to start")
-    pid = int(pidfile.read_text())
+    pid = host_pid(int(pidfile.read_text()), "ignoring-term")  # it sees pids of its own namespace
     stop.set()  # what the worker's SIGTERM handler does
     t0 = time.monotonic()
     assert bg.result() == "the worker is stopping"
@@ -271,10 +281,11 @@ def test_the_service_keeps_running_while_the_daemon_is_away_then_gives_up(tmp_pa
     pidfile = tmp_path / "pid"
     link, logs = StillLink(), Logs()
     link.unreachable = True
-    lr = supervisor(service_task(f"echo $$ > {pidfile}; exec sleep 1000"), tmp_path / "t", link, logs, give_up=1.0)
+    lr = supervisor(service_task(f"echo $$ > {pidfile}; exec sleep 1000.4"), tmp_path / "t", link, logs,
+                    give_up=1.0)
     bg = Background(lr.run)
     wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, "the service to start")
-    pid = int(pidfile.read_text())
+    pid = wait_for(lambda: running_with("1000.4"), 10, "the service's sleep")[0]
     assert pid_alive(pid)
     with pytest.raises(GiveUp, match="unreachable for 1 s"):
         bg.result()

@@ -25,7 +25,15 @@ from pachctl.client import errors
 from pps.runners import LocalRunner
 from shim.link import Link
 from shim.worker import EXIT_GAVE_UP, EXIT_OK, Worker
-from tests.test_shim import FakeReader, in_thread, pid_alive, task_dict, unit_dict, wait_for
+from tests.test_shim import (
+    FakeReader,
+    in_thread,
+    pid_alive,
+    running_with,
+    task_dict,
+    unit_dict,
+    wait_for,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the shim tests need root (mount namespaces)")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -423,12 +431,12 @@ def test_worker_process_over_http_uploads_the_result(tmp_path):
 def test_sigterm_during_a_unit_kills_it_and_exits_cleanly(tmp_path):
     sock = str(tmp_path / "d.sock")
     pidfile = tmp_path / "pid"
-    raw = task_dict(["sh", "-c", f"echo $$ > {pidfile}; sleep 1000"])
+    raw = task_dict(["sh", "-c", f"echo $$ > {pidfile}; sleep 1000.5"])
     mini = MiniDaemon(sock, raw, {"/f": b"x"})
     proc = _shim(tmp_path, sock)
     try:
         wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), 20, "the unit to start")
-        user_pid = int(pidfile.read_text())
+        user_pid = wait_for(lambda: running_with("1000.5"), 10, "the unit's sleep")[0]
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -440,3 +448,17 @@ def test_sigterm_during_a_unit_kills_it_and_exits_cleanly(tmp_path):
     assert mini.results == []  # the task is left for another worker
     assert not (tmp_path / "s").exists()
 
+
+
+def test_1x_out_handed_to_the_user_reports_only_what_the_code_changed(tmp_path):
+    """/pfs/out is handed (chowned) to the unprivileged user before the try; the
+    result still has only what the code changed (an append), nothing for the rest."""
+    raw = task_dict(["sh", "-c", "id -u > /pfs/out/uid; echo more >> /pfs/out/total"],
+                    generation=1, prev={"repo": "sum", "commit": "p1"})
+    fake = FakeLink([raw], {("r", "c"): {"/f": b"x"}, ("sum", "p1"): {"/total": b"1\n", "/same": b"s"}})
+    assert in_thread(Worker(fake, "pipe", "w", str(tmp_path / "s"), give_up=1).run) == EXIT_OK
+    events = decode_result(fake.uploads[0][1])
+    assert events[0][1]["state"] == "success", events[0][1]["reason"]
+    puts = {e[1]["path"]: (e[1]["append"], nxt) for e, nxt in zip(events, events[1:], strict=False) if isinstance(e, tuple) and e[0] == "P"}
+    assert puts["/total"] == (True, b"more\n") and "/same" not in puts  # an append, and nothing for the rest
+    assert puts["/uid"][1] != b"0\n"  # not root

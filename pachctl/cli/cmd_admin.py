@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -48,13 +49,8 @@ def daemon(args) -> int:
 
 
 def _stop(home: str) -> int:
-    try:
-        with open(os.path.join(home, "mountd.lock")) as f:
-            pid = int(f.read().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        pid = 0
-    sock = os.path.join(home, "mountd.sock")
-    if not pid or not os.path.exists(sock):
+    pid = _daemon_pid(home)
+    if pid is None:
         print(f"no daemon runs for {home}", file=sys.stderr)
         return 0
     try:
@@ -67,6 +63,29 @@ def _stop(home: str) -> int:
             return 0
         time.sleep(0.02)
     raise errors.PfsError(f"the daemon (pid {pid}) did not stop within 30 s")
+
+
+def _daemon_pid(home: str) -> int | None:
+    """The pid of the daemon serving ``home``, on a unix socket or TCP (``--listen``)
+    alike: the one holding the home's lock, which records its pid."""
+    try:
+        fd = os.open(os.path.join(home, "mountd.lock"), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # held: a daemon runs
+        else:
+            return None  # nobody holds it: what it records is a dead daemon's pid
+        try:
+            pid = int(os.pread(fd, 32, 0).decode().strip() or 0)
+        except ValueError:
+            pid = 0
+        return pid or None
+    finally:
+        os.close(fd)
 
 
 def _alive(pid: int) -> bool:

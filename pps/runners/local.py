@@ -7,6 +7,13 @@ never restarts a worker: when one exits unasked it calls
 ``on_exit(pipeline, worker_id, returncode)`` from a watcher thread, and the
 scheduler calls ``ensure`` again if it still wants it.
 
+Each worker gets a credential of its own: 32 random bytes written into a
+pipe the worker inherits (``--credential-fd``), together with the daemon's
+TCP token if any. Neither appears on a command line or in an environment,
+where ``ps`` and ``/proc/<pid>/environ`` show them. The runner keeps only a
+hash of each credential, and the daemon's worker endpoints answer a worker
+only about its own pipeline and tasks (``authenticate``).
+
 Imports only the standard library: pps must not depend on the daemon, the
 client or the shim; the worker is reached as a command line.
 """
@@ -15,7 +22,10 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -30,8 +40,9 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 class _Worker:
-    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen):
+    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes):
         self.pipeline, self.id, self.proc = pipeline, worker_id, proc
+        self.digest = digest  # sha256 of its credential
         self.stopping = False  # asked to stop: its exit is not news
         self.exited = threading.Event()
 
@@ -54,6 +65,7 @@ class LocalRunner:
         self.on_exit = on_exit
         self._lock = threading.Lock()
         self._workers: dict[str, dict[str, _Worker]] = {}
+        self._credentials: dict[bytes, _Worker] = {}  # sha256(credential) -> the worker it was issued to
         self._closed = False
         self._run_id = os.urandom(2).hex()
 
@@ -84,9 +96,16 @@ class LocalRunner:
             workers = list(self._workers.pop(pipeline, {}).values())
         _terminate(workers, timeout)
 
-    def owns(self, worker: str) -> bool:
-        """Did this runner start ``worker``? (ids carry the runner's run id)"""
-        return worker.rpartition("-")[0].endswith(f"-{self._run_id}")
+    def authenticate(self, credential: str) -> tuple[str, str] | None:
+        """(pipeline, worker id) of the live worker ``credential`` was issued to, else None."""
+        if not credential:
+            return None
+        digest = _digest(credential)
+        with self._lock:
+            w = self._credentials.get(digest)
+        if w is None or not w.alive():
+            return None
+        return w.pipeline, w.id
 
     def running(self, pipeline: str) -> int:
         with self._lock:
@@ -105,32 +124,50 @@ class LocalRunner:
 
     def _start(self, pipeline: str, wid: str) -> _Worker:
         logs = os.path.join(self.home, "logs", "workers")
-        os.makedirs(logs, exist_ok=True)
+        os.makedirs(logs, mode=0o700, exist_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_SOURCE_ROOT, env.get("PYTHONPATH")) if p)
-        env.pop("PACHY_TOKEN", None)
-        if self.token:
-            env["PACHY_TOKEN"] = self.token  # not on the command line, where ps shows it
+        for name in ("PACHY_TOKEN", "PACHY_WORKER_CREDENTIAL"):
+            env.pop(name, None)  # given through the pipe below, never by the environment
+        env["PACHY_HOME"] = self.home  # the worker hides it from user code
+        credential = secrets.token_urlsafe(32)
+        read_end, write_end = os.pipe()
         cmd = [
             sys.executable, "-m", "shim",
             "--pipeline", pipeline,
             "--worker", wid,
             "--address", self.address,
             "--scratch", os.path.join(self.home, "scratch", wid),
+            "--credential-fd", str(read_end),
         ]  # fmt: skip
-        with open(os.path.join(logs, f"{wid}.log"), "ab") as log:
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                cwd="/",
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
-            )
-        w = _Worker(pipeline, wid, proc)
+        try:
+            log = os.open(os.path.join(logs, f"{wid}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                          0o600)
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=env,
+                    cwd="/",
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(read_end,),
+                    preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
+                )
+            finally:
+                os.close(log)
+            os.close(read_end)
+            read_end = -1
+            # A few hundred bytes: the pipe takes them whether or not the worker reads yet.
+            os.write(write_end, json.dumps({"credential": credential, "token": self.token}).encode())
+        finally:
+            if read_end >= 0:
+                os.close(read_end)
+            os.close(write_end)
+        w = _Worker(pipeline, wid, proc, _digest(credential))
+        self._credentials[w.digest] = w  # under self._lock (ensure holds it)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
         return w
 
@@ -141,6 +178,8 @@ class LocalRunner:
             have = self._workers.get(w.pipeline, {})
             if have.get(w.id) is w:
                 del have[w.id]
+            if self._credentials.get(w.digest) is w:
+                del self._credentials[w.digest]
         if w.stopping or self.on_exit is None:
             return
         try:
@@ -161,6 +200,10 @@ def _die_with_daemon(daemon_pid: int) -> None:
     _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != daemon_pid:  # the daemon died before the line above
         os._exit(1)
+
+
+def _digest(credential: str) -> bytes:
+    return hashlib.sha256(credential.encode()).digest()
 
 
 def _index(wid: str) -> int:
