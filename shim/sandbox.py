@@ -367,6 +367,31 @@ def _sys(nr: int, *args: int | ctypes.Array) -> None:
         raise _fail(f"syscall {nr} (switching the spawning thread's user)")
 
 
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
+
+
+def _parent_death_signal() -> tuple[int, int]:
+    """(signal, parent pid) the runner asked for at start (0 if none), read once."""
+    got = ctypes.c_int(0)
+    _libc.prctl(PR_GET_PDEATHSIG, ctypes.cast(ctypes.pointer(got), ctypes.c_void_p).value or 0, 0, 0, 0)
+    return got.value, os.getppid()
+
+
+# Read at import, before any thread changes its credentials (which clears it).
+_PDEATH = _parent_death_signal()
+
+
+def _rearm_parent_death() -> None:
+    """A credential change clears the thread's parent-death signal (prctl(2)): set it
+    again, and raise it now if the parent (the daemon) died in between."""
+    sig, parent = _PDEATH
+    if not sig:
+        return
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
 class acting_as:  # noqa: N801 - used as a context manager, like contextlib's
     """``with acting_as(uid, gid, groups):`` the calling thread alone runs as that user."""
 
@@ -386,3 +411,4 @@ class acting_as:  # noqa: N801 - used as a context manager, like contextlib's
         _sys(_SYS_SETRESGID, ctypes.c_uint(0), ctypes.c_uint(0), ctypes.c_uint(0))
         arr = (ctypes.c_uint * max(1, len(self.saved)))(*self.saved)
         _sys(_SYS_SETGROUPS, ctypes.c_size_t(len(self.saved)), arr)
+        _rearm_parent_death()
