@@ -272,6 +272,12 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         # "invalid argument"; clients know one: 400 with {"error", "kind"}.
         return error_answer(InvalidArgument(f"malformed request: {describe_validation(exc)}"))
 
+    @app.exception_handler(OverflowError)
+    async def number_out_of_range(_request: Request, exc: OverflowError):
+        # SQLite holds 64-bit integers; a bigger one can only have come from the
+        # request (a commit number, a limit, an offset): the caller's error.
+        return error_answer(InvalidArgument(f"a number in the request is out of range ({exc})"))
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
         """The router's and FastAPI's own refusals (no such path, a body that is
@@ -394,7 +400,9 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         return _commit(await run(lambda: pfs.start_commit(repo, body.branch, body.parent, body.description)))
 
     @app.get("/v1/repos/{repo}/commits", response_model=list[models.Commit], responses=failures(*LOOKUP))
-    async def list_commits(repo: str, branch: str | None = None, n: int | None = None, all: bool = False):
+    async def list_commits(
+        repo: str, branch: str | None = None, n: int | None = Query(None, ge=0, le=2**63 - 1), all: bool = False
+    ):
         return [_commit(c) for c in await run(pfs.list_commits, repo, branch, n, all)]
 
     @app.get("/v1/repos/{repo}/commit", response_model=models.Commit, responses=failures(*LOOKUP))

@@ -623,7 +623,12 @@ def test_malformed_bodies_are_400s_never_500s(daemon: Daemon, tmp_path: Path) ->
         ("PUT", "/v1/secrets/s", b"[", {"content-type": "application/json"}),
         ("POST", "/v1/flush", b"{}", {"content-type": "application/json"}),
         ("GET", "/v1/repos/r/commits?n=notanumber", None, {}),
+        # numbers past SQLite's 64 bits, in a query parameter and inside a ref
+        ("GET", "/v1/repos/r/commits?n=99999999999999999999999", None, {}),
+        ("GET", "/v1/repos/r/commit?ref=master/99999999999999999999999", None, {}),
     ]
+    daemon.client.create_repo("r")
+    daemon.client.start_commit("r")
     with _uds(daemon) as http:
         for method, url, body, headers in bad:
             resp = http.request(method, url, content=body, headers=headers)
