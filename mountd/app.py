@@ -209,6 +209,10 @@ def describe_validation(exc: RequestValidationError) -> str:
     """``body.items.0.repo: Field required``: the first problems, one line."""
     parts = []
     for err in exc.errors()[:3]:
+        if err.get("type") == "json_invalid":  # loc is ("body", position)
+            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+            parts.append(f"the body is not JSON ({reason} at character {err['loc'][-1]})")
+            continue
         where = ".".join(str(x) for x in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
     more = len(exc.errors()) - len(parts)
@@ -342,7 +346,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def fsck():
         return models.FsckReport(**await run(pfs.fsck))
 
-    @app.post("/v1/gc", response_model=models.GcReport, responses=failures(NoSpace))
+    @app.post("/v1/gc", response_model=models.GcReport, responses=failures(Conflict, NoSpace))
     async def gc():
         return models.GcReport(**await run(pfs.gc))
 
@@ -546,7 +550,11 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def glob_files(repo: str, ref: str = Query(...), pattern: str = Query(...)):
         return [models.FileInfo(**f.to_dict()) for f in await run(pfs.glob_files, repo, ref, pattern)]
 
-    @app.get("/v1/repos/{repo}/diff", response_model=list[models.DiffEntry], responses=failures(*LOOKUP))
+    @app.get(
+        "/v1/repos/{repo}/diff",
+        response_model=list[models.DiffEntry],
+        responses=failures(*LOOKUP, Conflict),  # an open commit has no diff yet
+    )
     async def diff_files(repo: str, ref: str = Query(...), old: str | None = None):
         return [models.DiffEntry(**d) for d in await run(pfs.diff_files, repo, ref, old)]
 
