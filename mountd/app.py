@@ -44,7 +44,7 @@ BATCH = 4 << 20  # bytes handed to a worker thread at a time
 # (or its own tuple) in ``responses=failures(...)``, and the statuses in the
 # OpenAPI come from the classes (pfsfuse/errors.py). Malformed requests (400)
 # and a wrong token (401) are added to every route that can answer them by
-# ``_openapi`` below.
+# ``document_common_failures``.
 LOOKUP = (InvalidArgument, NotFound)  # reads naming a repo, commit, branch or path
 CONTENT = (*LOOKUP, Damaged)  # reads of file contents: a missing or corrupt chunk
 CHANGE = (*LOOKUP, Conflict, NoSpace)  # writes to what exists
@@ -201,8 +201,8 @@ def ingest_local(pfs: PFS, repo: str, ref: str, path: str, local: str, dev: int,
     return _put_result(session)
 
 
-def error_answer(exc: PfsError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status, headers=headers)
+def error_answer(exc: PfsError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status)
 
 
 def describe_validation(exc: RequestValidationError) -> str:
@@ -268,7 +268,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.exception_handler(PfsError)
     async def pfs_error(_request: Request, exc: PfsError):
-        return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status)
+        return error_answer(exc)
 
     @app.exception_handler(RequestValidationError)
     async def malformed_request(_request: Request, exc: RequestValidationError):
