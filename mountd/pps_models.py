@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Note(BaseModel):
@@ -146,7 +146,10 @@ class ReadBatch(BaseModel):
 
 class WorkerLogLine(BaseModel):
     """One line of ``POST /v1/workers/logs`` (NDJSON). The job names the log file
-    it lands in, so it must be a job id (or empty: a spout's or service's line)."""
+    it lands in, so it must be a job id (or empty: a spout's or service's line).
+    Strict: a worker writes these, so ``"ts": false`` is a bug to report, not 0."""
+
+    model_config = ConfigDict(strict=True)
 
     pipeline: str
     job: str | None = Field(None, pattern=r"^([0-9a-f]{32})?$")
