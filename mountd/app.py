@@ -18,7 +18,11 @@ from dataclasses import asdict
 
 import trio
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from mountd import models, wire
 from mountd.ingest import (
@@ -31,11 +35,36 @@ from mountd.ingest import (
 )
 from mountd.mounts import MountManager
 from pfsfuse import __version__
-from pfsfuse.errors import Conflict, Forbidden, NoSpace, PfsError, SourceError
+from pfsfuse.errors import (
+    AlreadyExists,
+    Conflict,
+    Damaged,
+    Forbidden,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PfsError,
+    SourceError,
+)
 from pfsfuse.files import WriteSession
 from pfsfuse.pfs import PFS
 
 BATCH = 4 << 20  # bytes handed to a worker thread at a time
+
+# What a route can fail with, by what it does; each route names one of these
+# (or its own tuple) in ``responses=failures(...)``, and the statuses in the
+# OpenAPI come from the classes (pfsfuse/errors.py). Malformed requests (400)
+# and a wrong token (401) are added to every route that can answer them by
+# ``document_common_failures``.
+LOOKUP = (InvalidArgument, NotFound)  # reads naming a repo, commit, branch or path
+CONTENT = (*LOOKUP, Damaged)  # reads of file contents: a missing or corrupt chunk
+CHANGE = (*LOOKUP, Conflict, NoSpace)  # writes to what exists
+CREATE = (*CHANGE, AlreadyExists)  # writes that make something named
+failures = models.failure_responses
+
+# Bodies that are streamed rather than parsed as JSON, described for the OpenAPI.
+BINARY_BODY = {"requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BINARY_ANSWER = {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
 
 async def run(fn: Callable, *args):
@@ -217,6 +246,61 @@ def ingest_local(
     return _put_result(session)
 
 
+def error_answer(exc: PfsError) -> JSONResponse:
+    return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    """``body.items.0.repo: Field required``: the first problems, one line."""
+    parts = []
+    for err in exc.errors()[:3]:
+        if err.get("type") == "json_invalid":  # loc is ("body", position)
+            reason = (err.get("ctx") or {}).get("error", "invalid JSON")
+            parts.append(f"the body is not JSON ({reason} at character {err['loc'][-1]})")
+            continue
+        where = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else str(err.get("msg", "invalid")))
+    more = len(exc.errors()) - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def allowed_methods(routes: list[BaseRoute], scope: dict) -> set[str]:
+    """Every method some route serves on the request's path."""
+    allowed: set[str] = set()
+    for route in routes:
+        methods = getattr(route, "methods", None)
+        if methods and route.matches(scope)[0] != Match.NONE:
+            allowed |= methods
+    return allowed
+
+
+def document_common_failures(schema: dict, token_required: bool) -> dict:
+    """Add to the generated OpenAPI what every route shares: a malformed request
+    is a 400 (FastAPI documents a 422 we never send), and over TCP a missing or
+    wrong token is a 401 (with the bearer scheme declared)."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas["Error"] = models.Error.model_json_schema()
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    for item in schema.get("paths", {}).values():
+        for op in item.values():
+            responses = op.setdefault("responses", {})
+            if responses.pop("422", None) is not None:
+                said = responses.get("400", {}).get("description")
+                responses["400"] = {
+                    "description": "malformed request" + (f"; {said}" if said else ""),
+                    "content": error,
+                }
+            if token_required:
+                responses["401"] = {"description": "missing or wrong token", "content": error}
+    if token_required:
+        components["securitySchemes"] = {"token": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"token": []}]
+    return schema
+
+
 def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = None, scheduler=None) -> FastAPI:
     app = FastAPI(
         title="pachy mountd",
@@ -229,7 +313,34 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.exception_handler(PfsError)
     async def pfs_error(_request: Request, exc: PfsError):
-        return JSONResponse({"error": exc.message, "kind": exc.kind}, status_code=exc.http_status)
+        return error_answer(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed_request(_request: Request, exc: RequestValidationError):
+        # FastAPI's 422 and its own error shape would be a second way of saying
+        # "invalid argument"; clients know one: 400 with {"error", "kind"}.
+        return error_answer(InvalidArgument(f"malformed request: {describe_validation(exc)}"))
+
+    @app.exception_handler(OverflowError)
+    async def number_out_of_range(_request: Request, exc: OverflowError):
+        # SQLite holds 64-bit integers; a bigger one can only have come from the
+        # request (a commit number, a limit, an offset): the caller's error.
+        return error_answer(InvalidArgument(f"a number in the request is out of range ({exc})"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        """The router's and FastAPI's own refusals (no such path, a body that is
+        not JSON, a method the path lacks) in the API's error shape."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # The router names the methods of the first route whose path
+            # matched; the path may have several routes (GET, POST and DELETE).
+            allowed = allowed_methods(app.router.routes, request.scope)
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"Allow": ", ".join(sorted(allowed | {"OPTIONS"}))})
+            headers["Allow"] = ", ".join(sorted(allowed))
+        kind = {400: "invalid_argument", 401: "unauthorized", 404: "not_found"}.get(exc.status_code, "error")
+        return JSONResponse({"error": str(exc.detail), "kind": kind}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(sqlite3.OperationalError)
     async def sqlite_error(_request: Request, exc: sqlite3.OperationalError):
@@ -247,13 +358,21 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         traceback.print_exc()
         return JSONResponse({"error": f"internal error: {exc}", "kind": "error"}, status_code=500)
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            app.openapi_schema = document_common_failures(schema, token is not None)
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     # -- general ------------------------------------------------------------
 
     @app.get("/v1/version", response_model=models.Version)
     async def version():
         return models.Version(version=__version__, store=pfs.store.describe(), home=pfs.home, pid=os.getpid())
 
-    @app.post("/v1/delete-all")
+    @app.post("/v1/delete-all", responses=failures(NoSpace))
     async def delete_all():
         def everything() -> None:
             if scheduler is not None:  # seed 4.2.5: "Delete all pipelines and repos"
@@ -264,7 +383,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         await run(everything)
         return {}
 
-    @app.post("/v1/archive-all")
+    @app.post("/v1/archive-all", responses=failures(NoSpace))
     async def archive_all():
         return {"archived": await run(pfs.archive_all)}
 
@@ -272,7 +391,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def fsck():
         return models.FsckReport(**await run(pfs.fsck))
 
-    @app.post("/v1/gc", response_model=models.GcReport)
+    @app.post("/v1/gc", response_model=models.GcReport, responses=failures(Conflict, NoSpace))
     async def gc():
         return models.GcReport(**await run(pfs.gc))
 
@@ -282,7 +401,12 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def list_mounts():
         return [models.MountInfo(**m) for m in (mounts.list() if mounts else [])]
 
-    @app.post("/v1/mounts", response_model=models.MountInfo, status_code=201)
+    @app.post(
+        "/v1/mounts",
+        response_model=models.MountInfo,
+        status_code=201,
+        responses=failures(InvalidArgument, Forbidden, Conflict, PfsError),
+    )
     async def mount(body: models.MountRequest):
         if token is not None:
             # Over TCP the caller may be on another machine, and a mount runs as the
@@ -295,7 +419,7 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             raise PfsError("this daemon cannot serve mounts")
         return models.MountInfo(**await mounts.mount(body.path, body.write, body.repos, body.commit_idle, body.allow_other))
 
-    @app.delete("/v1/mounts")
+    @app.delete("/v1/mounts", responses=failures(NotFound))
     async def unmount(path: str | None = None):
         return {"unmounted": await mounts.unmount(path) if mounts else []}
 
@@ -305,15 +429,15 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     async def list_repos():
         return [models.Repo(**asdict(r)) for r in await run(pfs.list_repos)]
 
-    @app.post("/v1/repos", response_model=models.Repo, status_code=201)
+    @app.post("/v1/repos", response_model=models.Repo, status_code=201, responses=failures(*CREATE))
     async def create_repo(body: models.CreateRepo):
         return models.Repo(**asdict(await run(pfs.create_repo, body.name, body.description)))
 
-    @app.get("/v1/repos/{repo}", response_model=models.Repo)
+    @app.get("/v1/repos/{repo}", response_model=models.Repo, responses=failures(*LOOKUP))
     async def inspect_repo(repo: str):
         return models.Repo(**asdict(await run(pfs.inspect_repo, repo)))
 
-    @app.delete("/v1/repos/{repo}")
+    @app.delete("/v1/repos/{repo}", responses=failures(*CHANGE))
     async def delete_repo(repo: str, force: bool = False):
         if scheduler is not None and not force:
             readers = await run(scheduler.readers_of, repo)
@@ -327,26 +451,28 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     # -- commits ------------------------------------------------------------
 
-    @app.post("/v1/repos/{repo}/commits", response_model=models.Commit, status_code=201)
+    @app.post("/v1/repos/{repo}/commits", response_model=models.Commit, status_code=201, responses=failures(*CREATE))
     async def start_commit(repo: str, body: models.StartCommit):
         return _commit(await run(lambda: pfs.start_commit(repo, body.branch, body.parent, body.description)))
 
-    @app.get("/v1/repos/{repo}/commits", response_model=list[models.Commit])
-    async def list_commits(repo: str, branch: str | None = None, n: int | None = None, all: bool = False):
+    @app.get("/v1/repos/{repo}/commits", response_model=list[models.Commit], responses=failures(*LOOKUP))
+    async def list_commits(
+        repo: str, branch: str | None = None, n: int | None = Query(None, ge=0, le=2**63 - 1), all: bool = False
+    ):
         return [_commit(c) for c in await run(pfs.list_commits, repo, branch, n, all)]
 
-    @app.get("/v1/repos/{repo}/commit", response_model=models.Commit)
+    @app.get("/v1/repos/{repo}/commit", response_model=models.Commit, responses=failures(*LOOKUP))
     async def inspect_commit(repo: str, ref: str = Query(...)):
         return _commit(await run(pfs.inspect_commit, repo, ref))
 
-    @app.post("/v1/repos/{repo}/commit/finish", response_model=models.Commit)
+    @app.post("/v1/repos/{repo}/commit/finish", response_model=models.Commit, responses=failures(*CHANGE))
     async def finish_commit(repo: str, ref: str = Query(...), description: str | None = None):
         if mounts is not None:
             row = await run(pfs.resolve, repo, ref)
             await mounts.before_finish(row[0])
         return _commit(await run(pfs.finish_commit, repo, ref, description))
 
-    @app.delete("/v1/repos/{repo}/commit")
+    @app.delete("/v1/repos/{repo}/commit", responses=failures(*CHANGE))
     async def delete_commit(repo: str, ref: str = Query(...)):
         row = await run(pfs.resolve, repo, ref)
         await run(pfs.delete_commit, repo, ref)
@@ -354,41 +480,46 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             mounts.current.ops.forget_commit(row[0])
         return {}
 
-    @app.post("/v1/repos/{repo}/commit/archive")
+    @app.post("/v1/repos/{repo}/commit/archive", responses=failures(*CHANGE))
     async def archive_commit(repo: str, ref: str = Query(...)):
         await run(pfs.archive_commit, repo, ref)
         return {}
 
-    @app.post("/v1/repos/{repo}/fork", response_model=models.Commit, status_code=201)
+    @app.post("/v1/repos/{repo}/fork", response_model=models.Commit, status_code=201, responses=failures(*CREATE))
     async def fork_commit(repo: str, body: models.ForkCommit):
         return _commit(await run(pfs.fork_commit, repo, body.parent, body.branch))
 
-    @app.post("/v1/repos/{repo}/squash", response_model=models.Commit)
+    @app.post("/v1/repos/{repo}/squash", response_model=models.Commit, responses=failures(*CHANGE))
     async def squash_commit(repo: str, body: models.SquashCommit):
         return _commit(await run(pfs.squash_commits, repo, body.sources, body.to))
 
-    @app.post("/v1/repos/{repo}/replay", response_model=list[models.Commit])
+    @app.post("/v1/repos/{repo}/replay", response_model=list[models.Commit], responses=failures(*CREATE))
     async def replay_commit(repo: str, body: models.ReplayCommits):
         return [_commit(c) for c in await run(pfs.replay_commits, repo, body.sources, body.branch)]
 
     # -- branches -----------------------------------------------------------
 
-    @app.get("/v1/repos/{repo}/branches", response_model=list[models.Branch])
+    @app.get("/v1/repos/{repo}/branches", response_model=list[models.Branch], responses=failures(*LOOKUP))
     async def list_branches(repo: str):
         return [models.Branch(**asdict(b)) for b in await run(pfs.list_branches, repo)]
 
-    @app.put("/v1/repos/{repo}/branches/{branch}", response_model=models.Branch)
+    @app.put("/v1/repos/{repo}/branches/{branch}", response_model=models.Branch, responses=failures(*CREATE))
     async def create_branch(repo: str, branch: str, body: models.SetBranch):
         return models.Branch(**asdict(await run(pfs.create_branch, repo, branch, body.head)))
 
-    @app.delete("/v1/repos/{repo}/branches/{branch}")
+    @app.delete("/v1/repos/{repo}/branches/{branch}", responses=failures(*CHANGE))
     async def delete_branch(repo: str, branch: str):
         await run(pfs.delete_branch, repo, branch)
         return {}
 
     # -- files --------------------------------------------------------------
 
-    @app.put("/v1/repos/{repo}/file", response_model=models.PutResult)
+    @app.put(
+        "/v1/repos/{repo}/file",
+        response_model=models.PutResult,
+        responses=failures(*CHANGE, LocalUnavailable),
+        openapi_extra=BINARY_BODY,
+    )
     async def put_file(
         request: Request,
         repo: str,
@@ -419,7 +550,9 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             raise
         return _put_result(session)
 
-    @app.post("/v1/repos/{repo}/files", response_model=models.PutResult)
+    @app.post(
+        "/v1/repos/{repo}/files", response_model=models.PutResult, responses=failures(*CHANGE), openapi_extra=BINARY_BODY
+    )
     async def put_files(
         request: Request, repo: str, ref: str = Query(...), new_commit: bool = Query(False, description=NEW_COMMIT_DOC)
     ):
@@ -432,7 +565,11 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             await drain(request)
             raise
 
-    @app.get("/v1/repos/{repo}/file", response_class=StreamingResponse)
+    @app.get(
+        "/v1/repos/{repo}/file",
+        response_class=StreamingResponse,
+        responses={200: BINARY_ANSWER, **failures(*CONTENT)},
+    )
     async def get_file(repo: str, ref: str = Query(...), path: str = Query(...)):
         info, chunks = await run(pfs.read_file, repo, ref, path)
         # Read the first chunk before answering: once the 200 is sent, a damaged
@@ -449,11 +586,11 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
             body(), media_type="application/octet-stream", headers={"X-Pachy-Size": str(info.size)}
         )
 
-    @app.get("/v1/repos/{repo}/file/info", response_model=models.FileInfo)
+    @app.get("/v1/repos/{repo}/file/info", response_model=models.FileInfo, responses=failures(*LOOKUP))
     async def inspect_file(repo: str, ref: str = Query(...), path: str = Query(...)):
         return models.FileInfo(**(await run(pfs.inspect_file, repo, ref, path)).to_dict())
 
-    @app.delete("/v1/repos/{repo}/file")
+    @app.delete("/v1/repos/{repo}/file", responses=failures(*CHANGE))
     async def delete_file(repo: str, ref: str = Query(...), path: str = Query(...)):
         def delete() -> None:
             with pfs.write_session(repo, ref) as session:
@@ -463,15 +600,19 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
         await run(delete)
         return {}
 
-    @app.get("/v1/repos/{repo}/files", response_model=list[models.FileInfo])
+    @app.get("/v1/repos/{repo}/files", response_model=list[models.FileInfo], responses=failures(*LOOKUP))
     async def list_files(repo: str, ref: str = Query(...), path: str = "/"):
         return [models.FileInfo(**f.to_dict()) for f in await run(pfs.list_files, repo, ref, path)]
 
-    @app.get("/v1/repos/{repo}/glob", response_model=list[models.FileInfo])
+    @app.get("/v1/repos/{repo}/glob", response_model=list[models.FileInfo], responses=failures(*LOOKUP))
     async def glob_files(repo: str, ref: str = Query(...), pattern: str = Query(...)):
         return [models.FileInfo(**f.to_dict()) for f in await run(pfs.glob_files, repo, ref, pattern)]
 
-    @app.get("/v1/repos/{repo}/diff", response_model=list[models.DiffEntry])
+    @app.get(
+        "/v1/repos/{repo}/diff",
+        response_model=list[models.DiffEntry],
+        responses=failures(*LOOKUP, Conflict),  # an open commit has no diff yet
+    )
     async def diff_files(repo: str, ref: str = Query(...), old: str | None = None):
         return [models.DiffEntry(**d) for d in await run(pfs.diff_files, repo, ref, old)]
 

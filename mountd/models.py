@@ -5,9 +5,11 @@ Kept free of server code so `pachctl` can import them alone.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-from pfsfuse import errors  # noqa: F401  (the API's error kinds, re-exported for clients)
+from pfsfuse import errors  # the API's error kinds, re-exported for clients
 
 
 class Version(BaseModel):
@@ -118,8 +120,21 @@ class GcReport(BaseModel):
 
 
 class Error(BaseModel):
+    """Every error answer: a one-line message and the kind of ``pfsfuse.errors`` it is."""
+
     error: str
     kind: str
+
+
+def failure_responses(*failures: type[errors.PfsError]) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for the error classes it can raise: one entry per
+    HTTP status (the classes own their status), naming the kinds it covers, so
+    the OpenAPI lists what the route really answers."""
+    kinds: dict[int, list[str]] = {}
+    for cls in failures:
+        if cls.kind not in kinds.setdefault(cls.http_status, []):
+            kinds[cls.http_status].append(cls.kind)
+    return {status: {"model": Error, "description": "error kinds: " + ", ".join(k)} for status, k in sorted(kinds.items())}
 
 
 class MountRequest(BaseModel):

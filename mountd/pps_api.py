@@ -12,16 +12,37 @@ from typing import NamedTuple
 import trio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 
 from mountd import models, pps_models, wire
-from mountd.app import drain, pump, run
+from mountd.app import (
+    BINARY_ANSWER,
+    BINARY_BODY,
+    CHANGE,
+    CONTENT,
+    CREATE,
+    LOOKUP,
+    drain,
+    failures,
+    pump,
+    run,
+)
 from mountd.ingest import WireIngest
-from pfsfuse.errors import Forbidden, InvalidArgument, NoSpace, NotFound, PfsError, Unauthorized
+from pfsfuse.errors import (
+    Conflict,
+    Forbidden,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    PfsError,
+    Unauthorized,
+)
 from pfsfuse.files import PinSession
 from pfsfuse.pfs import PFS
 from pps.scheduler import Scheduler
 from pps.store import JobRow, PipelineRow
 
+WORKER = (Unauthorized, Forbidden)  # every worker route: no credential, or outside its pipeline or task
 _U64 = struct.Struct(">Q")
 WORKER_HEADER = "X-Pachy-Worker"  # shim.link sends it; the daemon must not import the shim
 
@@ -158,12 +179,42 @@ class ResultIngest(WireIngest):
                 self.pfs.unpin(r["owner"])
 
 
+def parse_log_lines(body: bytes) -> list[dict]:
+    """``POST /v1/workers/logs``: one JSON object per line, each checked (a
+    malformed line is the caller's error, not the daemon's)."""
+    lines = []
+    for number, text in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            lines.append(pps_models.WorkerLogLine.model_validate_json(text).model_dump())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise InvalidArgument(f"malformed log line {number}: {where + ': ' if where else ''}{first['msg']}") from None
+    return lines
+
+
+# One WorkerLogLine per line (NDJSON has no schema of its own; the items' is the useful one).
+NDJSON_BODY = {
+    "requestBody": {
+        "content": {
+            "application/x-ndjson": {
+                "schema": {"type": "array", "items": pps_models.WorkerLogLine.model_json_schema()}
+            }
+        }
+    }
+}
+
+
 def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     poll_limiter = trio.CapacityLimiter(256)  # long polls wait in threads of their own
 
     # -- pipelines -------------------------------------------------------------
 
-    @app.post("/v1/pipelines", response_model=list[pps_models.Pipeline], status_code=201)
+    @app.post(
+        "/v1/pipelines", response_model=list[pps_models.Pipeline], status_code=201, responses=failures(*CREATE)
+    )
     async def create_pipelines(body: pps_models.CreatePipelines):
         rows = await run(lambda: s.create_pipelines(body.text, update=body.update, reprocess=body.reprocess))
         return [await run(pipeline_model, s, s.store.get_pipeline(r.name)) for r in rows]
@@ -172,16 +223,16 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     async def list_pipelines():
         return await run(lambda: [pipeline_model(s, r) for r in s.store.list_pipelines()])
 
-    @app.get("/v1/pipelines/{name}", response_model=pps_models.Pipeline)
+    @app.get("/v1/pipelines/{name}", response_model=pps_models.Pipeline, responses=failures(*LOOKUP))
     async def inspect_pipeline(name: str):
         return await run(lambda: pipeline_model(s, s.store.get_pipeline(name)))
 
-    @app.delete("/v1/pipelines/{name}")
+    @app.delete("/v1/pipelines/{name}", responses=failures(*CHANGE))
     async def delete_pipeline(name: str, force: bool = False, keep_repo: bool = False):
         await run(lambda: s.delete_pipeline(name, force=force, keep_repo=keep_repo))
         return {}
 
-    @app.delete("/v1/pipelines")
+    @app.delete("/v1/pipelines", responses=failures(*CHANGE))
     async def delete_all_pipelines(all: bool = False, force: bool = False, keep_repo: bool = False):
         if not all:
             raise InvalidArgument("name a pipeline, or pass all=true")
@@ -194,11 +245,11 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
         return {"deleted": await run(delete_all)}
 
-    @app.post("/v1/pipelines/{name}/stop", response_model=pps_models.Pipeline)
+    @app.post("/v1/pipelines/{name}/stop", response_model=pps_models.Pipeline, responses=failures(*CHANGE))
     async def stop_pipeline(name: str):
         return await run(lambda: pipeline_model(s, s.stop_pipeline(name)))
 
-    @app.post("/v1/pipelines/{name}/start", response_model=pps_models.Pipeline)
+    @app.post("/v1/pipelines/{name}/start", response_model=pps_models.Pipeline, responses=failures(*CHANGE))
     async def start_pipeline(name: str):
         return await run(lambda: pipeline_model(s, s.start_pipeline(name)))
 
@@ -213,14 +264,14 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
                 raise InvalidArgument(what)
             await trio.to_thread.run_sync(s.wait_changed, 0.2, abandon_on_cancel=True, limiter=poll_limiter)
 
-    @app.post("/v1/pipelines/{name}/run", response_model=pps_models.Job)
+    @app.post("/v1/pipelines/{name}/run", response_model=pps_models.Job, responses=failures(*CHANGE))
     async def run_pipeline(name: str, body: pps_models.RunPipeline | None = None):
         commits = [c.model_dump() for c in (body.commits if body else [])]
         before = {j.id for j in await run(s.store.list_jobs, name)}
         await run(s.request_run, name, commits)
         return await first_new_job(name, before, f"pipeline '{name}' did not start a job within 30 s")
 
-    @app.post("/v1/jobs", response_model=pps_models.Job, status_code=201)
+    @app.post("/v1/jobs", response_model=pps_models.Job, status_code=201, responses=failures(*CREATE))
     async def create_job(body: pps_models.CreatePipelines):
         """create-job: a one-off run of a spec: a stopped pipeline given one job."""
         rows = await run(lambda: s.create_pipelines(body.text, update=body.update, one_off=True))
@@ -229,7 +280,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     # -- jobs and datums ---------------------------------------------------------
 
-    @app.get("/v1/jobs", response_model=list[pps_models.Job])
+    @app.get("/v1/jobs", response_model=list[pps_models.Job], responses=failures(*LOOKUP))
     async def list_jobs(pipeline: str | None = None, input: str | None = None, output: str | None = None):
         def jobs() -> list[pps_models.Job]:
             rows = s.store.list_jobs(pipeline)
@@ -245,7 +296,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
         return await run(jobs)
 
-    @app.get("/v1/jobs/{job_id}", response_model=pps_models.Job)
+    @app.get("/v1/jobs/{job_id}", response_model=pps_models.Job, responses=failures(*LOOKUP))
     async def inspect_job(job_id: str, wait: bool = False, timeout: float | None = None):
         if not wait:
             return job_model(await run(s.store.get_job, job_id))
@@ -256,23 +307,28 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
             row = await run(s.store.get_job, job_id)
         return job_model(row)
 
-    @app.delete("/v1/jobs/{job_id}", response_model=pps_models.Job)
+    @app.delete("/v1/jobs/{job_id}", response_model=pps_models.Job, responses=failures(*CHANGE))
     async def stop_job(job_id: str):
         return job_model(await run(s.stop_job, job_id))
 
-    @app.get("/v1/jobs/{job_id}/datums", response_model=list[pps_models.Datum])
+    @app.get("/v1/jobs/{job_id}/datums", response_model=list[pps_models.Datum], responses=failures(*LOOKUP))
     async def list_datums(job_id: str):
         job = await run(s.store.get_job, job_id)
         return [pps_models.Datum(**d) for d in await run(s.store.list_datums, job.id)]
 
-    @app.get("/v1/jobs/{job_id}/datums/{datum_id}", response_model=pps_models.Datum)
+    @app.get(
+        "/v1/jobs/{job_id}/datums/{datum_id}", response_model=pps_models.Datum, responses=failures(*LOOKUP)
+    )
     async def inspect_datum(job_id: str, datum_id: str):
         job = await run(s.store.get_job, job_id)
         return pps_models.Datum(**await run(s.store.get_datum, job.id, datum_id))
 
     # -- logs --------------------------------------------------------------------
 
-    @app.get("/v1/logs")
+    @app.get(
+        "/v1/logs",
+        responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, **failures(*LOOKUP)},
+    )
     async def get_logs(pipeline: str | None = None, job: str | None = None, datum: str | None = None,
                        follow: bool = False):
         if job:
@@ -313,7 +369,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     # -- provenance --------------------------------------------------------------
 
-    @app.post("/v1/flush", response_model=pps_models.FlushResult)
+    @app.post("/v1/flush", response_model=pps_models.FlushResult, responses=failures(*LOOKUP, PfsError))
     async def flush(body: pps_models.Flush):
         commits = [(c.repo, c.commit) for c in body.commits]
         ids, failed = await trio.to_thread.run_sync(
@@ -333,7 +389,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     # -- secrets -----------------------------------------------------------------
 
-    @app.put("/v1/secrets/{name}")
+    @app.put("/v1/secrets/{name}", responses=failures(InvalidArgument, NoSpace))
     async def put_secret(name: str, body: pps_models.Secret):
         await run(s.store.put_secret, name, body.data)
         return {}
@@ -342,7 +398,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     async def list_secrets():
         return await run(s.store.list_secrets)
 
-    @app.delete("/v1/secrets/{name}")
+    @app.delete("/v1/secrets/{name}", responses=failures(NotFound, Conflict, NoSpace))
     async def delete_secret(name: str):
         await run(s.store.delete_secret, name)
         return {}
@@ -367,7 +423,10 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         if pipeline != w.pipeline:
             raise Forbidden(f"worker '{w.worker}' serves pipeline '{w.pipeline}', not '{pipeline}'")
 
-    @app.post("/v1/workers/{pipeline}/next")
+    @app.post(
+        "/v1/workers/{pipeline}/next",
+        responses={204: {"description": "no task within `wait` seconds"}, **failures(*WORKER, NotFound)},
+    )
     async def next_task(request: Request, pipeline: str, worker: str = "", wait: float = 20.0):
         w = worker_of(request)
         own_pipeline(w, pipeline)
@@ -382,23 +441,23 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
             return Response(status_code=204)
         return task.payload
 
-    @app.post("/v1/workers/{pipeline}/still")
+    @app.post("/v1/workers/{pipeline}/still", responses=failures(*WORKER, NotFound))
     async def still_current(request: Request, pipeline: str, task: str):
         """A spout or service worker asks whether to keep running its task."""
         own_pipeline(worker_of(request), pipeline)
         return {"current": await run(s.still_current, pipeline, task)}
 
-    @app.post("/v1/workers/read")
-    async def read_batch(request: Request):
+    @app.post("/v1/workers/read", responses={200: BINARY_ANSWER, **failures(*WORKER, *CONTENT)})
+    async def read_batch(request: Request, body: pps_models.ReadBatch):
         w = worker_of(request)
-        items = (await request.json()).get("items", [])
+        items = [it.model_dump() for it in body.items]
         lease = s.queue.leased(w.worker)
         allowed = task_commits(lease.payload) if lease is not None and lease.pipeline == w.pipeline else set()
         for it in items:
-            if isinstance(it, dict) and (it.get("repo"), it.get("commit")) not in allowed:
+            if (it["repo"], it["commit"]) not in allowed:
                 raise Forbidden(
                     f"worker '{w.worker}' may read only the inputs of the task it holds, not "
-                    f"{it.get('repo')}@{it.get('commit')}"
+                    f"{it['repo']}@{it['commit']}"
                 )
 
         def chunks() -> Iterator[bytes]:
@@ -438,7 +497,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
         return StreamingResponse(body(), media_type="application/octet-stream")
 
-    @app.post("/v1/workers/tasks/{task_id}/result")
+    @app.post("/v1/workers/tasks/{task_id}/result", responses=failures(*WORKER, *CHANGE), openapi_extra=BINARY_BODY)
     async def task_result(request: Request, task_id: str, worker: str = ""):
         w = worker_of(request)
         held = s.queue.get(task_id)
@@ -466,18 +525,15 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         accepted = await run(s.task_result, task_id, results)
         return {"accepted": len(results) if accepted else 0}
 
-    @app.post("/v1/workers/logs")
+    @app.post("/v1/workers/logs", responses=failures(*WORKER, InvalidArgument, NoSpace), openapi_extra=NDJSON_BODY)
     async def worker_logs(request: Request):
         w = worker_of(request)
-        body = await request.body()
-        lines = [json.loads(t) for t in body.decode("utf-8", "replace").splitlines() if t.strip()]
+        lines = parse_log_lines(await request.body())
 
         def write() -> None:
             jobs: dict[str, bool] = {}  # job id -> is it this worker's pipeline's?
             mine = []
             for line in lines:
-                if not isinstance(line, dict):
-                    continue
                 job = line.get("job")
                 if job is not None:
                     if job not in jobs:

@@ -5,7 +5,9 @@ Kept free of server code so `pachctl` can import them alone.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Note(BaseModel):
@@ -126,3 +128,33 @@ class LogLine(BaseModel):
 class Secret(BaseModel):
     name: str
     data: dict[str, str]
+
+
+class ReadItem(BaseModel):
+    """One file range a worker reads (``POST /v1/workers/read``)."""
+
+    repo: str
+    commit: str
+    path: str
+    offset: int = Field(0, ge=0, le=2**63 - 1)
+    length: int = Field(-1, ge=-1, le=2**63 - 1, description="-1: to the end of the file")
+
+
+class ReadBatch(BaseModel):
+    items: list[ReadItem] = Field(default_factory=list)
+
+
+class WorkerLogLine(BaseModel):
+    """One line of ``POST /v1/workers/logs`` (NDJSON). The job names the log file
+    it lands in, so it must be a job id (or empty: a spout's or service's line).
+    Strict: a worker writes these, so ``"ts": false`` is a bug to report, not 0."""
+
+    model_config = ConfigDict(strict=True)
+
+    pipeline: str
+    job: str | None = Field(None, pattern=r"^([0-9a-f]{32})?$")
+    datum: str | None = None
+    worker: str | None = None
+    user: bool = True
+    message: str
+    ts: float = Field(default_factory=time.time, allow_inf_nan=False)

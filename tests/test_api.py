@@ -583,3 +583,117 @@ def test_local_read_of_a_missing_file_is_a_source_error(client, tmp_path) -> Non
     client.create_repo("localmissing")
     with client.commit("localmissing", "master") as c, pytest.raises(errors.SourceError):
         client.put_file("localmissing", c.id, "x", tmp_path / "nope")
+
+
+# -- malformed requests, the OpenAPI's statuses, OPTIONS (issue 9, item 11) --------
+
+
+def _uds(daemon: Daemon) -> httpx.Client:
+    sock = str(daemon.home / "mountd.sock")
+    return httpx.Client(transport=httpx.HTTPTransport(uds=sock), base_url="http://mountd", timeout=30)
+
+
+def test_malformed_bodies_are_400s_never_500s(daemon: Daemon, tmp_path: Path) -> None:
+    """Bodies that are not JSON, not the right shape, or hold values out of range
+    answer 400 in the API's error shape; the daemon logs no traceback."""
+    outside = tmp_path / "planted"
+    bad: list[tuple[str, str, bytes | None, dict[str, str]]] = [
+        ("POST", "/v1/workers/read", None, {}),
+        ("POST", "/v1/workers/read", b"{not json", {"content-type": "application/json"}),
+        ("POST", "/v1/workers/read", b'{"items": [{"repo": 1}]}', {"content-type": "application/json"}),
+        ("POST", "/v1/workers/read", b'{"items": "x"}', {"content-type": "application/json"}),
+        (
+            "POST",
+            "/v1/workers/read",
+            b'{"items": [{"repo": "r", "commit": "c", "path": "/f", "offset": -5}]}',
+            {"content-type": "application/json"},
+        ),
+        ("POST", "/v1/workers/logs", b"{not json\n", {}),
+        ("POST", "/v1/workers/logs", b'{"message": "no pipeline"}\n', {}),
+        ("POST", "/v1/workers/logs", b"[1, 2]\n", {}),
+        # a log line's job names its log file: no path may ride in it
+        (
+            "POST",
+            "/v1/workers/logs",
+            b'{"pipeline": "p", "job": "../../../' + str(outside).encode() + b'", "message": "m"}\n',
+            {},
+        ),
+        ("POST", "/v1/repos", b"\xff\xfe", {"content-type": "application/json"}),
+        ("POST", "/v1/repos", b'{"name": 3}', {"content-type": "application/json"}),
+        ("PUT", "/v1/secrets/s", b"[", {"content-type": "application/json"}),
+        ("POST", "/v1/flush", b"{}", {"content-type": "application/json"}),
+        ("GET", "/v1/repos/r/commits?n=notanumber", None, {}),
+        # numbers past SQLite's 64 bits, in a query parameter and inside a ref
+        ("GET", "/v1/repos/r/commits?n=99999999999999999999999", None, {}),
+        ("GET", "/v1/repos/r/commit?ref=master/99999999999999999999999", None, {}),
+    ]
+    daemon.client.create_repo("r")
+    daemon.client.start_commit("r")
+    with _uds(daemon) as http:
+        for method, url, body, headers in bad:
+            resp = http.request(method, url, content=body, headers=headers)
+            # the worker routes may ask for the worker's credential first (401)
+            allowed = {400, 401} if url.startswith("/v1/workers/") else {400}
+            assert resp.status_code in allowed, (method, url, body, resp.status_code, resp.text)
+            answer = resp.json()
+            assert set(answer) == {"error", "kind"}, (url, answer)
+            if resp.status_code == 400:
+                assert answer["kind"] == "invalid_argument" and answer["error"], (url, answer)
+    assert not any(tmp_path.glob("planted*")), "a log line's job wrote outside the home"
+    assert "Traceback" not in daemon.log_text()
+
+
+def test_openapi_lists_the_statuses_routes_answer(tmp_path: Path, start_daemon: Callable[..., Daemon]) -> None:
+    """Each operation documents its error statuses (from the error classes it
+    can raise), the 400 of a malformed request instead of FastAPI's unused 422,
+    and over TCP the 401 of a wrong token; errors share one schema."""
+    address = f"127.0.0.1:{free_port()}"
+    good = Client(address, token="secret", timeout=30)
+    start_daemon(tmp_path / "tcp-home", "--listen", address, "--token", "secret", client=good)
+    schema = httpx.get(f"http://{address}/openapi.json", timeout=10).json()
+    paths = schema["paths"]
+
+    def codes(path: str, method: str) -> set[str]:
+        return set(paths[path][method]["responses"])
+
+    assert {"200", "400", "401", "404"} <= codes("/v1/repos/{repo}", "get")
+    assert {"201", "400", "401", "409", "507"} <= codes("/v1/repos", "post")  # invalid name, exists, disk full
+    assert {"400", "404", "409"} <= codes("/v1/repos/{repo}/commit/finish", "post")
+    assert {"400", "404"} <= codes("/v1/pipelines/{name}", "get")
+    assert "412" in codes("/v1/repos/{repo}/file", "put")  # a daemon-side local file it cannot read
+    assert "204" in codes("/v1/workers/{pipeline}/next", "post")
+    assert {"200", "401"} == codes("/v1/version", "get")  # nothing to validate, nothing to find
+    for path, item in paths.items():
+        for method, op in item.items():
+            assert "422" not in op["responses"], (method, path)
+            for code, resp in op["responses"].items():
+                if code >= "400":
+                    assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+    assert "HTTPValidationError" not in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["token"] == {"type": "http", "scheme": "bearer"}
+    # what the schema says is what the daemon answers
+    auth = {"Authorization": "Bearer secret"}
+    assert httpx.get(f"http://{address}/v1/repos/nope", headers=auth, timeout=10).status_code == 404
+    assert httpx.get(f"http://{address}/v1/repos/nope", timeout=10).status_code == 401
+    resp = httpx.post(f"http://{address}/v1/repos", headers=auth, content=b"{", timeout=10)
+    assert resp.status_code == 400 and resp.json()["kind"] == "invalid_argument"
+
+
+def test_options_and_405_name_every_method_of_the_path(daemon: Daemon) -> None:
+    with _uds(daemon) as http:
+        for path, methods in [
+            ("/v1/pipelines", {"GET", "POST", "DELETE"}),
+            ("/v1/repos", {"GET", "POST"}),
+            ("/v1/repos/r/file", {"GET", "PUT", "DELETE"}),
+            ("/v1/repos/r/branches/b", {"PUT", "DELETE"}),
+        ]:
+            resp = http.options(path)
+            assert resp.status_code == 204, (path, resp.text)
+            assert set(resp.headers["allow"].split(", ")) == methods | {"OPTIONS"}, path
+            resp = http.patch(path)
+            assert resp.status_code == 405, path
+            assert set(resp.headers["allow"].split(", ")) == methods, path
+            assert resp.json()["kind"] == "error"
+        # a path no route serves stays a 404, whatever the method
+        assert http.options("/v1/nothing").status_code == 404
+        assert http.get("/v1/nothing").json() == {"error": "Not Found", "kind": "not_found"}

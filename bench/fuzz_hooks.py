@@ -1,0 +1,32 @@
+"""Schemathesis hooks for fuzzing mountd's API (``SCHEMATHESIS_HOOKS=bench.fuzz_hooks``).
+
+Used by ``bench/fuzz_api.py`` and ``tests/test_api_fuzz.py``:
+- ``POST /v1/workers/logs`` takes NDJSON, a media type schemathesis cannot
+  write by itself: each generated item becomes one line.
+- ``GET /v1/logs?follow=true`` streams until its pipeline is deleted (like
+  ``tail -f``), so it would only ever end in a client timeout: not generated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import schemathesis
+
+_TRUE = {"1", "on", "t", "true", "y", "yes"}  # what the API reads as true (pydantic's bool)
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson(_ctx: Any, value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    items = value if isinstance(value, list) else [value]
+    return "".join(json.dumps(item) + "\n" for item in items).encode()
+
+
+@schemathesis.hook
+def filter_case(_ctx: Any, case: Any) -> bool:
+    """Every phase passes its cases through here (the per-part hooks miss the coverage phase)."""
+    query = case.query or {}
+    return str(query.get("follow", "")).strip().lower() not in _TRUE
