@@ -98,6 +98,8 @@ def _pieces(source: Source, progress: Progress | None = None) -> Iterator[bytes]
         yield piece
 
 
+_I64_MAX = (1 << 63) - 1  # the largest count the API takes (SQLite integers)
+
 class Client:
     """A connection to a mountd; cheap to create, safe to reuse."""
 
@@ -333,7 +335,7 @@ class Client:
         if branch is not None:
             params["branch"] = branch
         if n is not None:
-            params["n"] = n
+            params["n"] = min(n, _I64_MAX) if n >= 0 else n  # more than can exist: all (a negative n is refused)
         return [Commit(**c) for c in self._json("GET", f"/v1/repos/{_seg(repo)}/commits", params=params)]
 
     def delete_commit(self, repo: str, commit: str) -> None:

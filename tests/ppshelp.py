@@ -37,6 +37,7 @@ class Pachy:
 
     def __init__(self, root: Path, **extra_env: str):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         open_to_user_code(root)  # tests hand files to pipelines' user code through it
         self.home = root / "home"
         self.work = root / "work"
