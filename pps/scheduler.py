@@ -1042,11 +1042,13 @@ class Scheduler:
             return False
         for leaf in jp.leaves(self.spec_of(row)):
             if isinstance(leaf, PfsInput) and leaf.repo == repo and leaf.trigger is not None:
+                # The cursor before the jobs: a job and the cursor it moves are written in
+                # one transaction, so a cursor that moved to this commit implies its job is seen.
+                cur = self.store.cursor(pipeline, repo, jp.leaf_branch(leaf))
                 if self.pfs.q1("SELECT 1 FROM pps_jobs WHERE pipeline=? AND provenance LIKE ?",
                                (pipeline, f'%"{cid}"%')) is not None:
                     return False
                 seq = self.pfs.q1("SELECT seq FROM commits WHERE id=?", (cid,))
-                cur = self.store.cursor(pipeline, repo, jp.leaf_branch(leaf))
                 if cur is not None and seq is not None and seq[0] is not None and seq[0] <= cur:
                     return True  # passed over: the input moved beyond it
                 return not self._trigger_fires(row, leaf, cur)
