@@ -544,7 +544,7 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         if node.kind == BENTRY and (cid := self._open_heads.get((node.repo, node.ref))):
             dirty = self.overlay.get(cid, node.path)
             if dirty is not None:  # being written: no need to ask the engine
-                return self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True))
+                return self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True), ino=inode)
         try:
             st = await self._quick(self._stat_sync, node)
         except NotFound:
