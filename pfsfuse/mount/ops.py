@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from pfsfuse import names
+from pfsfuse.chunks import ZERO_HASH
 from pfsfuse.entries import decode_stat
 from pfsfuse.errors import (
     InvalidArgument,
@@ -641,7 +642,12 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
                 return info
         locations, keep = await self._run(self._open_sync, node)
         fh = next(self._fh)
-        self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
+        handle = self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
+        if not keep:
+            # In an open commit the file can be unlinked (or replaced) while
+            # open, leaving no entry naming its chunks: gc keeps them while
+            # this handle reads them, as for the overlay's dirty files.
+            self.pfs.held_chunks[id(handle)] = frozenset(loc.hash for loc in locations if loc.hash != ZERO_HASH)
         self._track(fh, inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
@@ -658,7 +664,10 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
                 info = self._dirty_handle(handle.dirty, writing, bool(flags & os.O_APPEND))
             elif isinstance(handle, ReadHandle) and not writing:
                 info = pyfuse3.FileInfo(fh=next(self._fh), keep_cache=False)
-                self._handles[info.fh] = ReadHandle(handle.reader)
+                again = self._handles[info.fh] = ReadHandle(handle.reader)
+                held = self.pfs.held_chunks.get(id(handle))
+                if held is not None:
+                    self.pfs.held_chunks[id(again)] = held
             else:
                 continue
             self._track(info.fh, inode)
@@ -685,6 +694,8 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, DirtyHandle):
             self._unclaim(handle.dirty)
+        elif isinstance(handle, ReadHandle):
+            self.pfs.held_chunks.pop(id(handle), None)
 
     @errno_boundary
     async def write(self, fh, off, buf):
