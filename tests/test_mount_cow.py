@@ -27,7 +27,7 @@ import pytest
 from pachctl.client import Client
 from pfsfuse.chunks import ZERO_HASH
 from pfsfuse.pfs import PFS
-from tests.conftest import Daemon, tmpfs_at
+from tests.conftest import Daemon, tmpfs_at, wait_for
 from tests.mounting import Mounts, errno_of, read, requires_fuse
 
 # The shared fixtures, by the names tests ask for.
@@ -289,7 +289,26 @@ def test_unlinked_while_open_survives_gc(client: Client, daemon: Daemon, wmount:
         assert os.pread(fd, 3 * MiB, 0) == b"X" + data[1:]
     finally:
         os.close(fd)
+    # Opened for reading only, once landed: the handle reads the stored chunks.
+    other = random.Random(4).randbytes(3 * MiB)
+    (root / "r").write_bytes(other)
+    wait_for(lambda: landed(client, "g", "r") == other, what="r landed")
+    fd = os.open(root / "r", os.O_RDONLY)
+    try:
+        os.unlink(root / "r")
+        client.gc()
+        assert os.pread(fd, 3 * MiB, 0) == other
+    finally:
+        os.close(fd)
     no_traceback(daemon)
+
+
+def landed(client: Client, repo: str, path: str) -> bytes | None:
+    """What the head of master holds at ``path`` (None: nothing landed there yet)."""
+    try:
+        return client.read_file(repo, "master", path)
+    except Exception:
+        return None
 
 
 # -- item 18: the closed-file race ------------------------------------------------------

@@ -279,6 +279,74 @@ def test_unlink_gives_the_name_a_new_inode(client: Client, wmount: Path, repo: s
     assert os.stat(root / "d").st_ino != first
 
 
+def stored(c: Client, repo: str, path: str) -> bytes | None:
+    """What the head of master holds at ``path`` (None: nothing landed there yet)."""
+    try:
+        return c.read_file(repo, "master", path)
+    except Exception:
+        return None
+
+
+@pytest.mark.parametrize("via", ["commit", "branch"])
+@pytest.mark.parametrize("opened", ["written", "read-only"])
+def test_a_new_file_at_an_open_unlinked_files_name_is_another_file(
+    via: str, opened: str, client: Client, wmount: Path, repo: str
+) -> None:
+    """The descriptor of a file unlinked (or replaced by a rename) while open
+    keeps its own inode, size and bytes, and ftruncate/futimens through it
+    change that file only, never the new file created at its old name."""
+    root, _ = open_commit(client, wmount, repo)
+    if via == "branch":
+        root = wmount / repo / "master"
+    touch(root / "f", b"old content")
+    if opened == "read-only":  # a landed file, opened for reading only
+        wait_for(lambda: stored(client, repo, "f") == b"old content", what="f landed")
+    fd = os.open(root / "f", os.O_RDWR if opened == "written" else os.O_RDONLY)
+    try:
+        old = os.fstat(fd).st_ino
+        os.unlink(root / "f")
+        touch(root / "f", b"new!")
+        st, new = os.fstat(fd), os.stat(root / "f")
+        assert (st.st_ino, st.st_nlink, st.st_size) == (old, 0, 11)
+        assert new.st_ino != old and (new.st_nlink, new.st_size) == (1, 4)
+        assert os.pread(fd, 100, 0) == b"old content"
+        os.utime(fd, ns=(1_000_000_000, 2_000_000_000))  # futimens
+        assert (os.fstat(fd).st_atime_ns, os.fstat(fd).st_mtime_ns) == (1_000_000_000, 2_000_000_000)
+        assert os.stat(root / "f").st_mtime_ns != 2_000_000_000
+        if opened == "written":
+            os.ftruncate(fd, 3)
+            assert os.fstat(fd).st_size == 3 and os.pread(fd, 100, 0) == b"old"
+        # Reopened through /proc (as a shell's <&3 would): the same file.
+        with open(f"/proc/self/fd/{fd}", "rb") as again:
+            assert again.read() == (b"old" if opened == "written" else b"old content")
+    finally:
+        os.close(fd)
+    assert read(root / "f") == b"new!"
+    assert os.stat(root / "f").st_ino == new.st_ino
+
+    # Replaced by a rename: the descriptor keeps the replaced file.
+    touch(root / "g", b"replaced")
+    wait_for(lambda: stored(client, repo, "g") == b"replaced", what="g landed")
+    fd = os.open(root / "g", os.O_RDWR if opened == "written" else os.O_RDONLY)
+    try:
+        old = os.fstat(fd).st_ino
+        moved = os.stat(root / "f").st_ino
+        os.rename(root / "f", root / "g")
+        st = os.fstat(fd)
+        assert (st.st_ino, st.st_nlink, st.st_size) == (old, 0, 8)
+        assert os.pread(fd, 100, 0) == b"replaced"
+        if opened == "written":
+            os.ftruncate(fd, 1)
+            assert os.fstat(fd).st_size == 1
+    finally:
+        os.close(fd)
+    assert os.stat(root / "g").st_ino == moved
+    assert read(root / "g") == b"new!"
+    client.finish_commit(repo, client.inspect_commit(repo, "master").id)
+    assert client.read_file(repo, "master", "g") == b"new!"
+    assert {f.path for f in client.list_file(repo, "master", "/")} == {"/g"}
+
+
 # -- link counts ---------------------------------------------------------------------------
 
 

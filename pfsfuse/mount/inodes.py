@@ -7,6 +7,9 @@
     .../<path>             ENTRY    (a file or directory inside a commit)
     /<repo>/<branch>/<p>   BENTRY   (writable mounts: <p> in whatever commit is
                                       the branch head now, so writes can open one)
+    (no path)              ORPHAN   (a file or directory unlinked, or replaced by
+                                      a rename, that the kernel still holds:
+                                      usable through its open handles only)
 
 An inode number is a hash of what it stands for, so it is the same on every
 lookup and across remounts (``st_ino`` stable), and a branch whose head moves
@@ -19,7 +22,9 @@ rename(2) keeps the moved file's or directory's number, and the numbers of
 what the kernel knows below a moved directory, as POSIX wants; and a
 removed or moved-away path gets a fresh number, so a new file created
 there is never mistaken by the kernel for the old one (which may still be
-open).
+open). The kernel's inode of the removed or replaced file becomes an
+ORPHAN: no path resolves to it any more, so an open descriptor on it never
+sees (or truncates) the new file at its old name.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Callable
 from hashlib import blake2b
 from typing import NamedTuple
 
-ROOT, REPO, BRANCH, COMMIT, ENTRY, BENTRY = range(6)
+ROOT, REPO, BRANCH, COMMIT, ENTRY, BENTRY, ORPHAN = range(7)
 ROOT_INODE = 1
 
 
@@ -107,6 +112,7 @@ class InodeTable:
         kernel knows below it, for a directory); ``src`` gets a fresh one."""
         if src == dst:
             return
+        self._orphan(dst)  # the file it replaces, if any, lives on only through its handles
         moves = [(src, dst)]
         if is_dir:
             below = src.path + "/"
@@ -125,7 +131,16 @@ class InodeTable:
 
     def removed(self, node: Node) -> None:
         """``node``'s path no longer holds it: whatever is created there next is new."""
+        self._orphan(node)
         self._set_number(node, _fresh())
+
+    def _orphan(self, node: Node) -> None:
+        """The kernel's inode for ``node``, if it holds one, stops standing for
+        the path (which may soon name another file): it becomes an ORPHAN,
+        answered from the handles still open on it (ops.py, writes.py)."""
+        ino = self.number(node)
+        if self._nodes.get(ino) == node:
+            self._nodes[ino] = Node(ORPHAN, node.repo, node.ref, node.path)
 
     def _set_number(self, node: Node, ino: int) -> None:
         self._numbered[node] = ino

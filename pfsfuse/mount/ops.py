@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from pfsfuse import names
+from pfsfuse.chunks import ZERO_HASH
 from pfsfuse.entries import decode_stat
 from pfsfuse.errors import (
     InvalidArgument,
@@ -45,6 +46,7 @@ from pfsfuse.mount.inodes import (
     BRANCH,
     COMMIT,
     ENTRY,
+    ORPHAN,
     REPO,
     ROOT,
     InodeTable,
@@ -285,6 +287,8 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         return n
 
     def _stat_sync(self, node: Node) -> Stat:
+        if node.kind == ORPHAN:  # no path leads to it: its open handles say what it is
+            raise NotFound(node.path)
         if node.kind == ROOT:
             repos = [r for (r,) in self.pfs.q("SELECT name FROM repos") if self.repos is None or r in self.repos]
             return Stat(True, 0, self.started, True, len(repos))
@@ -317,6 +321,8 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         return st
 
     def _child_sync(self, parent: Node, name: str) -> tuple[Node, Stat]:
+        if parent.kind == ORPHAN:  # a removed directory (someone's cwd) holds nothing
+            raise NotFound(name)
         if parent.kind == ROOT:
             if not names.is_valid_name(name) or not self._repo_ok(name):
                 raise NotFound(name)
@@ -539,17 +545,17 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         if node.kind == BENTRY and (cid := self._open_heads.get((node.repo, node.ref))):
             dirty = self.overlay.get(cid, node.path)
             if dirty is not None:  # being written: no need to ask the engine
-                return self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True))
+                return self._attr(node, Stat(False, dirty.size, dirty.mtime_ns, True), ino=inode)
         try:
             st = await self._quick(self._stat_sync, node)
         except NotFound:
             st = self._orphan_stat(inode)
             if st is None:
                 raise fuse_error(errno.ENOENT) from None
-            a = self._attr(node, st)
+            a = self._attr(node, st, ino=inode)
             a.st_nlink = 0  # unlinked while open: usable through its handles until closed
             return a
-        return self._attr(node, st)
+        return self._attr(node, st, ino=inode)
 
     @errno_boundary
     async def opendir(self, inode, ctx):
@@ -613,6 +619,8 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
     @errno_boundary
     async def open(self, inode, flags, ctx):
         node = self._node(inode)
+        if node.kind == ORPHAN:  # /proc/<pid>/fd/<n> of an unlinked file
+            return self._reopen_orphan(inode, flags)
         if node.kind not in (ENTRY, BENTRY):
             raise fuse_error(errno.EISDIR)
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
@@ -634,9 +642,37 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
                 return info
         locations, keep = await self._run(self._open_sync, node)
         fh = next(self._fh)
-        self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
+        handle = self._handles[fh] = ReadHandle(FileReader(self.cache, locations, self._spawn))
+        if not keep:
+            # In an open commit the file can be unlinked (or replaced) while
+            # open, leaving no entry naming its chunks: gc keeps them while
+            # this handle reads them, as for the overlay's dirty files.
+            self.pfs.held_chunks[id(handle)] = frozenset(loc.hash for loc in locations if loc.hash != ZERO_HASH)
         self._track(fh, inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    def _reopen_orphan(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+        """Another handle on an unlinked file, sharing what an open one holds."""
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        for handle in list(self._handles.values()):
+            if getattr(handle, "inode", None) != inode:
+                continue
+            if isinstance(handle, DirtyHandle):
+                handle.dirty.opens += 1
+                if flags & os.O_TRUNC:
+                    handle.dirty.truncate(0)
+                info = self._dirty_handle(handle.dirty, writing, bool(flags & os.O_APPEND))
+            elif isinstance(handle, ReadHandle) and not writing:
+                info = pyfuse3.FileInfo(fh=next(self._fh), keep_cache=False)
+                again = self._handles[info.fh] = ReadHandle(handle.reader)
+                held = self.pfs.held_chunks.get(id(handle))
+                if held is not None:
+                    self.pfs.held_chunks[id(again)] = held
+            else:
+                continue
+            self._track(info.fh, inode)
+            return info
+        raise fuse_error(errno.ENOENT)
 
     def _dirty_handle(self, dirty: DirtyFile, writing: bool, append: bool) -> pyfuse3.FileInfo:
         """A handle taking over a claim (``opens``) on ``dirty``."""
@@ -658,6 +694,8 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         handle = self._handles.pop(fh, None)
         if isinstance(handle, DirtyHandle):
             self._unclaim(handle.dirty)
+        elif isinstance(handle, ReadHandle):
+            self.pfs.held_chunks.pop(id(handle), None)
 
     @errno_boundary
     async def write(self, fh, off, buf):

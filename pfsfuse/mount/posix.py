@@ -20,7 +20,7 @@ import pyfuse3
 
 from pfsfuse.errors import NotFound
 from pfsfuse.mount.common import check_name, errno_boundary, fuse_error
-from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, Node
+from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, ORPHAN, Node
 
 
 class PosixOps:
@@ -63,7 +63,17 @@ class PosixOps:
         if times and node.kind in (ENTRY, BENTRY, COMMIT, BRANCH):
             await self._target(node)  # EROFS where nothing may change (an atime alone too)
         await super().setattr(inode, attr, fields, fh, ctx)
-        if times:
+        if node.kind == ORPHAN:
+            # Unlinked while open: writes.py changed its bytes (and a written
+            # file's mtime); atime, ctime and a read-only file's mtime are kept here.
+            if times or fields.update_size or fields.update_mode or fields.update_uid or fields.update_gid:
+                read_only = self._orphan_dirty(inode, fh) is None
+                self._set_times(
+                    inode,
+                    attr.st_atime_ns if fields.update_atime else None,
+                    attr.st_mtime_ns if fields.update_mtime and read_only else None,
+                )
+        elif times:
             st = await self._quick(self._stat_sync, node)
             # A file's mtime is versioned (landed with it); a directory's is kept here.
             mtime = attr.st_mtime_ns if fields.update_mtime and st.is_dir else None

@@ -34,7 +34,7 @@ from pfsfuse.mount.common import (
     join,
     log,
 )
-from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, Node
+from pfsfuse.mount.inodes import BENTRY, BRANCH, COMMIT, ENTRY, ORPHAN, Node
 from pfsfuse.mount.landing import land
 from pfsfuse.mount.overlay import SMALL_BASE, DirtyFile
 from pfsfuse.mount.reader import FileReader
@@ -68,6 +68,8 @@ class WriteOps:
             if row[6] is not None:
                 raise OSError(errno.EROFS, "commit is finished")
             return row[0]
+        if node.kind == ORPHAN:  # unlinked: nothing can be made in or under it
+            raise OSError(errno.ENOENT, "removed")
         raise OSError(errno.EPERM, "only commits hold files")
 
     def forget_commit(self, cid: str) -> None:
@@ -192,6 +194,29 @@ class WriteOps:
             return Stat(False, handle.reader.size, handle.opened_ns, True)
         return None
 
+    def _orphan_dirty(self, inode: int, fh: int | None) -> DirtyFile | None:
+        """The overlay file behind a handle open for writing on an unlinked ``inode``."""
+        handle = self._handles.get(fh) if fh is not None else None
+        if getattr(handle, "inode", None) == inode and getattr(handle, "writing", False):
+            return handle.dirty
+        for handle in self._handles.values():
+            if getattr(handle, "inode", None) == inode and getattr(handle, "dirty", None) is not None:
+                return handle.dirty
+        return None
+
+    def _setattr_orphan(self, inode: int, attr, fields, fh: int | None) -> None:
+        """ftruncate/futimens on a file unlinked while open: its own bytes
+        change (never the path's new file); they land nowhere."""
+        if self._orphan_stat(inode) is None:
+            raise fuse_error(errno.ENOENT)
+        dirty = self._orphan_dirty(inode, fh)
+        if fields.update_size:
+            if dirty is None:  # open for reading only
+                raise fuse_error(errno.EBADF)
+            dirty.truncate(attr.st_size)
+        if fields.update_mtime and dirty is not None:
+            dirty.mtime_ns = attr.st_mtime_ns
+
     def _child_node(self, parent: Node, cid: str, path: str) -> Node:
         if parent.kind in (BRANCH, BENTRY):
             return Node(BENTRY, parent.repo, parent.ref, path)
@@ -301,6 +326,9 @@ class WriteOps:
     @errno_boundary
     async def setattr(self, inode, attr, fields, fh, ctx):
         node = self._node(inode)
+        if node.kind == ORPHAN:
+            self._setattr_orphan(inode, attr, fields, fh)
+            return await self.getattr(inode, ctx)
         if node.kind not in (ENTRY, BENTRY, COMMIT, BRANCH):
             raise fuse_error(errno.EROFS if not self.writable else errno.EPERM)
         if fields.update_size or fields.update_mtime:
