@@ -35,6 +35,7 @@ from pfsfuse.errors import (
     NoSpace,
     NotFound,
     PfsError,
+    TimedOut,
     Unauthorized,
 )
 from pfsfuse.files import PinSession
@@ -369,7 +370,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     # -- provenance --------------------------------------------------------------
 
-    @app.post("/v1/flush", response_model=pps_models.FlushResult, responses=failures(*LOOKUP, PfsError))
+    @app.post("/v1/flush", response_model=pps_models.FlushResult, responses=failures(*LOOKUP, TimedOut, PfsError))
     async def flush(body: pps_models.Flush):
         commits = [(c.repo, c.commit) for c in body.commits]
         ids, failed = await trio.to_thread.run_sync(

@@ -101,6 +101,15 @@ class Forbidden(PfsError):
     http_status = 403
 
 
+class TimedOut(PfsError):
+    """A wait the caller bounded (``flush --timeout``) ran out: not the server's
+    failure, so not a 5xx."""
+
+    kind = "timed_out"
+    exit_code = EXIT_ERROR
+    http_status = 408
+
+
 ALL_KINDS: dict[str, type[PfsError]] = {
     cls.kind: cls
     for cls in (
@@ -115,6 +124,7 @@ ALL_KINDS: dict[str, type[PfsError]] = {
         Unreachable,
         Unauthorized,
         Forbidden,
+        TimedOut,
     )
 }
 

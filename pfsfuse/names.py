@@ -76,6 +76,9 @@ def clean_path(path: str, *, allow_root: bool = False) -> str:
     return stripped
 
 
+NAME_MAX = 255  # bytes of one path component, as every Linux file system (and the mount) allows
+
+
 def check_new_path(path: str) -> str:
     """A path a client asks to create (put-file, mkdir): ``clean_path`` plus
     no control characters, and no trailing '/' (that names a directory, and
@@ -87,6 +90,11 @@ def check_new_path(path: str) -> str:
     clean = clean_path(path)
     if path.endswith("/"):
         raise InvalidArgument(f"invalid path '{path}': a file path cannot end in '/'; name the file")
+    for part in clean.split("/"):
+        if len(part.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise InvalidArgument(
+                f"invalid path '{escape(path)}': a name is at most {NAME_MAX} bytes (as on a local disk)"
+            )
     return clean
 
 

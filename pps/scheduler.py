@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, Unreachable
+from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, TimedOut, Unreachable
 from pps import jobs as jp
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
@@ -1092,7 +1092,7 @@ class Scheduler:
             if not missing:
                 return list(dict.fromkeys(found)), failed
             if deadline is not None and time.monotonic() > deadline:
-                raise PfsError(f"timed out waiting for {len(targets)} downstream commit(s)")
+                raise TimedOut(f"timed out waiting for {len(targets)} downstream commit(s)")
             if self._closed:
                 raise Unreachable("the daemon is stopping; run the command again once it is back")
             self.wait_changed(0.5)

@@ -162,6 +162,15 @@ def test_path_ending_in_slash_is_refused(env: dict[str, str]) -> None:
     assert _state(env) == before
 
 
+def test_names_longer_than_the_mount_serves_are_refused(env: dict[str, str]) -> None:
+    """The mount answers ENAMETOOLONG past 255 bytes, so put-file must not store such a name."""
+    before = _state(env)
+    err = _one_error(run(env, "put-file", "data", "master", "d/" + "é" * 128, "-c", input=b"x", rc=2))
+    assert "at most 255 bytes" in err
+    assert _state(env) == before
+    run(env, "put-file", "data", "master", "n" * 255, "-c", input=b"x")  # 255 bytes is a name
+
+
 # -- item 10: control characters -----------------------------------------------------
 
 

@@ -233,3 +233,21 @@ def test_pipelines_share_one_worker_budget_and_each_job_gets_its_turn(tmp_path: 
         assert {r.name: r.last_job_state for r in c.list_pipeline()} == dict.fromkeys(
             ("first", "second", "third"), "success")
         assert workers() <= 2
+
+
+def test_a_flush_that_times_out_is_the_callers_timeout_not_a_server_error(px: Pachy, c: Client) -> None:
+    """The wait a client bounded ran out: 408 `timed_out` (exit 1), never a 500."""
+    gate = px.write("slow-go", "")
+    gate.unlink()
+    c.create_repo("slow-in")
+    c.create_pipeline(spec("slow", pfs("slow-in"), f"while [ ! -e {gate} ]; do sleep 0.05; done"))
+    head = commit_files(c, "slow-in", {"a": b"1"})
+    try:
+        try:
+            c.flush_commit([("slow-in", head)], timeout=0.5)
+            raise AssertionError("the flush did not time out")
+        except errors.TimedOut as exc:
+            assert "timed out waiting for" in str(exc)
+    finally:
+        gate.touch()
+        flush(c, "slow-in", head, timeout=30)
