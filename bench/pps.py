@@ -388,20 +388,21 @@ def run_throughput(rep: Report, work: pathlib.Path, name: str, n: int, workers: 
                    chunk: int | None = None, incremental: bool = False, tmpfs: bool = False) -> dict:  # fmt: skip
     """A fresh daemon, pipeline `cp` over repo `in`, one job of n one-file datums (and with
     `incremental` a second job with one more file). `tmpfs`: the workers' scratch directories
-    (HOME/scratch, where units' /pfs trees are laid out) on /dev/shm, through a symlink."""
+    (HOME/scratch, where units' /pfs trees are laid out) on a tmpfs mounted there (not a
+    symlink: the daemon refuses symlinked entries in its home, mountd/home.py)."""
     home = work / f"home-{name}"
     shm = None
     if tmpfs:
-        home.mkdir(parents=True)
-        shm = pathlib.Path(tempfile.mkdtemp(prefix="pachy-bench-scratch-", dir="/dev/shm"))
-        (home / "scratch").symlink_to(shm)
+        shm = home / "scratch"
+        shm.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0700", "pachy-bench-scratch", str(shm)], check=True)
     r = {"n": n, "workers": workers, "chunk": chunk, "scratch_tmpfs": tmpfs}
     extra = {"parallelism_spec": {"constant": workers}} | ({"chunk_spec": {"number": chunk}} if chunk else {})
     try:
         d = start_daemon(work, name)
     except BaseException:
         if shm is not None:
-            shutil.rmtree(shm, ignore_errors=True)
+            subprocess.run(["umount", "-l", str(shm)], check=False)
         raise
     try:
         with connect(home) as c:
@@ -420,7 +421,7 @@ def run_throughput(rep: Report, work: pathlib.Path, name: str, n: int, workers: 
     finally:
         r["daemon_mb"] = stop_daemon(d, name)
         if shm is not None:
-            shutil.rmtree(shm, ignore_errors=True)
+            subprocess.run(["umount", "-l", str(shm)], check=False)
     first = r["first"]
     r["datums_s"] = n / first["job_s"]
     r["wall_datums_s"] = n / first["wall_s"]
