@@ -23,7 +23,7 @@ NAME_RULE = (
 # C0 controls, DEL and C1 controls: a terminal acts on them (ESC starts an
 # escape sequence), so they are refused in anything a user names and escaped
 # wherever a name is shown.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # What a commit id looks like (a uuid4 in hex): a branch with such a name
 # would shadow the commit it reads as (refs resolve a branch first).
 COMMIT_ID = re.compile(r"[0-9a-f]{32}")
@@ -32,7 +32,7 @@ COMMIT_ID = re.compile(r"[0-9a-f]{32}")
 def escape(text: str) -> str:
     """``text`` with control characters written as escapes (``\\x1b``, ``\\n``):
     safe to echo to a terminal, and still telling the user what was there."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -83,7 +83,7 @@ def check_new_path(path: str) -> str:
     """A path a client asks to create (put-file, mkdir): ``clean_path`` plus
     no control characters, and no trailing '/' (that names a directory, and
     would otherwise be silently stored as a file)."""
-    if _CONTROL.search(path):
+    if CONTROL.search(path):
         raise InvalidArgument(
             f"invalid path '{escape(path)}': paths cannot contain control characters (newlines, ESC, ...)"
         )
@@ -102,7 +102,7 @@ def check_glob(pattern: str) -> str:
     """Refuse what no glob means: a '[' class never closed (as in '/[a-') or
     a trailing '\\' (as the pipelines' globs do, pps/datums.py). Otherwise
     fnmatch would read the '[' as a plain character and match nothing, silently."""
-    if _CONTROL.search(pattern):
+    if CONTROL.search(pattern):
         raise InvalidArgument(f"invalid glob pattern '{escape(pattern)}': it holds control characters")
     for part in pattern.split("/"):
         i = 0

@@ -13,13 +13,12 @@ import re
 from dataclasses import dataclass
 
 from pfsfuse.errors import InvalidArgument
-from pfsfuse.names import escape
+from pfsfuse.names import CONTROL, escape
 
 _SUFFIX = re.compile(r"(\^+|~\d*)$")
 _HEX = re.compile(r"[0-9a-f]{4,32}")
 HEX_PREFIX = _HEX  # what may name a commit by its id or a prefix of it
 MAX_NUMBER = (1 << 63) - 1  # commit numbers are SQLite integers
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Ref:
 def parse_ref(text: str) -> Ref:
     if not text:
         raise InvalidArgument("empty commit reference")
-    if _CONTROL.search(text):
+    if CONTROL.search(text):
         raise InvalidArgument(f"invalid commit reference '{escape(text)}': it holds control characters")
     back = 0
     rest = text

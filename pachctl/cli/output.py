@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from pfsfuse.names import CONTROL, escape
 
 
 def human_size(n: int | None) -> str:
@@ -61,15 +62,12 @@ def ago(ts: float | None, now: float | None = None) -> str:
     return human_duration((now or time.time()) - ts) + " ago"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
 def safe(value: Any) -> str:
     """A value as text fit for a terminal: control characters (ESC, newlines,
     ...) in names and paths are shown as escapes (``\\x1b``, ``\\n``), never
     acted on. Human output only; ``--json`` keeps the exact strings."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text) if _CONTROL.search(text) else text
+    return escape(text) if CONTROL.search(text) else text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:

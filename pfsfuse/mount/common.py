@@ -30,8 +30,6 @@ BLOCK = 1 << 20  # st_blksize: tools like cp read this much at a time
 FLUSH_DELAY = 0.2  # closed files wait this long to be ingested together
 FLUSH_FILES = 2000  # ...or until this many are waiting
 LISTING_CACHE = 200_000  # entries of finished directories kept listed
-SMALL_FILE = 4 << 20  # landed from memory in one piece; larger files stream through the chunker
-NAME_MAX = 255  # bytes in one name, as on ext4 (statfs says so); the kernel lets FUSE see up to 1024
 
 
 def errno_of(exc: BaseException) -> int:
@@ -84,11 +82,11 @@ class Stat:
 
 
 def check_name(name: bytes | str) -> None:
-    """ENAMETOOLONG for a name longer than NAME_MAX bytes, before any other
+    """ENAMETOOLONG for a name longer than names.NAME_MAX bytes, before any other
     check: a local disk says so for every call that takes a name (lookup,
     create, mkdir, unlink, rmdir, rename's both sides, ...), whether or not
     the name exists."""
-    if len(os.fsencode(name)) > NAME_MAX:
+    if len(os.fsencode(name)) > names.NAME_MAX:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
 

@@ -81,8 +81,7 @@ def _inode_of_int(n: int) -> int:
 
 
 def _inode(h) -> int:
-    n = int.from_bytes(h.digest(), "little") >> 1  # 63 bits
-    return n if n > ROOT_INODE else n + 2
+    return _inode_of_int(int.from_bytes(h.digest(), "little") >> 1)  # 63 bits
 
 
 class InodeTable:

@@ -185,7 +185,7 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
         # versions mtime only), a directory's mtime (its entry keeps the time
         # it was made), and ctime. [atime_ns, mtime_ns, ctime_ns], None: not set.
         self.times: dict[int, list[int | None]] = {}
-        self._open_subdirs: dict[tuple[str, str], tuple[int, float]] = {}  # (commit, dir) -> count, when
+        self._open_subdirs: dict[tuple[str, str], tuple[str, int, float]] = {}  # (repo, dir) -> commit, count, when
         self._subdir_counts: OrderedDict[tuple[bytes | None, str], int] = OrderedDict()  # finished dirs
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
@@ -268,14 +268,14 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
             # this mount's own mkdir, rmdir or rename; not on every lookup of
             # a directory many files are being created in.
             now = time.monotonic()
-            kept = self._open_subdirs.get((row[0], path))
-            if kept is not None and now - kept[1] < OPEN_ROW_TTL:
-                return kept[0]
+            kept = self._open_subdirs.get((row[1], path))
+            if kept is not None and kept[0] == row[0] and now - kept[2] < OPEN_ROW_TTL:
+                return kept[1]
             children = self.pfs._children(self.pfs.root_of(row), path, self.pfs._staging_of(row))
             n = sum(1 for _p, e in children if e.is_dir)
             if len(self._open_subdirs) > SUBDIR_COUNTS:
                 self._open_subdirs.clear()
-            self._open_subdirs[(row[0], path)] = (n, now)
+            self._open_subdirs[(row[1], path)] = (row[0], n, now)
             return n
         key = (row[7], path)
         n = self._subdir_counts.get(key)
@@ -654,9 +654,7 @@ class PfsOperations(PosixOps, WriteOps, pyfuse3.Operations):
     def _reopen_orphan(self, inode: int, flags: int) -> pyfuse3.FileInfo:
         """Another handle on an unlinked file, sharing what an open one holds."""
         writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
-        for handle in list(self._handles.values()):
-            if getattr(handle, "inode", None) != inode:
-                continue
+        for handle in self._handles_on(inode):
             if isinstance(handle, DirtyHandle):
                 handle.dirty.opens += 1
                 if flags & os.O_TRUNC:

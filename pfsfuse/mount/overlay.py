@@ -138,7 +138,7 @@ class Snapshot:
 
 
 def too_big(size: int) -> OSError:
-    return OSError(errno.EFBIG, f"files are at most {MAX_FILE_SIZE} bytes")
+    return OSError(errno.EFBIG, f"a file of {size} bytes: files are at most {MAX_FILE_SIZE} bytes")
 
 
 class DirtyFile:
@@ -159,7 +159,6 @@ class DirtyFile:
         # The loop changes the file while a thread lands it: changes and
         # snapshots hold this (never across an await).
         self.lock = threading.Lock()
-        self.closed = False
 
     # -- the scratch area ------------------------------------------------------------
 
@@ -292,7 +291,6 @@ class DirtyFile:
 
     def close(self) -> None:
         with self.lock:
-            self.closed = True
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

@@ -48,6 +48,14 @@ class PosixOps:
             t[1] = mtime
         t[2] = now
 
+    def _forget_subdirs(self, *nodes: Node) -> None:
+        """Directories made, removed or moved: the link counts kept for them and for
+        their parents are stale (the rest stay: counting is a scan)."""
+        for node in nodes:
+            parent = node.path.rpartition("/")[0]
+            self._open_subdirs.pop((node.repo, node.path), None)
+            self._open_subdirs.pop((node.repo, parent), None)
+
     def _dir_changed(self, *inodes: int) -> None:
         """Names were added to or removed from these directories: mtime and ctime are now."""
         now = time.time_ns()
@@ -95,7 +103,7 @@ class PosixOps:
     @errno_boundary
     async def mkdir(self, parent_inode, name, mode, ctx):
         attr = await super().mkdir(parent_inode, name, mode, ctx)
-        self._open_subdirs.clear()
+        self._forget_subdirs(self._named(parent_inode, name))
         self._dir_changed(parent_inode)
         return attr
 
@@ -113,14 +121,14 @@ class PosixOps:
     async def rmdir(self, parent_inode, name, ctx):
         await super().rmdir(parent_inode, name, ctx)
         self.inodes.removed(self._named(parent_inode, name))
-        self._open_subdirs.clear()
+        self._forget_subdirs(self._named(parent_inode, name))
         self._dir_changed(parent_inode)
 
     @errno_boundary
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         await super().rename(parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx)
         src, dst = self._named(parent_inode_old, name_old), self._named(parent_inode_new, name_new)
-        self._open_subdirs.clear()
+        self._open_subdirs.clear()  # a moved tree's own directories change paths: rare, start over
         try:
             is_dir = (await self._quick(self._stat_sync, dst)).is_dir
         except NotFound:  # moved on already by another writer: it keeps no number

@@ -183,11 +183,13 @@ class WriteOps:
             handle.inode = inode
             handle.opened_ns = time.time_ns()
 
+    def _handles_on(self, inode: int) -> list:
+        """The open handles on ``inode`` (what answers for a file whose name is gone)."""
+        return [h for h in self._handles.values() if getattr(h, "inode", None) == inode]
+
     def _orphan_stat(self, inode: int) -> Stat | None:
         """What an open handle on ``inode`` shows when the name is gone."""
-        for handle in self._handles.values():
-            if getattr(handle, "inode", None) != inode:
-                continue
+        for handle in self._handles_on(inode):
             dirty = getattr(handle, "dirty", None)
             if dirty is not None:
                 return Stat(False, dirty.size, dirty.mtime_ns, True)
@@ -199,8 +201,8 @@ class WriteOps:
         handle = self._handles.get(fh) if fh is not None else None
         if getattr(handle, "inode", None) == inode and getattr(handle, "writing", False):
             return handle.dirty
-        for handle in self._handles.values():
-            if getattr(handle, "inode", None) == inode and getattr(handle, "dirty", None) is not None:
+        for handle in self._handles_on(inode):
+            if getattr(handle, "dirty", None) is not None:
                 return handle.dirty
         return None
 
