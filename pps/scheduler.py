@@ -33,6 +33,7 @@ from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
 from pps.logs import LogStore
 from pps.queue import Task, TaskQueue
+from pps.runners.base import WorkerSpec
 from pps.spec import Capabilities, PipelineSpec, parse_spec, parse_specs
 from pps.spec_inputs import CronInput, GitInput, PfsInput, parse_cron, parse_quantity
 from pps.store import JobRow, PipelineRow, PpsStore
@@ -438,6 +439,7 @@ class Scheduler:
             return
         now = time.monotonic()
         wants: dict[str, int] = {}
+        worker_specs: dict[str, WorkerSpec] = {}
         held: set[str] = set()  # crashing: no restart for a while
         order: list[tuple[int, float, str]] = []  # services first, then jobs oldest first, then idle
         for row in rows:
@@ -446,6 +448,7 @@ class Scheduler:
             except PfsError:
                 wants[row.name] = 0
                 continue
+            worker_specs[row.name] = WorkerSpec.from_spec(spec, row.version)
             with self._lock:
                 job = self.active.get(row.name)
                 service = row.name in self._services
@@ -475,10 +478,10 @@ class Scheduler:
         with self._ensuring:
             exist = {p.name for p in self.store.list_pipelines()}  # not deleted since the tick began
             for name in sorted(shares, key=lambda n: shares[n] >= running[n]):  # shrink first
-                if name in exist and name not in held:
+                if name in exist and name not in held and name in worker_specs:
                     # A worker stopped here (its share went to another pipeline) does not report its
                     # exit: its task goes back to the queue now, not when a worker of that id asks again.
-                    for worker in self.runner.ensure(name, shares[name]) or ():
+                    for worker in self.runner.ensure(name, worker_specs[name], shares[name]) or ():
                         self.queue.release_worker(worker)
         for row in rows:
             if row.name not in held and row.name in shares:

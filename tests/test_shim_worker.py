@@ -23,6 +23,7 @@ import pytest
 from mountd import wire
 from pachctl.client import errors
 from pps.runners import LocalRunner
+from pps.runners.base import WorkerSpec
 from shim.link import Link
 from shim.worker import EXIT_GAVE_UP, EXIT_OK, Worker
 from tests.test_shim import (
@@ -241,7 +242,7 @@ def test_local_runner_reports_a_worker_that_gives_up(tmp_path, monkeypatch):
 
     runner = LocalRunner(f"unix:{tmp_path}/nothing.sock", str(tmp_path / "home"), on_exit=on_exit)
     try:
-        runner.ensure("edges", 1)
+        runner.ensure("edges", WorkerSpec("edges"), 1)
         assert runner.running("edges") == 1
         assert done.wait(30), "on_exit was not called"
         assert len(exits) == 1 and exits[0][0] == "edges" and exits[0][2] == EXIT_GAVE_UP
@@ -258,9 +259,9 @@ def test_local_runner_ensure_scales_and_stop_is_quiet(tmp_path, monkeypatch):
     exits: list = []
     runner = LocalRunner(f"unix:{tmp_path}/nothing.sock", str(tmp_path / "home"), token="t0k", on_exit=lambda *a: exits.append(a))
     try:
-        runner.ensure("p", 3)
+        runner.ensure("p", WorkerSpec("p"), 3)
         assert runner.running("p") == 3
-        runner.ensure("p", 1)
+        runner.ensure("p", WorkerSpec("p"), 1)
         assert runner.running("p") == 1
         t0 = time.monotonic()
         runner.stop("p")

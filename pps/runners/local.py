@@ -14,8 +14,8 @@ where ``ps`` and ``/proc/<pid>/environ`` show them. The runner keeps only a
 hash of each credential, and the daemon's worker endpoints answer a worker
 only about its own pipeline and tasks (``authenticate``).
 
-Imports only the standard library: pps must not depend on the daemon, the
-client or the shim; the worker is reached as a command line.
+Imports only the standard library and pps: pps must not depend on the daemon,
+the client or the shim; the worker is reached as a command line.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 
-OnExit = Callable[[str, str, int], None]
+from pps.runners.base import OnExit, WorkerSpec
+from pps.spec import Capabilities
+
 # The directory holding the pps package (and shim next to it): workers import
 # shim from there whether or not the project is installed.
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -71,7 +72,23 @@ class LocalRunner:
 
     # -- the interface --------------------------------------------------------
 
-    def ensure(self, pipeline: str, workers: int) -> list[str]:
+    name = "local"
+
+    def capabilities(self, spec: WorkerSpec) -> Capabilities:
+        return Capabilities(runner="local")
+
+    def owns(self, spec: WorkerSpec) -> bool:
+        return True
+
+    def cancel(self, pipeline: str, worker_id: str) -> bool:
+        with self._lock:
+            w = self._workers.get(pipeline, {}).pop(worker_id, None)
+        if w is None:
+            return False
+        _terminate([w], 5.0)
+        return True
+
+    def ensure(self, pipeline: str, spec: WorkerSpec, workers: int) -> list[str]:
         """Have exactly ``workers`` live workers ``<pipeline>-<run>-0`` .. ``-<workers-1>``;
         returns the ids of those it stopped (their tasks are for others to take).
 
