@@ -33,7 +33,7 @@ from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
 from pps.logs import LogStore
 from pps.queue import Task, TaskQueue
-from pps.runners.base import WorkerSpec
+from pps.runners.base import NullRunner, Runner, WorkerSpec
 from pps.spec import Capabilities, PipelineSpec, parse_spec, parse_specs
 from pps.spec_inputs import CronInput, GitInput, PfsInput, parse_cron, parse_quantity
 from pps.store import JobRow, PipelineRow, PpsStore
@@ -68,16 +68,15 @@ class Trigger:
 
 
 class Scheduler:
-    def __init__(self, pfs, home: str, *, runner=None, capabilities: Capabilities | None = None,
-                 max_workers: int | None = None):
+    def __init__(self, pfs, home: str, *, runner: Runner | None = None, max_workers: int | None = None):
         self.pfs = pfs
         self.store = PpsStore(pfs)
         self.queue = TaskQueue()
         self.logs = LogStore(home)
-        self.runner = runner
+        # Never None: a scheduler without workers has a NullRunner (jobs queue and wait).
+        self.runner: Runner = runner if runner is not None else NullRunner()
         # One budget of worker processes for all pipelines: parallelism asks, the budget decides.
         self.max_workers = max_workers if max_workers is not None else default_max_workers()
-        self.capabilities = replace(capabilities or Capabilities(), max_workers=self.max_workers)
         self._wake = threading.Event()
         self._changed = threading.Condition()
         self._lock = threading.RLock()
@@ -112,10 +111,9 @@ class Scheduler:
         self._wake.set()
         self.queue.close()
         self._changed_now()
-        if self.runner is not None:
-            self._stopping_workers = threading.Thread(target=self.runner.close, args=(STOP_GRACE,),
-                                                      name="pps-stop-workers", daemon=True)
-            self._stopping_workers.start()
+        self._stopping_workers = threading.Thread(target=self.runner.close, args=(STOP_GRACE,),
+                                                  name="pps-stop-workers", daemon=True)
+        self._stopping_workers.start()
 
     def close(self) -> None:
         self.begin_close()
@@ -191,18 +189,19 @@ class Scheduler:
                                    f"pipeline '{spec.name}'; delete it or name the pipeline differently")
             except NotFound:
                 pass
-        notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(self.capabilities)]
+        caps = self.capabilities_for(spec)
+        notes = [{"path": p, "reason": r} for p, r in spec.inert_fields(caps)]
         for leaf, path in spec.leaves():
             if isinstance(leaf, GitInput):
                 notes.append({"path": path, "reason": f"no webhook from {leaf.url} reaches this machine; commits "
                               f"to repo '{leaf.name}' (branch {leaf.branch}) trigger the pipeline instead"})
-            if isinstance(leaf, PfsInput) and leaf.lazy:
+            if isinstance(leaf, PfsInput) and leaf.lazy and not caps.lazy_inputs:
                 notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
         limits = spec.resource_limits
-        if limits is not None and (limits.cpu or limits.memory) and self.capabilities.runner == "local":
-            notes.append({"path": "resource_limits", "reason": "the local runner does not cap a datum's cpu "
-                          "or memory (no cgroup per datum)"})
+        if limits is not None and (limits.cpu or limits.memory) and not caps.cpu_memory_limits:
+            notes.append({"path": "resource_limits", "reason": f"the {caps.runner} runner does not cap a datum's "
+                          "cpu or memory (no cgroup per datum)"})
         dss = spec.datum_set_spec
         if dss is not None and (dss.size_bytes or dss.per_worker):
             notes.append({"path": "datum_set_spec", "reason": "only 'number' sizes a worker's share here"})
@@ -213,10 +212,10 @@ class Scheduler:
                           "an even share) at a time; the queue size does not apply"})
         svc = spec.service or (spec.spout.service if spec.spout else None)
         if svc is not None and svc.external_port and svc.external_port != svc.internal_port \
-                and self.capabilities.runner == "local":
+                and not caps.port_mapping:
             where = "service" if spec.service else "spout.service"
-            notes.append({"path": f"{where}.external_port", "reason": "the local runner has no port mapping: "
-                          f"the service answers on this machine's port {svc.internal_port} (internal_port)"})
+            notes.append({"path": f"{where}.external_port", "reason": f"the {caps.runner} runner has no port "
+                          f"mapping: the service answers on this machine's port {svc.internal_port} (internal_port)"})
         salt = spec.salt or (old.salt if old is not None and not reprocess else uuid.uuid4().hex)
         with self.pfs.tx() as db:
             row = self.store.put_pipeline(db, spec.name, spec.to_dict() | {"generation": spec.generation}, salt,
@@ -236,6 +235,12 @@ class Scheduler:
         elif old is not None and spec.generation != 1:
             self.request_run(spec.name, [])
         return row
+
+    def capabilities_for(self, spec: PipelineSpec, version: int = 1) -> Capabilities:
+        """What the runner that would run ``spec``'s workers can do (create-time warnings
+        are true for that runner), with this machine's worker budget."""
+        caps = self.runner.capabilities(WorkerSpec.from_spec(spec, version))
+        return replace(caps, max_workers=self.max_workers)
 
     def _check_secrets(self, spec: PipelineSpec) -> None:
         """Every secret the transform names exists (with the key it reads): a missing
@@ -313,8 +318,7 @@ class Scheduler:
             job = self.active.pop(name, None)
             if job is not None:
                 self.queue.drop_job(job.row.id)
-        if self.runner is not None:
-            self.runner.stop(name)
+        self.runner.stop(name)
         jobs = [j.id for j in self.store.list_jobs(name)]
         if job is not None:
             self._discard_output(job)
@@ -322,9 +326,8 @@ class Scheduler:
             self.store.delete_pipeline(db, name)
             for j in jobs:
                 self.pfs.unpin(f"job/{j}/", db)
-        if self.runner is not None:
-            with self._ensuring:  # workers a tick started meanwhile (from rows read before the delete)
-                self.runner.stop(name)
+        with self._ensuring:  # workers a tick started meanwhile (from rows read before the delete)
+            self.runner.stop(name)
         self.logs.delete_jobs(jobs)
         if not keep_repo:
             try:
@@ -350,8 +353,7 @@ class Scheduler:
         self.store.get_pipeline(name)
         self._drop_service(name)
         self.store.set_pipeline_state(name, "paused", "", stopped=True)
-        if self.runner is not None:
-            self.runner.stop(name)
+        self.runner.stop(name)
         self.notify()
         return self.store.get_pipeline(name)
 
@@ -435,7 +437,7 @@ class Scheduler:
         """Share the worker budget between pipelines (``share_workers``) and have the
         runner start or stop workers to match; shrinking first, so that the total
         never exceeds the budget while workers move from one pipeline to another."""
-        if self.runner is None or self._closed:
+        if self._closed:
             return
         now = time.monotonic()
         wants: dict[str, int] = {}
@@ -536,8 +538,7 @@ class Scheduler:
         self.notify()
 
     def _kill_workers(self, pipeline: str) -> None:
-        if self.runner is not None:
-            self.runner.stop(pipeline)
+        self.runner.stop(pipeline)
 
     def _latest_finished(self, repo: str, branch: str) -> tuple | None:
         return self.pfs.q1("SELECT id, seq FROM commits WHERE repo=? AND branch=? AND finished IS NOT NULL"

@@ -203,6 +203,10 @@ class Capabilities:
     gpus: int = 0
     s3_gateway: bool = False
     max_workers: int = 0  # workers this machine runs at once, all pipelines together (0: no limit)
+    # What the runner enforces; False: the field is accepted and a create-time warning says it is inert.
+    cpu_memory_limits: bool = False  # resource_limits.cpu/memory cap a worker (cgroup, container limits)
+    port_mapping: bool = False  # service.external_port can differ from internal_port
+    lazy_inputs: bool = False  # input.pfs.lazy: inputs served on demand, not copied in first
 
 
 @dataclass(frozen=True)
