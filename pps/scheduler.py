@@ -25,16 +25,18 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, TimedOut, Unreachable
 from pps import jobs as jp
+from pps import wire
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
 from pps.logs import LogStore
 from pps.queue import Task, TaskQueue
 from pps.runners.base import NullRunner, Runner, WorkerSpec
 from pps.spec import Capabilities, PipelineSpec, parse_spec, parse_specs
+from pps.spec import Secret as SpecSecret
+from pps.spec import Transform as SpecTransform
 from pps.spec_inputs import CronInput, GitInput, PfsInput, parse_cron, parse_quantity
 from pps.store import JobRow, PipelineRow, PpsStore
 
@@ -659,34 +661,32 @@ class Scheduler:
             if current is not None:
                 self.queue.complete(current[1])
         tid = uuid.uuid4().hex
-        unit = jp.Unit("service", ["service"])
+        unit = wire.Unit("service", ["service"])
         for lc in inputs:
             tree = jp.Tree(self.pfs, lc.repo, lc.commit)
-            unit.dirs.append({"input": lc.name, "path": "/"})
+            unit.dirs.append(wire.Dir(lc.name, "/"))
             unit.env[lc.name] = f"/pfs/{lc.name}"
             unit.env[f"{lc.name}_COMMIT"] = lc.commit
             for path, size in sorted(tree.sizes.items()):
-                unit.files.append({"input": lc.name, "path": path, "repo": lc.repo, "commit": lc.commit,
-                                   "src": path, "offset": 0, "length": -1, "size": size, "empty": False})
+                unit.files.append(wire.FileSpec(lc.name, path, lc.repo, lc.commit, path, size=size))
         t = spec.transform
-        payload = {
-            "task_id": tid, "job_id": None, "pipeline": row.name, "generation": spec.generation,
-            "kind": "spout" if spec.spout is not None else "service",
-            "transform": _transform_payload(t, with_err=False),
-            "secrets": [self._secret(sec) for sec in t.secrets],
-            "datum_timeout": None, "datum_tries": 1, "prev": None,
-            "env": {"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], {}, [], 0).env,
-            "units": [unit.task_part()],
-            "output": {"repo": row.name, "branch": spec.output_branch},
-            "spout": {"overwrite": spec.spout.overwrite} if spec.spout is not None else None,
-            "service": ({"internal_port": spec.service.internal_port, "external_port": spec.service.external_port}
-                        if spec.service is not None else None),
-        }
+        task = wire.Task(
+            task_id=tid, job_id="", pipeline=row.name, generation=spec.generation,
+            kind="spout" if spec.spout is not None else "service",
+            transform=_transform(t, with_err=False),
+            secrets=[self._secret(sec) for sec in t.secrets],
+            datum_timeout=None, datum_tries=1, prev=None,
+            env={"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], {}, [], 0).env,
+            units=[unit],
+            output=wire.Output(row.name, spec.output_branch),
+            spout_overwrite=spec.spout is not None and spec.spout.overwrite,
+            internal_port=spec.service.internal_port if spec.service is not None else None,
+            external_port=spec.service.external_port if spec.service is not None else None,
+        )
         with self._lock:
             self._services[row.name] = (generation, tid)
-        self.queue.put([Task(tid, "", row.name, ["service"], payload)])
-        self.logs.note(row.name, None, f"{payload['kind']} task {tid} queued"
-                                       + (f" on {generation}" if inputs else ""))
+        self.queue.put([Task(tid, "", row.name, ["service"], task.to_dict())])
+        self.logs.note(row.name, None, f"{task.kind} task {tid} queued" + (f" on {generation}" if inputs else ""))
 
     def still_current(self, pipeline: str, task_id: str) -> bool:
         """Asked by a worker running a spout or service task: keep running it?"""
@@ -758,31 +758,25 @@ class Scheduler:
         if spec.datum_set_spec is not None and spec.datum_set_spec.number:
             per_task = spec.datum_set_spec.number  # units per task: what a worker takes at a time
         t = spec.transform
-        base = {
-            "job_id": job.row.id, "pipeline": spec.name, "generation": spec.generation,
-            "transform": _transform_payload(t, with_err=True),
-            "secrets": [self._secret(s) for s in t.secrets],
-            "datum_timeout": spec.datum_timeout, "datum_tries": spec.datum_tries,
-            "env": {"PACH_JOB_ID": job.row.id, "PACH_OUTPUT_COMMIT_ID": job.row.output_commit} | job.plan.env,
-            "prev": self._prev(job) if spec.generation == 1 else None,
-        }
+        transform = _transform(t, with_err=True)
+        secrets = [self._secret(s) for s in t.secrets]
+        env = {"PACH_JOB_ID": job.row.id, "PACH_OUTPUT_COMMIT_ID": job.row.output_commit} | job.plan.env
+        prev = self._prev(job) if spec.generation == 1 else None
         tasks = []
         for i in range(0, len(units), per_task):
             part = units[i : i + per_task]
             tid = uuid.uuid4().hex
-            payload = base | {"task_id": tid, "units": [u.task_part() for u in part]}
-            tasks.append(Task(tid, job.row.id, spec.name, [u.unit_id for u in part], payload))
+            task = wire.Task(tid, job.row.id, spec.name, spec.generation, transform, secrets, spec.datum_timeout,
+                             spec.datum_tries, env, prev, [u.to_wire() for u in part])
+            tasks.append(Task(tid, job.row.id, spec.name, [u.unit_id for u in part], task.to_dict()))
         return tasks
 
-    def _secret(self, s) -> dict[str, Any]:
-        return {"name": s.name, "mount_path": s.mount_path, "env_var": s.env_var, "key": s.key,
-                "data": self.store.get_secret(s.name)}
+    def _secret(self, s: SpecSecret) -> wire.Secret:
+        return wire.Secret(s.name, s.mount_path, s.env_var, s.key, self.store.get_secret(s.name))
 
-    def _prev(self, job: ActiveJob) -> dict | None:
+    def _prev(self, job: ActiveJob) -> tuple[str, str] | None:
         info = self.pfs.inspect_commit(job.row.output_repo, job.row.output_commit)
-        if info.parent is None:
-            return None
-        return {"repo": job.row.output_repo, "commit": info.parent}
+        return None if info.parent is None else (job.row.output_repo, info.parent)
 
     # -- results -------------------------------------------------------------
 
@@ -1180,11 +1174,11 @@ def find_cycle(reads: dict[str, set[str]], start: str) -> list[str] | None:
     return None
 
 
-def _transform_payload(t, with_err: bool) -> dict:
+def _transform(t: SpecTransform, with_err: bool) -> wire.Transform:
     """The part of a task that says what to run (long-running tasks have no err_cmd)."""
-    return {
-        "cmd": list(t.cmd), "stdin": list(t.stdin),
-        "err_cmd": list(t.err_cmd) if with_err else [], "err_stdin": list(t.err_stdin) if with_err else [],
-        "env": dict(t.env), "accept_return_code": list(t.accept_return_code),
-        "user": t.user, "working_dir": t.working_dir,
-    }  # fmt: skip
+    return wire.Transform(
+        cmd=list(t.cmd), stdin=list(t.stdin),
+        err_cmd=list(t.err_cmd) if with_err else [], err_stdin=list(t.err_stdin) if with_err else [],
+        env=dict(t.env), accept_return_code=list(t.accept_return_code),
+        user=t.user, working_dir=t.working_dir,
+    )  # fmt: skip
