@@ -236,8 +236,7 @@ def _pieces_v1(pfs, leaf: PfsInput, lc: LeafCommit, triggered: bool) -> list[dm.
     whole = [dm.Piece(p, 0, s) for p, s in sorted(tree.sizes.items())]
     if method.incremental == "NONE" or not triggered:
         return whole
-    row = pfs.resolve(lc.repo, lc.commit)
-    parent = row[4]
+    parent = pfs.inspect_commit(lc.repo, lc.commit).parent
     if parent is None:
         return whole
     old = Tree(pfs, lc.repo, parent)

@@ -14,6 +14,7 @@ from pps.runners.auto import AutoRunner, build_runner
 from pps.runners.base import NullRunner, Runner, WorkerSpec
 from pps.runners.local import LocalRunner
 from pps.spec import Capabilities
+from tests.conftest import wait_for
 
 ROOT = str(Path(__file__).resolve().parent.parent)
 
@@ -127,3 +128,17 @@ def test_runner_choice_flag_then_env_then_config_file(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PACHY_RUNNER", "none")
     assert runner_choice(None) == "none"
     assert runner_choice("docker") == "docker"
+
+
+def test_a_daemon_with_runner_none_plans_jobs_and_starts_no_worker(tmp_path: Path, start_daemon) -> None:
+    d = start_daemon(tmp_path / "home", "--runner", "none")
+    assert "runner none" in d.log.read_text()
+    c = d.client
+    c.create_repo("data")
+    with c.commit("data") as commit:
+        c.put_file("data", commit.id, "a", b"x\n")
+    c.create_pipeline({"pipeline": {"name": "cp"}, "transform": {"cmd": ["cp", "-r", "/pfs/data", "/pfs/out"]},
+                              "input": {"pfs": {"repo": "data", "glob": "/*"}}})
+    job = wait_for(lambda: next(iter(c.list_job("cp")), None), 20, "a job")
+    assert job.state == "running"
+    assert c.inspect_pipeline("cp").workers == 0  # queued: nothing will run it
