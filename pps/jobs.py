@@ -334,6 +334,7 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
     workers = max(1, spec.parallelism_spec.workers())
     per_input: list[list[tuple[LeafCommit, list[dm.Piece]]]] = []
     by_name = {lc.name: lc for lc in inputs}
+    lazy = {leaf.name for leaf in leaves(spec) if isinstance(leaf, PfsInput) and leaf.lazy}
     for leaf in leaves(spec):
         if not isinstance(leaf, PfsInput):
             continue
@@ -359,7 +360,7 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
             env[f"{lc.name}_COMMIT"] = lc.commit
             for p in shard:
                 files.append(wire.FileSpec(lc.name, p.path, lc.repo, lc.commit, p.path, p.offset, p.length,
-                                           size=p.length))
+                                           size=p.length, lazy=lc.name in lazy))
                 parts += [lc.name, lc.commit, p.path, str(p.offset), str(p.length)]
         did = _h(parts)
         dirs = [wire.Dir(lc.name, "/") for lc, _ in combo]

@@ -141,3 +141,13 @@ def test_a_scheduler_without_a_runner_queues_and_waits(pfs: PFS, tmp_path: Path)
     assert job is not None and job.state == "running" and s.queue.take("wc", "w", 0) is not None
     s.stop_pipeline("wc")
     s.close()
+
+
+def test_a_runner_says_why_a_field_is_inert(pfs: PFS, tmp_path: Path) -> None:
+    caps = Capabilities(cpu_memory_why="no memory controller", lazy_inputs_why="no FUSE on this machine (no /dev/fuse)")
+    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(caps), max_workers=4)
+    (row,) = s.create_pipelines(json.dumps(SPEC))
+    reasons = {n["path"]: n["reason"] for n in row.notes}
+    assert reasons["resource_limits"] == "the local runner cannot cap cpu or memory here: no memory controller"
+    assert reasons["input.pfs.lazy"].startswith("no FUSE on this machine (no /dev/fuse): inputs are copied")
+    s.close()

@@ -70,12 +70,15 @@ class Pipelines(Base):
                 notes.append({"path": path, "reason": f"no webhook from {leaf.url} reaches this machine; commits "
                               f"to repo '{leaf.name}' (branch {leaf.branch}) trigger the pipeline instead"})
             if isinstance(leaf, PfsInput) and leaf.lazy and not caps.lazy_inputs:
-                notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
+                why = f"{caps.lazy_inputs_why}: " if caps.lazy_inputs_why else ""
+                notes.append({"path": f"{path}.lazy", "reason": f"{why}inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
         limits = spec.resource_limits
         if limits is not None and (limits.cpu or limits.memory) and not caps.cpu_memory_limits:
-            notes.append({"path": "resource_limits", "reason": f"the {caps.runner} runner does not cap a datum's "
-                          "cpu or memory (no cgroup per datum)"})
+            reason = (f"the {caps.runner} runner cannot cap cpu or memory here: {caps.cpu_memory_why}"
+                      if caps.cpu_memory_why else
+                      f"the {caps.runner} runner does not cap a datum's cpu or memory (no cgroup per datum)")
+            notes.append({"path": "resource_limits", "reason": reason})
         dss = spec.datum_set_spec
         if dss is not None and (dss.size_bytes or dss.per_worker):
             notes.append({"path": "datum_set_spec", "reason": "only 'number' sizes a worker's share here"})
