@@ -9,8 +9,7 @@ skipped unless asked for.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -27,13 +26,9 @@ _MARK = "id, seq, size, finished"
 
 
 class History:
-    """Mixed into PFS (which provides ``q1`` over its metadata database)."""
+    """Mixed into PFS, whose ``q1`` reads its metadata database."""
 
-    db: sqlite3.Connection
-    _lock: threading.RLock
-
-    def q1(self, sql: str, args: tuple = ()) -> tuple | None:  # provided by PFS
-        raise NotImplementedError
+    q1: Callable[..., tuple | None]
 
     def latest_finished(self, repo: str, branch: str, *, archived: bool = False) -> CommitMark | None:
         """The finished commit furthest along ``branch`` (archived ones too, if ``archived``)."""
