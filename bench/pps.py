@@ -159,13 +159,13 @@ WORKER_STAGES = (
 )
 DAEMON_STAGES = (
     ("plan datums", "pps/jobs.py", "plan_v2"),
-    ("start job", "pps/scheduler.py", "_start_job"),
+    ("start job", "pps/scheduler/running.py", "_start_job"),
     ("serve next task (idle waits too)", "pps/queue.py", "take"),
     ("serve reads (per piece)", "mountd/pps_api.py", "chunks"),
     ("ingest results", "mountd/pps_api.py", "feed"),
     ("  of which pin session commits", "pfsfuse/files.py", "commit"),
-    ("record results", "pps/scheduler.py", "task_result"),
-    ("merge + finish output", "pps/scheduler.py", "_merge"),
+    ("record results", "pps/scheduler/running.py", "task_result"),
+    ("merge + finish output", "pps/scheduler/merge.py", "_merge"),
     ("sqlite write transactions", "pfsfuse/pfs.py", "tx"),
 )
 

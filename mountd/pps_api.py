@@ -109,7 +109,7 @@ def pipeline_model(s: Scheduler, row: PipelineRow) -> pps_models.Pipeline:
         stopped=row.stopped, reason=row.reason, input=input_summary(spec.get("input")), output_repo=row.name,
         output_branch=spec.get("output_branch", "master"), description=spec.get("description", ""),
         created=row.created, updated=row.updated,
-        workers=s.runner.running(row.name) if s.runner is not None else 0,
+        workers=s.runner.running(row.name),
         last_job=last.id if last else None, last_job_state=last.state if last else None,
         spec=spec, notes=[pps_models.Note(**n) for n in row.notes],
     )
@@ -411,8 +411,7 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
     def worker_of(request: Request) -> Worker:
         credential = request.headers.get(WORKER_HEADER, "")
-        authenticate = getattr(s.runner, "authenticate", None)
-        found = authenticate(credential) if authenticate is not None and credential else None
+        found = s.runner.authenticate(credential) if credential else None
         if found is None:
             raise Unauthorized(
                 "worker endpoints answer only workers this daemon started, with the credential it gave them "

@@ -3,6 +3,8 @@
 On a unix socket (mode 0600) by default; ``--listen HOST:PORT`` serves TCP
 and then requires a bearer token (``--token``, ``PACHY_TOKEN``, or one made
 up and saved to ``HOME/token``). SIGTERM or SIGINT shut it down cleanly.
+Pipelines run on ``--runner`` (else ``PACHY_RUNNER``, else ``runner`` in
+``$XDG_CONFIG_HOME/pachy/config.toml``, else ``auto``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import secrets
 import signal
 import sys
+import tomllib
 
 import hypercorn.trio.tcp_server
 import trio
@@ -26,7 +29,7 @@ from mountd.mounts import MountManager
 from pfsfuse.errors import PfsError
 from pfsfuse.objstore import open_store
 from pfsfuse.pfs import PFS
-from pps.runners.local import LocalRunner
+from pps.runners.auto import CHOICES, build_runner
 from pps.scheduler import Scheduler
 
 
@@ -71,12 +74,34 @@ def _token(home: str, given: str | None) -> str:
     return tok
 
 
+def runner_choice(flag: str | None) -> str:
+    """Flag, then environment, then config file, then ``auto`` (as pachctl reads its settings)."""
+    if flag:
+        return flag
+    if os.environ.get("PACHY_RUNNER", "").strip():
+        return os.environ["PACHY_RUNNER"].strip()
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    path = os.path.join(base, "pachy", "config.toml")
+    try:
+        with open(path, "rb") as f:
+            value = tomllib.load(f).get("runner")
+    except FileNotFoundError:
+        value = None
+    except tomllib.TOMLDecodeError as exc:
+        raise PfsError(f"cannot read {path}: {exc}") from None
+    return str(value) if value else "auto"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mountd", description="the pachy daemon")
     p.add_argument("--home", default=None, help="data directory (default: $PACHY_HOME or the XDG data dir)")
     p.add_argument("--listen", default=None, metavar="HOST:PORT", help="serve TCP (requires a token)")
     p.add_argument("--token", default=None, help="bearer token for TCP clients")
     p.add_argument("--store", default=None, help="object store URL: a directory or s3://bucket/prefix")
+    p.add_argument("--runner", default=None, choices=CHOICES,
+                   help="where pipelines run: auto (Docker for specs naming an image when dockerd answers, "
+                        "the rest here), local, docker, kubernetes, none (default: $PACHY_RUNNER, the "
+                        "config file's 'runner', else auto)")
     p.add_argument("--zstd-level", type=int, default=int(os.environ.get("PACHY_ZSTD_LEVEL", "1")))
     return p.parse_args(argv)
 
@@ -153,14 +178,16 @@ def main(argv: list[str] | None = None) -> int:
         mounts = MountManager(pfs)
         scheduler = Scheduler(pfs, home)
         address = args.listen or f"unix:{socket_path(home)}"
-        scheduler.runner = LocalRunner(address, home, token=token, on_exit=scheduler.worker_exited)
+        scheduler.runner = build_runner(runner_choice(args.runner), address, home, token=token,
+                                        on_exit=scheduler.worker_exited)
         app = build_app(pfs, token, mounts, scheduler)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         os.umask(old_umask)
         return exc.exit_code
     try:
-        print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()})", file=sys.stderr, flush=True)
+        print(f"mountd: serving {home} on {config.bind[0]} (store {pfs.store.describe()}, runner "
+              f"{scheduler.runner.name})", file=sys.stderr, flush=True)
         scheduler.start()
         _calm_gc()
         trio.run(_serve, app, config, mounts, scheduler.begin_close)

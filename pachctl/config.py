@@ -3,7 +3,8 @@
 Environment: ``PACHY_ADDRESS``, or the seeds' ``ADDRESS`` / ``PACHD_ADDRESS``
 (``HOST:PORT``, or ``unix:PATH``); ``PACHY_TOKEN``; ``PACHY_HOME`` (the
 embedded default's data directory). Config file: ``$XDG_CONFIG_HOME/pachy/
-config.toml`` with keys ``address``, ``token``, ``home``.
+config.toml`` with keys ``address``, ``token``, ``home`` (and ``runner``, read
+by the daemon itself: where pipelines run, see ``pachctl daemon --runner``).
 """
 
 from __future__ import annotations

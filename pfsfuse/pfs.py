@@ -23,6 +23,7 @@ from pfsfuse import entries, names, refs
 from pfsfuse.btree import BTree
 from pfsfuse.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
 from pfsfuse.files import FileOps
+from pfsfuse.history import History
 from pfsfuse.maintenance import Maintenance
 from pfsfuse.meta import SqliteNodeStore, connect
 from pfsfuse.objstore import LocalStore, ObjectStore
@@ -76,7 +77,7 @@ class CommitInfo:
 _COMMIT_COLS = "id, repo, branch, seq, parent, started, finished, root, size, archived, description, provenance"
 
 
-class PFS(FileOps, Maintenance):
+class PFS(FileOps, Maintenance, History):
     """One store: a metadata database plus an object store."""
 
     def __init__(self, home: str, store: ObjectStore | None = None, *, zstd_level: int = 1):

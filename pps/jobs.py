@@ -17,6 +17,7 @@ from typing import Any
 from pfsfuse import names
 from pfsfuse.entries import Entry
 from pps import datums as dm
+from pps import wire
 from pps.spec import PipelineSpec
 from pps.spec_inputs import (
     DEFAULT_METHOD,
@@ -49,14 +50,13 @@ class LeafCommit:
 class Unit:
     unit_id: str
     datums: list[str]
-    files: list[dict] = field(default_factory=list)
-    dirs: list[dict] = field(default_factory=list)
+    files: list[wire.FileSpec] = field(default_factory=list)
+    dirs: list[wire.Dir] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    datum_files: dict[str, list[dict]] = field(default_factory=dict)
+    datum_files: dict[str, list[dict]] = field(default_factory=dict)  # per datum, as list-datum shows them
 
-    def task_part(self) -> dict[str, Any]:
-        return {"unit_id": self.unit_id, "datums": self.datums, "files": self.files, "dirs": self.dirs,
-                "env": self.env}
+    def to_wire(self) -> wire.Unit:
+        return wire.Unit(self.unit_id, self.datums, self.env, self.files, self.dirs)
 
 
 @dataclass
@@ -211,11 +211,10 @@ def _unit_v2(batch: list[dm.Datum], sizes: dict[tuple[str, str], int]) -> Unit:
         unit.datum_files[d.datum_id] = _datum_files(d, sizes)
         for e in d.inputs:
             for f in e.files:
-                unit.files.append({"input": e.name, "path": f, "repo": e.repo, "commit": e.commit, "src": f,
-                                   "offset": 0, "length": -1, "size": sizes.get((e.repo, f), 0),
-                                   "empty": e.empty_files})
+                unit.files.append(wire.FileSpec(e.name, f, e.repo, e.commit, f, size=sizes.get((e.repo, f), 0),
+                                                empty=e.empty_files, lazy=e.lazy))
             if e.is_dir:
-                unit.dirs.append({"input": e.name, "path": e.path})
+                unit.dirs.append(wire.Dir(e.name, e.path))
             if len(batch) == 1:
                 unit.env[e.name] = _pfs_path(e.name, e.path)
                 unit.env[f"{e.name}_COMMIT"] = e.commit
@@ -237,8 +236,7 @@ def _pieces_v1(pfs, leaf: PfsInput, lc: LeafCommit, triggered: bool) -> list[dm.
     whole = [dm.Piece(p, 0, s) for p, s in sorted(tree.sizes.items())]
     if method.incremental == "NONE" or not triggered:
         return whole
-    row = pfs.resolve(lc.repo, lc.commit)
-    parent = row[4]
+    parent = pfs.inspect_commit(lc.repo, lc.commit).parent
     if parent is None:
         return whole
     old = Tree(pfs, lc.repo, parent)
@@ -336,6 +334,7 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
     workers = max(1, spec.parallelism_spec.workers())
     per_input: list[list[tuple[LeafCommit, list[dm.Piece]]]] = []
     by_name = {lc.name: lc for lc in inputs}
+    lazy = {leaf.name for leaf in leaves(spec) if isinstance(leaf, PfsInput) and leaf.lazy}
     for leaf in leaves(spec):
         if not isinstance(leaf, PfsInput):
             continue
@@ -360,12 +359,12 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
             env[lc.name] = f"/pfs/{lc.name}"
             env[f"{lc.name}_COMMIT"] = lc.commit
             for p in shard:
-                files.append({"input": lc.name, "path": p.path, "repo": lc.repo, "commit": lc.commit, "src": p.path,
-                              "offset": p.offset, "length": p.length, "size": p.length, "empty": False})
+                files.append(wire.FileSpec(lc.name, p.path, lc.repo, lc.commit, p.path, p.offset, p.length,
+                                           size=p.length, lazy=lc.name in lazy))
                 parts += [lc.name, lc.commit, p.path, str(p.offset), str(p.length)]
         did = _h(parts)
-        dirs = [{"input": lc.name, "path": "/"} for lc, _ in combo]
-        datum_files = [{"input": f["input"], "repo": f["repo"], "commit": f["commit"], "path": f["path"],
-                        "size": f["size"]} for f in files]
+        dirs = [wire.Dir(lc.name, "/") for lc, _ in combo]
+        datum_files = [{"input": f.input, "repo": f.repo, "commit": f.commit, "path": f.path, "size": f.size}
+                       for f in files]
         units.append(Unit(did, [did], files, dirs, env, {did: datum_files}))
     return JobPlan(inputs, units, [], {}, [], len(units))

@@ -20,7 +20,7 @@ class Task:
     job_id: str
     pipeline: str
     units: list[str]
-    payload: dict[str, Any]
+    payload: dict[str, Any]  # the task as it goes to the worker: pps.wire.Task.to_dict()
     attempts: int = 0
     done: bool = False
     worker: str | None = None

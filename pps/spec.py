@@ -203,6 +203,12 @@ class Capabilities:
     gpus: int = 0
     s3_gateway: bool = False
     max_workers: int = 0  # workers this machine runs at once, all pipelines together (0: no limit)
+    cpu_memory_limits: bool = False  # resource_limits.cpu/memory act (local: a cgroup per worker)
+    cpu_memory_why: str = ""  # why they do not, when they do not
+    # What else the runner makes live; False: the field is accepted and a create-time note says it is inert.
+    lazy_inputs: bool = False  # input.pfs.lazy: inputs served on demand (a FUSE view), not copied in first
+    lazy_inputs_why: str = ""  # why not, when not (e.g. "no FUSE on this machine (...)")
+    port_mapping: bool = False  # service.external_port can differ from internal_port
 
 
 @dataclass(frozen=True)

@@ -211,6 +211,11 @@ class PpsStore:
                 db.execute("UPDATE pps_pipelines SET state=?, reason=?, stopped=? WHERE name=?",
                            (state, reason, int(stopped), name))
 
+    @staticmethod
+    def pause_new(db, name: str) -> None:
+        """create-job: the pipeline is created stopped (it runs only the job it was given)."""
+        db.execute("UPDATE pps_pipelines SET stopped=1, state='paused' WHERE name=?", (name,))
+
     def delete_pipeline(self, db, name: str) -> None:
         for table in ("pps_pipelines WHERE name=?", "pps_cursors WHERE pipeline=?", "pps_units WHERE pipeline=?",
                       "pps_paths WHERE pipeline=?"):
@@ -233,6 +238,17 @@ class PpsStore:
             "ON CONFLICT(pipeline, repo, branch) DO UPDATE SET seq=MAX(seq, excluded.seq)",
             (pipeline, repo, branch, seq),
         )
+
+    @staticmethod
+    def clear_cursors(db, pipeline: str) -> None:
+        """Every input commit is new again (update-pipeline --reprocess)."""
+        db.execute("DELETE FROM pps_cursors WHERE pipeline=?", (pipeline,))
+
+    @staticmethod
+    def rewind_cursor(db, pipeline: str, repo: str, branch: str, seq: int) -> None:
+        """Move the cursor back to ``seq`` if it is past it (the commit after it is picked again)."""
+        db.execute("UPDATE pps_cursors SET seq=? WHERE pipeline=? AND repo=? AND branch=? AND seq>?",
+                   (seq, pipeline, repo, branch, seq))
 
     # -- jobs ----------------------------------------------------------------
 
@@ -282,6 +298,26 @@ class PpsStore:
                         " LIMIT 1", (pipeline,))
         return _job(r) if r else None
 
+    @staticmethod
+    def mark_killed(db, job: str, reason: str, finished: float) -> None:
+        db.execute("UPDATE pps_jobs SET state='killed', reason=?, finished=? WHERE id=?", (reason, finished, job))
+
+    def has_job_on(self, pipeline: str, commit: str) -> bool:
+        """Whether some job of ``pipeline`` has ``commit`` in its provenance."""
+        return self.pfs.q1("SELECT 1 FROM pps_jobs WHERE pipeline=? AND provenance LIKE ?",
+                           (pipeline, f'%"{commit}"%')) is not None
+
+    def outputs_on(self, pipeline: str, commit: str) -> list[str]:
+        """Output commits of ``pipeline``'s successful jobs with ``commit`` in their provenance, oldest first."""
+        return [r[0] for r in self.pfs.q("SELECT output_commit FROM pps_jobs WHERE pipeline=? AND state='success'"
+                                         " AND provenance LIKE ? ORDER BY created", (pipeline, f'%"{commit}"%'))]
+
+    def failed_on(self, pipeline: str, commit: str, but_not: str) -> str | None:
+        """The newest failed or killed job of ``pipeline`` on ``commit``, unless its reason is ``but_not``."""
+        r = self.pfs.q1("SELECT id FROM pps_jobs WHERE pipeline=? AND state IN ('failure', 'killed') AND reason<>?"
+                        " AND provenance LIKE ? ORDER BY created DESC LIMIT 1", (pipeline, but_not, f'%"{commit}"%'))
+        return r[0] if r else None
+
     # -- datums --------------------------------------------------------------
 
     @staticmethod
@@ -291,6 +327,12 @@ class PpsStore:
             "INSERT OR REPLACE INTO pps_datums(job, datum, unit, ord, state, files) VALUES(?,?,?,?,?,?)",
             [(job, d, u, o, s, json.dumps(f)) for d, u, o, s, f in rows],
         )
+
+    @staticmethod
+    def fail_unfinished(db, job: str) -> None:
+        """The job ended: its datums still starting or running failed with it."""
+        db.execute("UPDATE pps_datums SET state='failed', reason='job ended' WHERE job=? AND state IN"
+                   " ('starting', 'running')", (job,))
 
     @staticmethod
     def finish_unit(db, job: str, unit: str, state: str, reason: str, tries: int, started: float | None,

@@ -37,6 +37,7 @@ _ENV_CLEARED = (
     "PACHY_STORE",
     "PACHY_NO_AUTOSTART",
     "PACHY_ZSTD_LEVEL",
+    "PACHY_RUNNER",
 )
 
 

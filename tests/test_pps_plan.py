@@ -35,7 +35,7 @@ def test_v2_skips_unchanged_datums_and_drops_changed_units(pfs) -> None:
     c2 = _commit(pfs, "d", {"b": b"more", "e": b"5"}, deletes=("c",))
     second = jp.plan_v2(pfs, spec, "salt", [jp.LeafCommit("d", "d", "master", c2)], units)
     assert len(second.skipped) == 1  # a
-    assert {f["path"] for u in second.to_run for f in u.files} == {"/b", "/e"}
+    assert {f.path for u in second.to_run for f in u.files} == {"/b", "/e"}
     assert len(second.dropped_units) == 2  # b (changed) and c (deleted)
     assert jp.plan_v2(pfs, spec, "other salt", lc, units).skipped == []
 
@@ -57,11 +57,11 @@ def test_v1_diff_shows_appended_bytes_only(pfs) -> None:
                        "inputs": [{"repo": {"name": "d"}, "method": "map"}]})
     plan = jp.plan_v1(pfs, spec, [jp.LeafCommit("d", "d", "master", c2)], trigger="d")
     (unit,) = plan.to_run
-    assert [(f["path"], f["offset"], f["length"]) for f in unit.files] == [("/sales", 8, 7)]
+    assert [(f.path, f.offset, f.length) for f in unit.files] == [("/sales", 8, 7)]
     reduce = parse_spec({"pipeline": {"name": "p"}, "transform": {"cmd": ["true"]},
                          "inputs": [{"repo": {"name": "d"}, "method": "reduce"}]})
     (unit,) = jp.plan_v1(pfs, reduce, [jp.LeafCommit("d", "d", "master", c2)], trigger="d").to_run
-    assert [(f["offset"], f["length"]) for f in unit.files] == [(0, 15)]
+    assert [(f.offset, f.length) for f in unit.files] == [(0, 15)]
 
 
 def test_v1_empty_diff_gives_no_job_unless_run_empty(pfs) -> None:

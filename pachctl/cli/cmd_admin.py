@@ -15,6 +15,7 @@ from pachctl.cli.output import emit_json, human_size, table
 from pfsfuse import __version__  # noqa: F401 - one version for every component
 
 VERSION = __version__
+RUNNERS = ("auto", "local", "docker", "kubernetes", "none")  # mountd's --runner (pachctl imports no pps)
 
 
 def version(args) -> int:
@@ -39,7 +40,7 @@ def daemon(args) -> int:
     if args.stop:
         return _stop(home)
     argv = [sys.executable, "-m", "mountd", "--home", home]
-    for flag in ("listen", "token", "store"):
+    for flag in ("listen", "token", "store", "runner"):
         if getattr(args, flag):
             argv += [f"--{flag}", getattr(args, flag)]
     sys.stdout.flush()
@@ -145,6 +146,10 @@ def register(sub) -> None:
         p.add_argument("--listen", metavar="HOST:PORT", help="serve TCP instead of the unix socket (needs a token)")
         p.add_argument("--token", help="the bearer token TCP clients must send")
         p.add_argument("--store", help="object store: a directory or s3://bucket/prefix")
+        p.add_argument("--runner", choices=RUNNERS,
+                       help="where pipelines run: auto (default: Docker for specs naming an image when "
+                            "dockerd answers, the rest here), local, docker, kubernetes, none; or $PACHY_RUNNER, "
+                            "or 'runner' in the config file")
         p.add_argument("--stop", action="store_true", help="stop the running daemon")
     p = add(sub, "deploy", "Run pachy here: 'pachctl deploy local' runs the daemon in the foreground.", daemon)
     p.add_argument("target", choices=["local"])
@@ -152,6 +157,7 @@ def register(sub) -> None:
     p.add_argument("--listen", metavar="HOST:PORT")
     p.add_argument("--token")
     p.add_argument("--store")
+    p.add_argument("--runner", choices=RUNNERS)
     p.set_defaults(stop=False)
     p = add(sub, "fsck", "Verify that every referenced object exists and hashes right.", fsck)
     json_flag(p)
