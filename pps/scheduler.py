@@ -200,9 +200,12 @@ class Scheduler:
                 notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
                               "runs; the datum sees the same bytes either way"})
         limits = spec.resource_limits
-        if limits is not None and (limits.cpu or limits.memory) and self.capabilities.runner == "local":
-            notes.append({"path": "resource_limits", "reason": "the local runner does not cap a datum's cpu "
-                          "or memory (no cgroup per datum)"})
+        caps = self.runner.capabilities(WorkerSpec.from_spec(spec)) if hasattr(self.runner, "capabilities") \
+            else self.capabilities  # the runner's: whether its cgroups act
+        if limits is not None and (limits.cpu or limits.memory) and caps.runner == "local" \
+                and not caps.cpu_memory_limits:
+            notes.append({"path": "resource_limits", "reason": "the local runner cannot cap cpu or memory here: "
+                          + (caps.cpu_memory_why or "no cgroups")})
         dss = spec.datum_set_spec
         if dss is not None and (dss.size_bytes or dss.per_worker):
             notes.append({"path": "datum_set_spec", "reason": "only 'number' sizes a worker's share here"})

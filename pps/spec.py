@@ -203,6 +203,8 @@ class Capabilities:
     gpus: int = 0
     s3_gateway: bool = False
     max_workers: int = 0  # workers this machine runs at once, all pipelines together (0: no limit)
+    cpu_memory_limits: bool = False  # resource_limits.cpu/memory act (local: a cgroup per worker)
+    cpu_memory_why: str = ""  # why they do not, when they do not
 
 
 @dataclass(frozen=True)
