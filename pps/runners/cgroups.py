@@ -294,6 +294,7 @@ class WorkerCgroup:
         self.worker_id = worker_id
         self.cpu, self.memory = cpu, memory
         self.dirs = where.dirs(PARENT, worker_id)
+        self._inodes: dict[str, int] = {}  # what this start made: a later start of the same id makes others
         try:
             self._make()
         except OSError as exc:
@@ -306,7 +307,7 @@ class WorkerCgroup:
             parent = os.path.dirname(d)
             if v2:
                 _write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
-            if os.path.isdir(d):  # left by a killed daemon with the same run id: start clean
+            if os.path.isdir(d):  # a worker of this id being replaced, or left by a killed daemon
                 self._empty(d, 2.0)
                 os.rmdir(d)
             for tries_left in (2, 1, 0):
@@ -315,6 +316,7 @@ class WorkerCgroup:
                     _write(os.path.join(parent, "cgroup.subtree_control"), " ".join(f"+{c}" for c in CONTROLLERS))
                 try:
                     os.mkdir(d)
+                    self._inodes[d] = os.stat(d).st_ino
                     break
                 except FileNotFoundError:  # another daemon's sweep removed the empty parent just now
                     if not tries_left:
@@ -367,7 +369,10 @@ class WorkerCgroup:
         """Kill what is left in it (the worker is gone by now), then remove it; CgroupError
         if processes outlive ``timeout`` (unkillable, in the kernel)."""
         for d in self.dirs:
-            if not os.path.isdir(d):
+            try:
+                if os.stat(d).st_ino != self._inodes.get(d):
+                    continue  # gone, or another start's (a worker of this id started again)
+            except FileNotFoundError:
                 continue
             self._empty(d, timeout)
             try:

@@ -77,6 +77,8 @@ class LocalRunner:
         self._credentials: dict[bytes, _Worker] = {}  # sha256(credential) -> the worker it was issued to
         self._closed = False
         self._run_id = os.urandom(2).hex()
+        if cgroups.available() is None:
+            cgroups.sweep()  # the empty cgroups of a killed daemon's workers
 
     # -- the interface --------------------------------------------------------
 
