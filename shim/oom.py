@@ -101,7 +101,8 @@ class OomWatch:
 
 
 def own_memory_cgroup(pid: str = "self") -> str | None:
-    """The directory of a process's memory cgroup (v1 memory hierarchy, else v2), or None."""
+    """The directory of a process's memory cgroup (v1 memory hierarchy, else v2), or None;
+    ``pid`` may be a container's process (its cgroup, as found through our own mounts)."""
     try:
         with open(f"/proc/{pid}/cgroup") as f:
             paths = {}
@@ -109,7 +110,7 @@ def own_memory_cgroup(pid: str = "self") -> str | None:
                 _hid, controllers, path = line.rstrip("\n").split(":", 2)
                 for c in controllers.split(",") if controllers else [""]:
                     paths[c] = path
-        with open(f"/proc/{pid}/mountinfo") as f:
+        with open("/proc/self/mountinfo") as f:
             mounts = [line.split() for line in f]
     except OSError:
         return None

@@ -39,6 +39,7 @@ from tests.ppshelp import (
     outputs,
     pachy_daemon,
     pfs,
+    spec,
 )
 
 PYTHON = "/usr/bin/python3"  # user code runs as an unprivileged uid: not a python under /root
@@ -102,6 +103,8 @@ def test_a_unit_over_its_memory_limit_is_oom_killed_and_its_worker_runs_the_next
     assert read(f"{memory_dir}/memory.limit_in_bytes") == str(64 << 20)
     assert pid in [int(x) for x in read(f"{memory_dir}/cgroup.procs").split()]
     worker_adj = int(read(f"/proc/{pid}/oom_score_adj"))
+    print(f"the worker's cgroup at rest: {int(read(f'{memory_dir}/memory.usage_in_bytes')) >> 20} MiB charged, "
+          f"peak {int(read(f'{memory_dir}/memory.max_usage_in_bytes')) >> 20} MiB")
     # The next job, under the limit, succeeds on that same worker.
     second = commit_files(c, "hogin", {"mib": "4"})
     res = flush(c, "hogin", second)
@@ -111,6 +114,17 @@ def test_a_unit_over_its_memory_limit_is_oom_killed_and_its_worker_runs_the_next
     assert [j.state for j in jobs(c, "hog")] == ["failure", "success"]
     c.delete_pipeline("hog")
     wait_for(lambda: not os.path.exists(memory_dir), 15, f"{memory_dir} removed with the pipeline")
+
+
+@needs_cgroups
+def test_a_shell_pipeline_over_the_limit_is_out_of_memory_too(px: Pachy, c: Client) -> None:
+    """``tail`` holds a 200 MiB line; its shell reports it as exit code 137."""
+    c.create_repo("tailin")
+    head = commit_files(c, "tailin", {"x": ""})
+    c.create_pipeline(json.dumps(spec("tailer", pfs("tailin"), "head -c 200M /dev/zero | tail >/dev/null",
+                                      resource_limits={"memory": "64Mi"}, datum_tries=1)))
+    (job,) = flush(c, "tailin", head).failed_jobs
+    assert "failed: killed: out of memory (resource_limits.memory is 64Mi)" in job.reason, job.reason
 
 
 @needs_cgroups
