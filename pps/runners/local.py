@@ -221,8 +221,11 @@ class LocalRunner:
         try:
             cgroup = cgroups.create(wid, cpu=lim.cpu, memory=lim.memory)
         except cgroups.CgroupError as exc:  # the worker still runs: say so where its owner looks
-            with open(log_path, "a") as f:
-                f.write(f"[{wid}] resource_limits do not act on this worker: {exc}\n")
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, f"[{wid}] resource_limits do not act on this worker: {exc}\n".encode())
+            finally:
+                os.close(fd)
             print(f"local runner: {exc}", file=sys.stderr)
             return None, []
         try:
