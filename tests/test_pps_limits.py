@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -153,6 +154,25 @@ def test_a_cpu_limit_is_a_quota_in_the_workers_cgroup(px: Pachy, c: Client) -> N
     c.delete_pipeline("spinner")
     for d in (memory_dir, cpu_dir):
         wait_for(lambda d=d: not os.path.exists(d), 15, f"{d} removed with the pipeline")
+
+
+@needs_cgroups
+def test_a_killed_worker_is_replaced_in_a_fresh_cgroup(px: Pachy, c: Client) -> None:
+    c.create_repo("crashin")
+    c.create_pipeline(json.dumps(spec("crasher", pfs("crashin"), "cp -r /pfs/crashin/. /pfs/out/",
+                                      resource_limits={"memory": "128Mi", "cpu": 1})))
+    pid, dirs = worker_cgroups(px, "crasher")
+    made = [os.stat(d).st_ino for d in dirs]
+    os.kill(pid, signal.SIGKILL)
+    # The scheduler starts a worker of the same id again: in a cgroup of its own, with the limits.
+    new = wait_for(lambda: [p for p in px.worker_pids("crasher") if p != pid] or None, 30, "a new worker")
+    assert new[0] in [int(x) for x in read(f"{dirs[0]}/cgroup.procs").split()]
+    assert [os.stat(d).st_ino for d in dirs] != made
+    assert read(f"{dirs[0]}/memory.limit_in_bytes") == str(128 << 20)
+    assert read(f"{dirs[1]}/cpu.cfs_quota_us") == "100000"
+    head = commit_files(c, "crashin", {"a": "1"})
+    res = flush(c, "crashin", head)
+    assert not res.failed_jobs and outputs(c, "crasher") == {"a": b"1"}
 
 
 def test_the_create_time_note_only_where_limits_cannot_act(tmp_path: Path,
