@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from shim import sandbox
+from shim import oom, sandbox
 from shim.task import Task, TaskError, Unit
 
 Log = Callable[[str, bool], None]  # (message, user): user code's line, or the shim's own note
@@ -247,6 +247,7 @@ def stdin_bytes(lines: list[str]) -> bytes:
 def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, str]:
     """One process start in a fresh namespace with ``binds``; (success, reason)."""
     sandbox.enter(binds)
+    oom_before = oom.mark()  # the worker's cgroup's OOM kills so far: did one end this unit?
     try:
         try:
             proc = spawn(run)
@@ -271,7 +272,7 @@ def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, s
         return False, f"timed out after {run.timeout:g} s (datum_timeout); its process group was killed"
     if rc in run.accept:
         return True, ""
-    why = exit_reason(rc)
+    why = oom.explain(oom_before, rc, exit_reason(rc))
     return False, f"{why}: {child.last}" if child.last else why
 
 
@@ -289,7 +290,8 @@ def spawn(run: Run) -> subprocess.Popen:
     """Start ``run`` with piped stdio in a process group of its own, in the calling
     thread's namespaces (``sandbox.enter`` first), as ``run.who``; OSError if it cannot start."""
     who = run.who
-    with sandbox.acting_as(who.uid, who.gid, who.groups) if who is not None else contextlib.nullcontext():
+    with oom.user_code_adj(), \
+            sandbox.acting_as(who.uid, who.gid, who.groups) if who is not None else contextlib.nullcontext():
         return subprocess.Popen(
             run.cmd,
             stdin=subprocess.PIPE,

@@ -14,6 +14,11 @@ where ``ps`` and ``/proc/<pid>/environ`` show them. The runner keeps only a
 hash of each credential, and the daemon's worker endpoints answer a worker
 only about its own pipeline and tasks (``authenticate``).
 
+A worker whose spec has ``resource_limits.cpu/memory`` runs in a cgroup of
+its own (``pps.runners.cgroups``), joined before it execs, removed once it
+has exited; where cgroups cannot act, ``capabilities`` says why (a
+create-time note).
+
 Imports only the standard library and pps: pps must not depend on the daemon,
 the client or the shim; the worker is reached as a command line.
 """
@@ -32,6 +37,7 @@ import sys
 import threading
 import time
 
+from pps.runners import cgroups
 from pps.runners.base import OnExit, WorkerSpec
 from pps.spec import Capabilities
 
@@ -41,8 +47,10 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 class _Worker:
-    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes):
+    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes,
+                 cgroup: cgroups.WorkerCgroup | None = None):
         self.pipeline, self.id, self.proc = pipeline, worker_id, proc
+        self.cgroup = cgroup  # its resource limits; removed when it has exited
         self.digest = digest  # sha256 of its credential
         self.stopping = False  # asked to stop: its exit is not news
         self.exited = threading.Event()
@@ -69,13 +77,16 @@ class LocalRunner:
         self._credentials: dict[bytes, _Worker] = {}  # sha256(credential) -> the worker it was issued to
         self._closed = False
         self._run_id = os.urandom(2).hex()
+        if cgroups.available() is None:
+            cgroups.sweep()  # the empty cgroups of a killed daemon's workers
 
     # -- the interface --------------------------------------------------------
 
     name = "local"
 
     def capabilities(self, spec: WorkerSpec) -> Capabilities:
-        return Capabilities(runner="local")
+        why = cgroups.available()
+        return Capabilities(runner="local", cpu_memory_limits=why is None, cpu_memory_why=why or "")
 
     def owns(self, spec: WorkerSpec) -> bool:
         return True
@@ -102,7 +113,7 @@ class LocalRunner:
                 wid = f"{pipeline}-{self._run_id}-{i}"
                 w = have.get(wid)
                 if w is None or not w.alive():
-                    have[wid] = self._start(pipeline, wid)
+                    have[wid] = self._start(pipeline, wid, spec)
             extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
         _terminate(extra, 5.0)
         return [w.id for w in extra]
@@ -136,10 +147,12 @@ class LocalRunner:
             workers = [w for ws in self._workers.values() for w in ws.values()]
             self._workers.clear()
         _terminate(workers, timeout)
+        if cgroups.available() is None:
+            cgroups.sweep()  # what a killed daemon left (ours are gone with their workers)
 
     # -- processes ------------------------------------------------------------
 
-    def _start(self, pipeline: str, wid: str) -> _Worker:
+    def _start(self, pipeline: str, wid: str, spec: WorkerSpec) -> _Worker:
         logs = os.path.join(self.home, "logs", "workers")
         os.makedirs(logs, mode=0o700, exist_ok=True)
         env = dict(os.environ)
@@ -147,6 +160,11 @@ class LocalRunner:
         for name in ("PACHY_TOKEN", "PACHY_WORKER_CREDENTIAL"):
             env.pop(name, None)  # given through the pipe below, never by the environment
         env["PACHY_HOME"] = self.home  # the worker hides it from user code
+        cgroup, join = self._cgroup(wid, spec, log_path := os.path.join(logs, f"{wid}.log"))
+        if cgroup is not None and cgroup.memory:
+            # The shim names it in an OOM-killed datum's reason, and makes its user code the
+            # OOM killer's first choice in the cgroup they share (shim/oom.py).
+            env["PACHY_MEMORY_LIMIT"] = str(cgroup.memory)
         credential = secrets.token_urlsafe(32)
         read_end, write_end = os.pipe()
         cmd = [
@@ -158,8 +176,7 @@ class LocalRunner:
             "--credential-fd", str(read_end),
         ]  # fmt: skip
         try:
-            log = os.open(os.path.join(logs, f"{wid}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
-                          0o600)
+            log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 proc = subprocess.Popen(
                     cmd,
@@ -171,10 +188,16 @@ class LocalRunner:
                     start_new_session=True,
                     close_fds=True,
                     pass_fds=(read_end,),
-                    preexec_fn=functools.partial(_die_with_daemon, os.getpid()),
+                    preexec_fn=functools.partial(_before_exec, os.getpid(), join),
                 )
+            except BaseException:
+                if cgroup is not None:
+                    cgroup.remove()
+                raise
             finally:
                 os.close(log)
+                for fd in join:
+                    os.close(fd)
             os.close(read_end)
             read_end = -1
             # A few hundred bytes: the pipe takes them whether or not the worker reads yet.
@@ -183,13 +206,41 @@ class LocalRunner:
             if read_end >= 0:
                 os.close(read_end)
             os.close(write_end)
-        w = _Worker(pipeline, wid, proc, _digest(credential))
+        w = _Worker(pipeline, wid, proc, _digest(credential), cgroup)
         self._credentials[w.digest] = w  # under self._lock (ensure holds it)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
         return w
 
+    @staticmethod
+    def _cgroup(wid: str, spec: WorkerSpec, log_path: str) -> tuple[cgroups.WorkerCgroup | None, list[int]]:
+        """The worker's cgroup with ``spec``'s cpu/memory limits, and descriptors for joining it
+        (none if no limits are asked, or they cannot act: the create-time note said why)."""
+        lim = spec.limits
+        if lim is None or not (lim.cpu or lim.memory) or cgroups.available() is not None:
+            return None, []
+        try:
+            cgroup = cgroups.create(wid, cpu=lim.cpu, memory=lim.memory)
+        except cgroups.CgroupError as exc:  # the worker still runs: say so where its owner looks
+            fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, f"[{wid}] resource_limits do not act on this worker: {exc}\n".encode())
+            finally:
+                os.close(fd)
+            print(f"local runner: {exc}", file=sys.stderr)
+            return None, []
+        try:
+            return cgroup, cgroup.open_procs()
+        except cgroups.CgroupError:
+            cgroup.remove()
+            raise
+
     def _watch(self, w: _Worker) -> None:
         rc = w.proc.wait()
+        if w.cgroup is not None:
+            try:
+                w.cgroup.remove()  # kills what the worker left in it
+            except cgroups.CgroupError as exc:
+                print(f"local runner: {exc}", file=sys.stderr)
         w.exited.set()
         with self._lock:
             have = self._workers.get(w.pipeline, {})
@@ -207,6 +258,13 @@ class LocalRunner:
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
+
+
+def _before_exec(daemon_pid: int, join: list[int]) -> None:
+    """In the worker between fork and exec: into its cgroup first (no instruction of
+    the worker runs outside its limits), then ``_die_with_daemon``."""
+    cgroups.join(join)
+    _die_with_daemon(daemon_pid)
 
 
 def _die_with_daemon(daemon_pid: int) -> None:
