@@ -213,7 +213,7 @@ def _unit_v2(batch: list[dm.Datum], sizes: dict[tuple[str, str], int]) -> Unit:
             for f in e.files:
                 unit.files.append({"input": e.name, "path": f, "repo": e.repo, "commit": e.commit, "src": f,
                                    "offset": 0, "length": -1, "size": sizes.get((e.repo, f), 0),
-                                   "empty": e.empty_files})
+                                   "empty": e.empty_files, "lazy": e.lazy})
             if e.is_dir:
                 unit.dirs.append({"input": e.name, "path": e.path})
             if len(batch) == 1:

@@ -92,6 +92,7 @@ class FileSpec:
     length: int = -1
     size: int = 0
     empty: bool = False
+    lazy: bool = False  # input.pfs.lazy: served through the worker's FUSE view, not copied
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FileSpec:
@@ -108,6 +109,7 @@ class FileSpec:
             length=-1 if d.get("length") is None else int(d["length"]),
             size=int(d.get("size") or 0),
             empty=bool(d.get("empty")),
+            lazy=bool(d.get("lazy")),
         )
 
     def piece(self) -> tuple[str, str, str, int, int]:

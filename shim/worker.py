@@ -34,7 +34,7 @@ from shim import collect, execute, longrun, sandbox
 from shim.execute import Outcome
 from shim.link import GiveUp, Link, encode_actions, encode_unit
 from shim.logs import LogShipper
-from shim.materialize import MaterializeError, TaskDirs, materialize
+from shim.materialize import Lazy, MaterializeError, TaskDirs, materialize
 from shim.task import Task, TaskError
 
 T = TypeVar("T")
@@ -79,6 +79,8 @@ class Worker:
         self.own_process = own_process
         self.stopping = False
         self._shielded = False
+        self.lazy = None  # shim.lazyfs.LazyMount, made by the first task with a lazy input
+        self._no_lazy: str | None = None  # why FUSE is unavailable here (lazy inputs are copied)
 
     # -- signals --------------------------------------------------------------
 
@@ -155,6 +157,8 @@ class Worker:
         finally:
             self._shielded = True
             self.logs.stop()
+            if self.lazy is not None:
+                self.lazy.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
             if self.fast_scratch:
                 shutil.rmtree(self.fast_scratch, ignore_errors=True)
@@ -168,6 +172,10 @@ class Worker:
     @staticmethod
     def _claim_scratch(scratch: str) -> None:
         """Start from an empty scratch directory, wiping only one a worker made."""
+        if os.path.exists(os.path.join(scratch, MARKER)):
+            from shim.lazyfs import detach_under
+
+            detach_under(scratch)  # a killed predecessor's FUSE mount: rmtree cannot pass it
         if os.path.isdir(scratch) and os.listdir(scratch):
             if not os.path.exists(os.path.join(scratch, MARKER)):
                 raise OSError(
@@ -233,10 +241,11 @@ class Worker:
             self._serve_long(task, root)
             return
         dirs: TaskDirs | None = None
+        lazy = self._lazy_for(task)
 
         def lay_out() -> TaskDirs:
             shutil.rmtree(root, ignore_errors=True)  # a try cut short by a daemon restart
-            return materialize(task, root, self.link)
+            return materialize(task, root, self.link, lazy)
 
         try:
             try:
@@ -253,12 +262,41 @@ class Worker:
             self._upload(task.task_id, results)
         finally:
             self._shielded = False
+            if lazy is not None and self.lazy is not None:
+                self.lazy.clear()
             if dirs is not None:
                 dirs.remove()
             else:
                 shutil.rmtree(root, ignore_errors=True)
         if self.stopping:
             raise Stop("signal during upload")
+
+    def _lazy_for(self, task: Task) -> Lazy | None:
+        """The FUSE view for a task with lazy inputs, mounted on first use; None (lazy
+        inputs copied, with a note) when there is none or FUSE is unavailable here."""
+        if not any(f.lazy for u in task.units for f in u.files):
+            return None
+        if self.lazy is None and self._no_lazy is None:
+            from shim.lazyfs import LazyMount, LazyUnavailable
+
+            # User code of a root worker runs as another uid (shim.execute.anonymous_identity).
+            allow_other = os.geteuid() == 0 and not sandbox.in_user_namespace()
+            mount = LazyMount(self.link, self.scratch, allow_other=allow_other)
+            try:
+                mount.start()
+            except LazyUnavailable as exc:
+                self._no_lazy = str(exc)
+                self._say(f"lazy inputs will be copied: {exc}")
+            else:
+                self.lazy = mount
+                # Units' namespaces are copies of the PID namespace init's, made
+                # before the mount: a new one sees it.
+                sandbox.renew()
+        if self.lazy is None or not self.lazy.alive:
+            self.logs.add(task.job_id, None, f"input.pfs.lazy: no FUSE view on this worker "
+                          f"({self._no_lazy or 'its FUSE loop stopped'}); the lazy inputs were copied", False)
+            return None
+        return Lazy(self.lazy.path)
 
     def _serve_long(self, task: Task, root: str) -> None:
         """A spout or service: kept while it is current, never answered with a result.
@@ -321,11 +359,20 @@ class Worker:
                 execute.hand_over(dirs.binds(udir), who)
                 udir.baseline = collect.snapshot(udir.out)
 
+        counters = None
+        if udir.lazy_inputs and self.lazy is not None:
+            try:
+                udir.view, counters = self.lazy.show(udir.lazy_files, udir.lazy_dirs)
+            except ValueError as exc:
+                log(f"cannot show the lazy inputs: {exc}", False)
+                return unit.unit_id, _failed(f"cannot show the lazy inputs: {exc}"), []
         try:
             outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)
         finally:
             if self.own_process:
                 _reap_orphans()
+        if counters is not None:
+            log(f"lazy inputs ({', '.join(udir.lazy_inputs)}): {counters.describe()}", False)
         actions: list[collect.Action] = []
         if outcome.state == "success":
             try:
