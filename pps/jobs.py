@@ -336,6 +336,7 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
     workers = max(1, spec.parallelism_spec.workers())
     per_input: list[list[tuple[LeafCommit, list[dm.Piece]]]] = []
     by_name = {lc.name: lc for lc in inputs}
+    lazy = {leaf.name for leaf in leaves(spec) if isinstance(leaf, PfsInput) and leaf.lazy}
     for leaf in leaves(spec):
         if not isinstance(leaf, PfsInput):
             continue
@@ -361,7 +362,8 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
             env[f"{lc.name}_COMMIT"] = lc.commit
             for p in shard:
                 files.append({"input": lc.name, "path": p.path, "repo": lc.repo, "commit": lc.commit, "src": p.path,
-                              "offset": p.offset, "length": p.length, "size": p.length, "empty": False})
+                              "offset": p.offset, "length": p.length, "size": p.length, "empty": False,
+                              "lazy": lc.name in lazy})
                 parts += [lc.name, lc.commit, p.path, str(p.offset), str(p.length)]
         did = _h(parts)
         dirs = [{"input": lc.name, "path": "/"} for lc, _ in combo]

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pfsfuse.errors import Conflict, InvalidArgument, NotFound, PfsError, TimedOut, Unreachable
+from pfsfuse.mount import fuse_unavailable
 from pps import jobs as jp
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
@@ -196,9 +197,10 @@ class Scheduler:
             if isinstance(leaf, GitInput):
                 notes.append({"path": path, "reason": f"no webhook from {leaf.url} reaches this machine; commits "
                               f"to repo '{leaf.name}' (branch {leaf.branch}) trigger the pipeline instead"})
-            if isinstance(leaf, PfsInput) and leaf.lazy:
-                notes.append({"path": f"{path}.lazy", "reason": "inputs are copied into /pfs before the datum "
-                              "runs; the datum sees the same bytes either way"})
+            if isinstance(leaf, PfsInput) and leaf.lazy and (why := fuse_unavailable()):
+                # Lazy inputs are served through the worker's FUSE view (shim/lazyfs.py) where it can mount.
+                notes.append({"path": f"{path}.lazy", "reason": f"no FUSE on this machine ({why}): inputs are "
+                              "copied into /pfs before the datum runs; the datum sees the same bytes either way"})
         limits = spec.resource_limits
         if limits is not None and (limits.cpu or limits.memory) and self.capabilities.runner == "local":
             notes.append({"path": "resource_limits", "reason": "the local runner does not cap a datum's cpu "

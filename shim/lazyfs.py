@@ -26,14 +26,11 @@ asks for (and what the kernel reads ahead, 256 KiB). No whole file is ever in me
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import functools
 import itertools
 import os
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -45,7 +42,10 @@ from typing import Protocol
 import pyfuse3
 import trio
 
+from pfsfuse.mount import detach_under, fuse_unavailable
 from shim.task import FileSpec
+
+__all__ = ["LazyMount", "LazyUnavailable", "detach_under", "unavailable"]
 
 MOUNT_DIR = "lazy-pfs"  # under the worker's scratch (hidden from user code like the rest of it)
 CURRENT = "current"
@@ -553,48 +553,4 @@ class LazyMount:
 
 def unavailable() -> str | None:
     """Why this worker cannot serve a FUSE view (None: it can)."""
-    if not os.path.exists("/dev/fuse"):
-        return "/dev/fuse is missing (load the fuse module: modprobe fuse)"
-    if os.geteuid() != 0 and not _which("fusermount3"):
-        return "fusermount3 is missing (apt-get install fuse3)"
-    return None
-
-
-def _which(name: str) -> bool:
-    return any(os.access(os.path.join(d, name), os.X_OK) for d in os.environ.get("PATH", "/usr/bin").split(":"))
-
-
-def _unescape(field_: str) -> str:
-    return field_.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
-
-
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path`` (deepest first), from this process's mountinfo."""
-    path = os.path.abspath(path)
-    found = []
-    try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                point = _unescape(line.split()[4])
-                if point == path or point.startswith(path + "/"):
-                    found.append(point)
-    except OSError:
-        pass
-    return sorted(set(found), key=len, reverse=True)
-
-
-_MNT_DETACH = 2
-
-
-def detach_under(path: str) -> None:
-    """Lazily unmount whatever is mounted at or below ``path`` (a predecessor killed
-    with its mount up leaves a dead one, on which even ``stat`` fails)."""
-    points = mounts_under(path)
-    if not points:
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    for point in points:
-        if libc.umount2(point.encode(), _MNT_DETACH) == 0:
-            continue
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, timeout=10)
+    return fuse_unavailable()

@@ -51,7 +51,8 @@ def test_a_datum_reading_1_mib_of_a_1_gib_lazy_input_reads_at_most_2_mib(px: Pac
     c.put_file("big", "master", "/g/big.bin", big_sparse_file(px, marker), new_commit=True)
     script = (f"dd if=/pfs/big/g/big.bin of=/pfs/out/piece bs={MIB} iflag=skip_bytes,count_bytes "
               f"skip={OFFSET} count={MIB} && stat -c %s /pfs/big/g/big.bin > /pfs/out/size")
-    c.create_pipeline(spec("bigread", pfs("big", "/", lazy=True), script))
+    (created,) = c.create_pipeline(spec("bigread", pfs("big", "/", lazy=True), script))
+    assert "lazy" not in str(created.notes)  # live here: no "inert" note at create time
     flush_ok(c, "big", "master")
     out = outputs(c, "bigread")
     assert out["piece"] == marker
@@ -99,7 +100,7 @@ def test_glob_with_several_datums_reuses_one_mount_and_mixes_with_copied_inputs(
     assert len(devices) == 1, devices  # every datum's /pfs/many: the same FUSE connection
     assert len(lazy_bytes(c, "manyread")) == 6
     # The worker's mount is under its scratch, and only one.
-    mounts = [line.split()[4] for line in open("/proc/self/mountinfo") if "fuse.pachy-lazy" in line
-              and str(px.home) in line]
+    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if "fuse.pachy-lazy" in line and str(px.home) in line]
     assert len(mounts) == 1 and mounts[0].endswith("/" + MOUNT_DIR), mounts
     assert mount_device(mounts[0]) == devices.pop().decode().strip()

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+from pfsfuse.mount import detach_under
 from pps.runners.base import OnExit, WorkerSpec
 from pps.spec import Capabilities
 
@@ -190,6 +191,8 @@ class LocalRunner:
 
     def _watch(self, w: _Worker) -> None:
         rc = w.proc.wait()
+        if rc < 0:  # killed, so it could not take down its lazy inputs' FUSE view (shim.lazyfs)
+            detach_under(os.path.join(self.home, "scratch", w.id))
         w.exited.set()
         with self._lock:
             have = self._workers.get(w.pipeline, {})
