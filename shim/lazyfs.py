@@ -17,9 +17,10 @@ uploaded (a unit may symlink an input file into /pfs/out, read at upload).
 
 Reads go to the daemon in blocks (``POST /v1/workers/read`` with offset and
 length) through a cache of a few MiB shared by every file; a reader that
-has read ``STREAM_MIN`` bytes in a row gets the next blocks fetched ahead
-(a window doubling up to ``AHEAD_MAX``), one that seeks reads only what it
-asks for (and what the kernel reads ahead, 256 KiB). No whole file is ever in memory. Only
+has read ``AHEAD_START`` bytes in a row gets the next block fetched while
+it reads this one, and after ``STREAM_MIN`` a window doubling up to
+``AHEAD_MAX``; one that seeks reads only what it asks for (and what the
+kernel reads ahead, 256 KiB). No whole file is ever in memory. Only
 ``FUSEError`` leaves a handler: a daemon error is EIO, with a log line.
 """
 
@@ -50,12 +51,14 @@ __all__ = ["LazyMount", "LazyUnavailable", "detach_under", "unavailable"]
 MOUNT_DIR = "lazy-pfs"  # under the worker's scratch (hidden from user code like the rest of it)
 CURRENT = "current"
 FSTYPE = "fuse.pachy-lazy"
-BLOCK = 128 << 10  # what one fetch brings at least (the kernel asks for 128 KiB at a time)
-STREAM_MIN = 2 << 20  # a reader that went on this far without a seek is streaming: read ahead
-AHEAD_MAX = 16  # blocks fetched ahead of a streaming reader, at most (2 MiB)
+BLOCK = 256 << 10  # what one fetch brings at least
+AHEAD_START = 512 << 10  # a reader that went on this far without a seek gets the next block fetched ahead
+STREAM_MIN = 2 << 20  # ...and this far: it streams, the window grows
+AHEAD_MAX = 8  # blocks fetched ahead of a streaming reader, at most (2 MiB)
 CACHE_BYTES = 8 << 20  # blocks kept, all files together
 VIEW_TIMEOUT = 3600.0  # a view never changes: the kernel may keep its entries
 START_TIMEOUT = 10.0
+TRACE = bool(os.environ.get("PACHY_LAZY_TRACE"))  # a line per read in the worker's log
 
 Piece = tuple[str, str, str, int, int]  # (repo, commit, src, offset, length) as in shim.materialize
 
@@ -311,15 +314,17 @@ class LazyOps(pyfuse3.Operations):
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = h.node
-        if os.environ.get("PACHY_LAZY_TRACE"):
-            _say(f"read {off} {size}")
+        t0 = time.monotonic()
         end = min(off + size, node.size)
         if off >= end:
             return b""
         # Read ahead only for a reader that streams: the kernel reads a little ahead
         # itself, and a datum reading 1 MiB somewhere must not cost much more.
         h.streamed = h.streamed + size if off == h.last_end else 0
-        h.ahead = min(max(1, h.ahead * 2), AHEAD_MAX) if h.streamed >= STREAM_MIN else 0
+        if h.streamed >= STREAM_MIN:
+            h.ahead = min(max(1, h.ahead * 2), AHEAD_MAX)
+        else:  # the next block only, while it may still be a short read: one round trip hidden
+            h.ahead = 1 if h.streamed >= AHEAD_START else 0
         out = bytearray()
         pos = 0
         for repo, commit, src, p_off, p_len in node.pieces:
@@ -334,6 +339,8 @@ class LazyOps(pyfuse3.Operations):
             if pos >= end:
                 break
         h.last_end = off + len(out)
+        if TRACE:
+            _say(f"read {off} {size}: {(time.monotonic() - t0) * 1e3:.1f} ms")
         c = node.counters
         if c is not None and c.first_byte is None and out:
             c.first_byte = time.monotonic() - c.shown
