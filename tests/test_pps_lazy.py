@@ -104,3 +104,20 @@ def test_glob_with_several_datums_reuses_one_mount_and_mixes_with_copied_inputs(
               if "fuse.pachy-lazy" in line and str(px.home) in line]
     assert len(mounts) == 1 and mounts[0].endswith("/" + MOUNT_DIR), mounts
     assert mount_device(mounts[0]) == devices.pop().decode().strip()
+
+
+def test_1x_lazy_input_shows_only_the_new_bytes_and_prev_is_unaffected(px: Pachy, c: Client) -> None:
+    c.create_repo("sales")
+    spec1x = {"pipeline": {"name": "tally"}, "parallelism": "1",
+              "transform": {"cmd": ["sh"], "stdin": ["cat /pfs/sales/log >> /pfs/out/all",
+                                                     "cat /pfs/prev/all 2>/dev/null | wc -l > /pfs/out/before"]},
+              "inputs": [{"repo": {"name": "sales"}, "method": "map", "lazy": True}]}  # fmt: skip
+    c.create_pipeline(spec1x)
+    first = c.put_file("sales", "master", "/log", b"apple 1\nbanana 2\n", new_commit=True).commit.id
+    flush_ok(c, "sales", first)
+    second = c.put_file("sales", "master", "/log", b"orange 3\n", new_commit=True).commit.id  # appended
+    flush_ok(c, "sales", second)
+    out = outputs(c, "tally")
+    assert out["all"] == b"apple 1\nbanana 2\norange 3\n"  # prev's copy plus only the new piece
+    assert out["before"].strip() == b"2"
+    assert len(lazy_bytes(c, "tally")) == 2
