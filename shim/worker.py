@@ -81,6 +81,9 @@ class Worker:
         self._shielded = False
         self.lazy = None  # shim.lazyfs.LazyMount, made by the first task with a lazy input
         self._no_lazy: str | None = None  # why FUSE is unavailable here (lazy inputs are copied)
+        # A runner whose units see their directory without binds (an agent in a container
+        # links /pfs to it) sets this: lazy inputs are then symlinks into the mount.
+        self.lazy_links = False
 
     # -- signals --------------------------------------------------------------
 
@@ -296,7 +299,7 @@ class Worker:
             self.logs.add(task.job_id, None, f"input.pfs.lazy: no FUSE view on this worker "
                           f"({self._no_lazy or 'its FUSE loop stopped'}); the lazy inputs were copied", False)
             return None
-        return Lazy(self.lazy.path)
+        return Lazy(self.lazy.path, links=self.lazy_links)
 
     def _serve_long(self, task: Task, root: str) -> None:
         """A spout or service: kept while it is current, never answered with a result.

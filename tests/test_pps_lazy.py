@@ -17,8 +17,19 @@ import pytest
 from pachctl.client import Client
 from pfsfuse.mount import mount_device
 from shim.lazyfs import MOUNT_DIR
+from tests.conftest import wait_for
 from tests.mounting import requires_fuse
-from tests.ppshelp import Pachy, commit_files, flush_ok, outputs, pachy_fixtures, pfs, spec
+from tests.ppshelp import (
+    Pachy,
+    commit_files,
+    flush_ok,
+    outputs,
+    pachy_fixtures,
+    pfs,
+    processes,
+    spec,
+    wait_jobs,
+)
 
 pytestmark = [requires_fuse, pytest.mark.skipif(os.geteuid() != 0, reason="workers sandbox user code as root")]
 
@@ -33,6 +44,12 @@ def lazy_bytes(c: Client, pipeline: str) -> list[int]:
     """Per unit, the bytes its lazy inputs cost (the worker's log line)."""
     lines = [line.message for line in c.get_logs(pipeline=pipeline) if not line.user]
     return [int(m.group(1)) for line in lines if (m := re.search(r"lazy inputs .*: (\d+) bytes read", line))]
+
+
+def lazy_mounts(px: Pachy) -> list[str]:
+    """The workers' FUSE views under the daemon's home (live or dead)."""
+    return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if "fuse.pachy-lazy" in line and str(px.home) in line]
 
 
 def big_sparse_file(px: Pachy, marker: bytes) -> Path:
@@ -100,8 +117,7 @@ def test_glob_with_several_datums_reuses_one_mount_and_mixes_with_copied_inputs(
     assert len(devices) == 1, devices  # every datum's /pfs/many: the same FUSE connection
     assert len(lazy_bytes(c, "manyread")) == 6
     # The worker's mount is under its scratch, and only one.
-    mounts = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if "fuse.pachy-lazy" in line and str(px.home) in line]
+    mounts = lazy_mounts(px)
     assert len(mounts) == 1 and mounts[0].endswith("/" + MOUNT_DIR), mounts
     assert mount_device(mounts[0]) == devices.pop().decode().strip()
 
@@ -121,3 +137,24 @@ def test_1x_lazy_input_shows_only_the_new_bytes_and_prev_is_unaffected(px: Pachy
     assert out["all"] == b"apple 1\nbanana 2\norange 3\n"  # prev's copy plus only the new piece
     assert out["before"].strip() == b"2"
     assert len(lazy_bytes(c, "tally")) == 2
+
+
+def test_a_worker_killed_with_its_view_up_leaves_no_dead_mount(px: Pachy, c: Client) -> None:
+    c.create_repo("slow")
+    commit_files(c, "slow", {"f": "x\n"})
+    # The first try hangs (until its worker is killed); the retry on a new worker passes.
+    c.create_pipeline(spec("slowread", pfs("slow", "/", lazy=True),
+                           "cat /pfs/slow/f > /pfs/out/f; [ -e /tmp/pachy-lazy-test-retry ] || "
+                           "{ touch /tmp/pachy-lazy-test-retry; sleep 1000.41; }"))
+    try:
+        (pid,) = wait_for(lambda: processes("sleep", "1000.41"), 30, "the first try to hang")
+        (mount,) = wait_for(lambda: lazy_mounts(px), 10, "the worker's view")
+        (worker,) = px.worker_pids("slowread")
+        os.kill(worker, 9)
+        wait_for(lambda: mount not in lazy_mounts(px), 30, "the dead view to be detached")
+        (job,) = wait_jobs(c, "slowread", 1, timeout=60)
+        assert job.state == "success", job.reason
+        assert outputs(c, "slowread") == {"f": b"x\n"}
+    finally:
+        if os.path.exists("/tmp/pachy-lazy-test-retry"):
+            os.unlink("/tmp/pachy-lazy-test-retry")
