@@ -458,7 +458,6 @@ class LazyMount:
         self.allow_other = allow_other
         self.ops = LazyOps(reader, block=block, cache_bytes=cache_bytes)
         self._views: dict[str, Node] = {}
-        self._nodes: dict[int, Node] = {}
         self._seq = itertools.count(1)
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
@@ -532,27 +531,27 @@ class LazyMount:
         top, nodes = build_view(files, dirs, counters)
         name = f"u{next(self._seq)}"
         self._views[name] = top
-        self._nodes.update(nodes)
+        # New inodes first: none can be looked up before the new root lists them.
+        self.ops.table.nodes.update(nodes)
         self._publish(name)
         return os.path.join(self.path, name), counters
 
     def clear(self) -> None:
         """Drop every view (the task is done)."""
         self._views.clear()
-        self._nodes.clear()
-        self._publish(None)
+        self.ops.table = Table({pyfuse3.ROOT_INODE: Node(pyfuse3.ROOT_INODE, stat.S_IFDIR, volatile=True)})
 
-    def _publish(self, current: str | None) -> None:
+    def _publish(self, current: str) -> None:
+        """A new root listing the views, with ``current`` pointing at one: one assignment,
+        so a handler sees the old root or this one (dicts are safe to grow under the GIL)."""
+        nodes = self.ops.table.nodes
         root = Node(pyfuse3.ROOT_INODE, stat.S_IFDIR, volatile=True)
-        nodes = dict(self._nodes)
         for name, top in self._views.items():
             root.children[name.encode()] = top.inode
-        if current is not None:
-            link = Node(next(_inodes), stat.S_IFLNK, target=current.encode(), volatile=True)
-            nodes[link.inode] = link
-            root.children[CURRENT.encode()] = link.inode
+        link = Node(next(_inodes), stat.S_IFLNK, target=current.encode(), volatile=True)
+        nodes[link.inode] = link
+        root.children[CURRENT.encode()] = link.inode
         nodes[root.inode] = root
-        self.ops.table = Table(nodes)  # one assignment: a handler sees the old table or this one
 
 
 # -- availability and clean-up ------------------------------------------------------------

@@ -189,11 +189,12 @@ class Worker:
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         open(os.path.join(scratch, MARKER), "w").close()
 
-    def _root_for(self, task: Task, task_id: str) -> str:
-        """The tmpfs for a task of small inputs with room to spare, else the disk scratch."""
+    def _root_for(self, task: Task, task_id: str, lazy: bool = False) -> str:
+        """The tmpfs for a task of small inputs with room to spare, else the disk scratch
+        (``lazy``: lazy inputs are not copied, so they do not count)."""
         base = self.scratch
         if self.fast_scratch and task.prev is None:
-            size = sum(f.size for u in task.units for f in u.files)
+            size = sum(f.size for u in task.units for f in u.files if not (lazy and f.lazy))
             try:
                 st = os.statvfs(self.fast_scratch)
                 free = st.f_bavail * st.f_frsize
@@ -239,12 +240,12 @@ class Worker:
                 return
             self._fail_all(raw, f"the worker could not parse its task: {exc}")
             return
-        root = self._root_for(task, task_id)
         if task.long_running:
-            self._serve_long(task, root)
+            self._serve_long(task, self._root_for(task, task_id))
             return
         dirs: TaskDirs | None = None
         lazy = self._lazy_for(task)
+        root = self._root_for(task, task_id, lazy is not None)
 
         def lay_out() -> TaskDirs:
             shutil.rmtree(root, ignore_errors=True)  # a try cut short by a daemon restart
