@@ -44,12 +44,12 @@ import pyfuse3
 import trio
 
 from pfsfuse.mount import detach_under, fuse_unavailable
+from shim.materialize import LAZY_CURRENT as CURRENT
 from shim.task import FileSpec
 
 __all__ = ["LazyMount", "LazyUnavailable", "detach_under", "unavailable"]
 
 MOUNT_DIR = "lazy-pfs"  # under the worker's scratch (hidden from user code like the rest of it)
-CURRENT = "current"
 FSTYPE = "fuse.pachy-lazy"
 BLOCK = 256 << 10  # what one fetch brings at least
 AHEAD_START = 512 << 10  # a reader that went on this far without a seek gets the next block fetched ahead
@@ -475,8 +475,12 @@ class LazyMount:
         os.makedirs(self.path, mode=0o755, exist_ok=True)
         self._thread = threading.Thread(target=self._main, name="lazy-pfs", daemon=True)
         self._thread.start()
-        if not self._ready.wait(timeout):
-            self._error = self._error or f"the FUSE mount at {self.path} did not start within {timeout:g} s"
+        try:
+            if not self._ready.wait(timeout):
+                self._error = self._error or f"the FUSE mount at {self.path} did not start within {timeout:g} s"
+        except BaseException:  # a signal stops the worker meanwhile: leave no mount behind
+            self.close()
+            raise
         if self._error:
             self.close()
             raise LazyUnavailable(self._error)

@@ -32,10 +32,9 @@ Piece = tuple[str, str, str, int, int]  # (repo, commit, src, offset, length)
 RESERVED_1X = ("out", "prev")  # /pfs/prev exists only for 1.x specs: a 2.x input may be named "prev"
 
 
-def lazyfs_current() -> str:
-    """The name under the mount that always shows the running unit (``shim.lazyfs.CURRENT``;
-    not imported: materializing must not need pyfuse3)."""
-    return "current"
+# The name under the lazy inputs' mount that always shows the running unit
+# (shim.lazyfs takes it from here: materializing must not need pyfuse3).
+LAZY_CURRENT = "current"
 
 
 class Reader(Protocol):
@@ -162,7 +161,7 @@ def _materialize(task: Task, root: str, reader: Reader, lazy: Lazy | None) -> Ta
             if name not in u.lazy_inputs:
                 mkdir(os.path.join(pfs, name))
             elif lazy is not None and lazy.links:
-                os.symlink(os.path.join(lazy.mount, lazyfs_current(), name), os.path.join(pfs, name))
+                os.symlink(os.path.join(lazy.mount, LAZY_CURRENT, name), os.path.join(pfs, name))
             else:
                 os.mkdir(os.path.join(pfs, name), 0o555)  # only a mount point: the view is bound on it
         for name, rel in unit.dirs:

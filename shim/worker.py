@@ -27,7 +27,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pachctl.client import errors
 from shim import collect, execute, longrun, sandbox
@@ -36,6 +36,9 @@ from shim.link import GiveUp, Link, encode_actions, encode_unit
 from shim.logs import LogShipper
 from shim.materialize import Lazy, MaterializeError, TaskDirs, materialize
 from shim.task import Task, TaskError
+
+if TYPE_CHECKING:  # imported when first needed: it loads pyfuse3
+    from shim.lazyfs import LazyMount
 
 T = TypeVar("T")
 PR_SET_CHILD_SUBREAPER = 36
@@ -79,7 +82,7 @@ class Worker:
         self.own_process = own_process
         self.stopping = False
         self._shielded = False
-        self.lazy = None  # shim.lazyfs.LazyMount, made by the first task with a lazy input
+        self.lazy: LazyMount | None = None  # made by the first task with a lazy input
         self._no_lazy: str | None = None  # why FUSE is unavailable here (lazy inputs are copied)
         # A runner whose units see their directory without binds (an agent in a container
         # links /pfs to it) sets this: lazy inputs are then symlinks into the mount.
