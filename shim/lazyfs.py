@@ -45,13 +45,14 @@ import trio
 
 from pfsfuse.mount import detach_under, fuse_unavailable
 from shim.materialize import LAZY_CURRENT as CURRENT
+from shim.materialize import Piece
 from shim.task import FileSpec
 
 __all__ = ["LazyMount", "LazyUnavailable", "detach_under", "unavailable"]
 
 MOUNT_DIR = "lazy-pfs"  # under the worker's scratch (hidden from user code like the rest of it)
 FSTYPE = "fuse.pachy-lazy"
-BLOCK = 256 << 10  # what one fetch brings at least
+BLOCK = 256 << 10  # what one fetch brings at least (a 1 MiB read: 5 round trips, 1.25 MiB)
 AHEAD_START = 512 << 10  # a reader that went on this far without a seek gets the next block fetched ahead
 STREAM_MIN = 2 << 20  # ...and this far: it streams, the window grows
 AHEAD_MAX = 8  # blocks fetched ahead of a streaming reader, at most (2 MiB)
@@ -60,7 +61,6 @@ VIEW_TIMEOUT = 3600.0  # a view never changes: the kernel may keep its entries
 START_TIMEOUT = 10.0
 TRACE = bool(os.environ.get("PACHY_LAZY_TRACE"))  # a line per read in the worker's log
 
-Piece = tuple[str, str, str, int, int]  # (repo, commit, src, offset, length) as in shim.materialize
 
 
 class Reader(Protocol):
@@ -347,19 +347,20 @@ class LazyOps(pyfuse3.Operations):
         return bytes(out)
 
     async def _source(self, node: Node, src: tuple, a: int, b: int, limit: int, ahead: int) -> bytes:
-        """Bytes [a, b) of a source file (never past ``limit``), by blocks."""
+        """Bytes [a, b) of a source file, by blocks (read ahead never past ``limit``, the end
+        of the piece being read)."""
         first, last = a // self.block, (b - 1) // self.block
         needed = list(range(first, last + 1))
         missing = [i for i in needed if (*src, i) not in self._cache and (*src, i) not in self._fetching]
         if missing:
-            await self._fetch(node, src, missing, limit)
+            await self._fetch(node, src, missing)
         if ahead and self.nursery is not None:
             end_block = (limit - 1) // self.block
             more = [i for i in range(last + 1, min(last + 1 + ahead, end_block + 1))
                     if (*src, i) not in self._cache and (*src, i) not in self._fetching]
             if more:
                 self._reserve(src, more)
-                self.nursery.start_soon(self._fetch_ahead, node, src, more, limit)
+                self.nursery.start_soon(self._fetch_ahead, node, src, more)
         parts = []
         for i in needed:
             key = (*src, i)
@@ -371,7 +372,7 @@ class LazyOps(pyfuse3.Operations):
                 data = self._cache.get(key)
                 if data is None:
                     # its fetch ahead failed, or it was evicted before we took it: fetch it alone
-                    await self._fetch(node, src, [i], limit)
+                    await self._fetch(node, src, [i])
                     data = self._cache.get(key, b"")
             else:
                 self._cache.move_to_end(key)
@@ -386,15 +387,15 @@ class LazyOps(pyfuse3.Operations):
         for i in blocks:
             self._fetching[(*src, i)] = trio.Event()
 
-    async def _fetch(self, node: Node, src: tuple, blocks: list[int], limit: int) -> None:
+    async def _fetch(self, node: Node, src: tuple, blocks: list[int]) -> None:
         self._reserve(src, blocks)
-        if not await self._fetch_reserved(node, src, blocks, limit):
+        if not await self._fetch_reserved(node, src, blocks):
             raise pyfuse3.FUSEError(errno.EIO)
 
-    async def _fetch_ahead(self, node: Node, src: tuple, blocks: list[int], limit: int) -> None:
-        await self._fetch_reserved(node, src, blocks, limit)  # a failure: the reader fetches it again
+    async def _fetch_ahead(self, node: Node, src: tuple, blocks: list[int]) -> None:
+        await self._fetch_reserved(node, src, blocks)  # a failure: the reader fetches it again
 
-    async def _fetch_reserved(self, node: Node, src: tuple, blocks: list[int], limit: int) -> bool:
+    async def _fetch_reserved(self, node: Node, src: tuple, blocks: list[int]) -> bool:
         """One request for ``blocks`` (a run of neighbours is one item); False (logged) if it failed."""
         runs: list[list[int]] = []
         for i in blocks:
