@@ -43,12 +43,12 @@ from typing import Protocol
 import pyfuse3
 import trio
 
-from pfsfuse.mount import detach_under, fuse_unavailable
+from pfsfuse.mount import detach_under, fuse_unavailable, make_shared
 from shim.materialize import LAZY_CURRENT as CURRENT
 from shim.materialize import Piece
 from shim.task import FileSpec
 
-__all__ = ["LazyMount", "LazyUnavailable", "detach_under", "unavailable"]
+__all__ = ["LazyMount", "LazyUnavailable", "detach_under", "make_shared", "unavailable"]
 
 MOUNT_DIR = "lazy-pfs"  # under the worker's scratch (hidden from user code like the rest of it)
 FSTYPE = "fuse.pachy-lazy"

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
 from pachctl.client import errors
-from pfsfuse.mount import mounts_under
+from pfsfuse.mount import detach_under, make_shared, mounts_under
 from shim import lazyfs
 from shim.lazyfs import CACHE_BYTES, LazyMount
 from shim.materialize import Lazy, materialize
@@ -170,3 +172,55 @@ def test_without_fuse_lazy_inputs_are_copied_with_a_note(tmp_path, monkeypatch) 
     assert b"payload\n" in fake.uploads[0][1]
     notes = [line["message"] for line in fake.logs if not line["user"]]
     assert any("no FUSE view on this worker (/dev/fuse is missing (test))" in n for n in notes), notes
+
+
+def _docker_answers() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+IMAGE = "pachy-test-lazy/busybox:1"
+
+
+def _busybox_image(tmp_path) -> None:
+    """A 2 MB image of Debian's busybox-static alone (no registry here)."""
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for tool in ("sh", "cat", "ls", "sleep"):
+        (root / "bin" / tool).symlink_to("busybox")
+    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
+    subprocess.run(["docker", "import", "-", IMAGE], input=tar, capture_output=True, check=True, timeout=60)
+
+
+@pytest.mark.skipif(not os.path.exists("/bin/busybox") or not _docker_answers(),
+                    reason="needs a running dockerd and busybox-static")
+def test_links_layout_reaches_a_container_started_before_the_mount(tmp_path) -> None:
+    """The Docker runner's shape: the worker's scratch bound into the container (rslave),
+    the unit's pfs dir seen without binds; the FUSE view made after the container started."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    make_shared(str(scratch))
+    name = f"pachy-test-lazy-{os.getpid()}"
+    reader = FakeReader({("r", "c"): {"/x": b"through the container\n"}})
+    m = LazyMount(reader, str(scratch), allow_other=True)
+    try:
+        _busybox_image(tmp_path)
+        subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{scratch}:{scratch}:rslave", IMAGE,
+                        "sleep", "600"], capture_output=True, check=True, timeout=60)
+        m.start()
+        raw = task_dict(["true"], [lazy_unit("u1", {"/x": "/x"})])
+        dirs = materialize(Task.from_dict(sized(raw, reader.repos)), str(scratch / "task"), reader,
+                           Lazy(m.path, links=True))
+        m.show(dirs.units[0].lazy_files, dirs.units[0].lazy_dirs)
+        got = subprocess.run(["docker", "exec", name, "cat", f"{dirs.units[0].pfs}/in/x"], capture_output=True,
+                             timeout=30)
+        assert got.stdout == b"through the container\n", got.stderr
+        dirs.remove()
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
+        subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True, timeout=60)
+        m.close()
+        detach_under(str(scratch))

@@ -90,6 +90,23 @@ def mounts_under(path: str) -> list[str]:
 
 
 _MNT_DETACH = 2
+_MS_BIND, _MS_REC, _MS_SHARED = 0x1000, 0x4000, 1 << 20
+
+
+def make_shared(path: str) -> None:
+    """Make ``path`` a shared mount point (bound on itself first if it is none), so
+    that what is mounted under it later reaches its copies: a container that binds
+    it with ``rslave`` propagation sees a FUSE mount made after it started (the
+    host's root here is private). Root only; OSError says why not."""
+    path = os.path.abspath(path)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    if mount_device(path) is None and libc.mount(path.encode(), path.encode(), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot bind {path} on itself: {os.strerror(err)}")
+    if libc.mount(b"none", path.encode(), None, _MS_SHARED | _MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot make {path} a shared mount: {os.strerror(err)}")
 
 
 def detach_under(path: str) -> None:
