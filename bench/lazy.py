@@ -134,7 +134,7 @@ def add_rows(rep: Report, f: dict) -> None:
         return f"{a / b:.3g}x" if b else "-"
 
     first = lazy["commit_to_first_byte"]
-    rep.add(f"lazy: commit -> first byte ({size} MiB input, median of {f['rounds']})", ms(first))
+    rep.add(f"lazy: commit -> first byte ({size} MiB input; medians of {f['rounds']} jobs)", ms(first))
     rep.add(f"copied: commit -> first byte ({size} MiB input)", ms(copy["commit_to_first_byte"]))
     rep.add("first byte, copied / lazy", ratio(copy["commit_to_first_byte"], first))
     start = lazy["start_to_first_byte"]
