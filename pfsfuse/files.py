@@ -532,10 +532,16 @@ class FileOps:
             pos += size
         else:
             first = len(refs)
+        # Only the chunks the range covers are looked up: a worker reading 128 KiB
+        # of a 1 GiB file must not pay an index lookup for every chunk after it.
+        last, covered = first, pos
+        while last < len(refs) and covered < end:
+            covered += refs[last][1]
+            last += 1
 
         def pieces() -> Iterator[bytes]:
             at = pos
-            wanted = refs[first:]
+            wanted = refs[first:last]
             for loc in self.locate(wanted):
                 if loc.codec == CODEC_ZERO:  # only the zeros asked for, however long the hole
                     lo, hi = max(offset - at, 0), min(end - at, loc.size)

@@ -68,9 +68,14 @@ class View:
 
     pfs: str  # the unit's /pfs
     prev: str | None = None  # what is bound read-only at /pfs/prev
+    lazy: dict[str, str] = field(default_factory=dict)  # input -> its FUSE view, bound at /pfs/<input>
 
     def host(self, view_path: str) -> str | None:
         """The worker's path for a path the unit sees; None if outside /pfs."""
+        for name, src in self.lazy.items():
+            at = f"/pfs/{name}"
+            if view_path == at or view_path.startswith(at + "/"):
+                return src + view_path[len(at) :]
         if self.prev is not None and (view_path == "/pfs/prev" or view_path.startswith("/pfs/prev/")):
             return self.prev + view_path[len("/pfs/prev") :]
         if view_path.startswith("/pfs/"):

@@ -8,6 +8,9 @@ Layout under the task's scratch directory::
     <task>/<i>/prev/             an empty mount point (1.x): prev is bound here read-only
     <task>/prev/...              the previous output commit (1.x), read once per task
     <task>/secrets/<name>/<key>  secrets with a mount_path outside /pfs
+    <task>/<i>/<lazy input>      an empty mount point: the unit's FUSE view of that
+                                 input is bound there (or, ``Lazy.links``, a symlink
+                                 to ``<mount>/current/<input>``); nothing is copied
 
 Unit directories are numbered, not named after unit ids: ids are the
 scheduler's business and need not be safe file names. Identical inputs of
@@ -23,10 +26,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from shim import collect, sandbox
-from shim.task import Task, TaskError, Unit, clean_rel
+from shim.task import FileSpec, Task, TaskError, Unit, clean_rel
 
 Piece = tuple[str, str, str, int, int]  # (repo, commit, src, offset, length)
 RESERVED_1X = ("out", "prev")  # /pfs/prev exists only for 1.x specs: a 2.x input may be named "prev"
+
+
+# The name under the lazy inputs' mount that always shows the running unit
+# (shim.lazyfs takes it from here: materializing must not need pyfuse3).
+LAZY_CURRENT = "current"
 
 
 class Reader(Protocol):
@@ -45,12 +53,26 @@ class MaterializeError(RuntimeError):
     """The inputs could not be laid out (a conflict in the task, a full disk)."""
 
 
+@dataclass(frozen=True)
+class Lazy:
+    """Where lazy inputs come from (``shim.lazyfs``): the worker's mount, and whether a
+    unit's ``<input>`` is a symlink to ``<mount>/current/<input>`` (for a runner that
+    shows the unit's directory without binds) rather than a mount point to bind on."""
+
+    mount: str
+    links: bool = False
+
+
 @dataclass
 class UnitDir:
     index: int
     pfs: str  # bound at /pfs
     out: str
     baseline: collect.Baseline | None = None  # 1.x with a previous output: what out started with
+    lazy_inputs: list[str] = field(default_factory=list)  # served by the FUSE view, not copied
+    lazy_files: list[FileSpec] = field(default_factory=list)
+    lazy_dirs: list[tuple[str, str]] = field(default_factory=list)
+    view: str | None = None  # the unit's view directory in the mount, once shown
 
 
 @dataclass
@@ -60,10 +82,15 @@ class TaskDirs:
     prev: str | None = None
     secret_binds: list[sandbox.Bind] = field(default_factory=list)
     secret_dirs: list[str] = field(default_factory=list)  # every directory holding secret files
+    lazy: Lazy | None = None
 
     def binds(self, unit: UnitDir) -> list[sandbox.Bind]:
-        """What the unit's namespace mounts: its /pfs, then prev and secrets inside or beside it."""
+        """What the unit's namespace mounts: its /pfs, its lazy inputs' views, then prev
+        and secrets inside or beside it."""
         binds = [sandbox.Bind(unit.pfs, sandbox.PFS)]
+        if unit.view is not None and self.lazy is not None and not self.lazy.links:
+            binds += [sandbox.Bind(f"{unit.view}/{name}", f"{sandbox.PFS}/{name}", readonly=True, owned=False)
+                      for name in unit.lazy_inputs]
         if self.prev is not None:
             binds.append(sandbox.Bind(self.prev, sandbox.PFS + "/prev", readonly=True, owned=False))
         return binds + self.secret_binds
@@ -74,7 +101,8 @@ class TaskDirs:
         unit.baseline = start_out(unit.out, self.prev)
 
     def view(self, unit: UnitDir) -> collect.View:
-        return collect.View(unit.pfs, self.prev)
+        lazy = {name: f"{unit.view}/{name}" for name in unit.lazy_inputs} if unit.view is not None else {}
+        return collect.View(unit.pfs, self.prev, lazy)
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -91,18 +119,21 @@ def start_out(out: str, prev: str | None) -> collect.Baseline | None:
     return collect.snapshot(out)
 
 
-def materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
-    """Lay out every unit of ``task`` under ``root`` with one ``read_batch``."""
+def materialize(task: Task, root: str, reader: Reader, lazy: Lazy | None = None) -> TaskDirs:
+    """Lay out every unit of ``task`` under ``root`` with one ``read_batch``.
+
+    With ``lazy``, the files of lazy inputs are left to the FUSE view (an input is
+    lazy in a unit when any of its files is); without it, they are copied too."""
     try:
-        return _materialize(task, root, reader)
+        return _materialize(task, root, reader, lazy)
     except OSError as exc:
         where = exc.filename or root
         raise MaterializeError(f"cannot lay out the task's inputs at {where}: {exc.strerror}") from None
 
 
-def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
+def _materialize(task: Task, root: str, reader: Reader, lazy: Lazy | None) -> TaskDirs:
     os.makedirs(root, mode=0o700, exist_ok=True)
-    dirs = TaskDirs(root, [])
+    dirs = TaskDirs(root, [], lazy=lazy)
     reserved = RESERVED_1X if task.generation == 1 else ("out",)
     made: set[str] = set()
 
@@ -121,11 +152,22 @@ def _materialize(task: Task, root: str, reader: Reader) -> TaskDirs:
         u = UnitDir(i, pfs, os.path.join(pfs, "out"))
         dirs.units.append(u)
         mkdir(pfs)
-        for name in _inputs(unit, reserved):
-            mkdir(os.path.join(pfs, name))
+        names = _inputs(unit, reserved)
+        if lazy is not None:
+            u.lazy_inputs = sorted({f.input for f in unit.files if f.lazy})
+            u.lazy_files = [f for f in unit.files if f.input in u.lazy_inputs]
+            u.lazy_dirs = [(n, "") for n in u.lazy_inputs] + [d for d in unit.dirs if d[0] in u.lazy_inputs]
+        for name in names:
+            if name not in u.lazy_inputs:
+                mkdir(os.path.join(pfs, name))
+            elif lazy is not None and lazy.links:
+                os.symlink(os.path.join(lazy.mount, LAZY_CURRENT, name), os.path.join(pfs, name))
+            else:
+                os.mkdir(os.path.join(pfs, name), 0o555)  # only a mount point: the view is bound on it
         for name, rel in unit.dirs:
-            mkdir(os.path.join(pfs, name, rel))
-        for path, pieces, empty in _unit_files(unit, pfs):
+            if name not in u.lazy_inputs:
+                mkdir(os.path.join(pfs, name, rel))
+        for path, pieces, empty in _unit_files(unit, pfs, u.lazy_inputs):
             mkdir(os.path.dirname(path))
             if empty or not pieces:
                 open(path, "wb").close()
@@ -171,12 +213,15 @@ def _inputs(unit: Unit, reserved: tuple[str, ...]) -> list[str]:
     return sorted(names)
 
 
-def _unit_files(unit: Unit, pfs: str) -> Iterator[tuple[str, list[Piece], bool]]:
-    """(path, pieces in order, empty) per file; pieces of one path are concatenated."""
+def _unit_files(unit: Unit, pfs: str, skip: list[str]) -> Iterator[tuple[str, list[Piece], bool]]:
+    """(path, pieces in order, empty) per file but those of the inputs in ``skip``;
+    pieces of one path are concatenated."""
     order: list[str] = []
     pieces: dict[str, list[Piece]] = {}
     empty: dict[str, bool] = {}
     for f in unit.files:
+        if f.input in skip:
+            continue
         path = os.path.join(pfs, f.input, f.path)
         if path not in pieces:
             order.append(path)

@@ -291,6 +291,17 @@ def _space() -> PidSpace:
     return space
 
 
+def renew() -> None:
+    """End the calling thread's PID namespace: the next unit's gets a new one, whose
+    mount namespace is copied from the worker's as it is now (with a mount made
+    since, such as the lazy inputs' FUSE view: the worker's root is not shared,
+    so a later mount does not propagate into an existing copy)."""
+    space: PidSpace | None = getattr(_local, "space", None)
+    if space is not None:
+        space.close()
+        _local.space = None
+
+
 def enter(binds: Sequence[Bind]) -> None:
     """Move the calling thread into a fresh namespace for one unit (module doc).
 

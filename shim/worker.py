@@ -27,15 +27,18 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pachctl.client import errors
 from shim import collect, execute, longrun, sandbox
 from shim.execute import Outcome
 from shim.link import GiveUp, Link, encode_actions, encode_unit
 from shim.logs import LogShipper
-from shim.materialize import MaterializeError, TaskDirs, materialize
+from shim.materialize import Lazy, MaterializeError, TaskDirs, materialize
 from shim.task import Task, TaskError
+
+if TYPE_CHECKING:  # imported when first needed: it loads pyfuse3
+    from shim.lazyfs import LazyMount
 
 T = TypeVar("T")
 PR_SET_CHILD_SUBREAPER = 36
@@ -79,6 +82,11 @@ class Worker:
         self.own_process = own_process
         self.stopping = False
         self._shielded = False
+        self.lazy: LazyMount | None = None  # made by the first task with a lazy input
+        self._no_lazy: str | None = None  # why FUSE is unavailable here (lazy inputs are copied)
+        # A runner whose units see their directory without binds (an agent in a container
+        # links /pfs to it) sets this: lazy inputs are then symlinks into the mount.
+        self.lazy_links = False
 
     # -- signals --------------------------------------------------------------
 
@@ -155,6 +163,8 @@ class Worker:
         finally:
             self._shielded = True
             self.logs.stop()
+            if self.lazy is not None:
+                self.lazy.close()
             shutil.rmtree(self.scratch, ignore_errors=True)
             if self.fast_scratch:
                 shutil.rmtree(self.fast_scratch, ignore_errors=True)
@@ -168,6 +178,10 @@ class Worker:
     @staticmethod
     def _claim_scratch(scratch: str) -> None:
         """Start from an empty scratch directory, wiping only one a worker made."""
+        if os.path.exists(os.path.join(scratch, MARKER)):
+            from shim.lazyfs import detach_under
+
+            detach_under(scratch)  # a killed predecessor's FUSE mount: rmtree cannot pass it
         if os.path.isdir(scratch) and os.listdir(scratch):
             if not os.path.exists(os.path.join(scratch, MARKER)):
                 raise OSError(
@@ -178,11 +192,12 @@ class Worker:
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         open(os.path.join(scratch, MARKER), "w").close()
 
-    def _root_for(self, task: Task, task_id: str) -> str:
-        """The tmpfs for a task of small inputs with room to spare, else the disk scratch."""
+    def _root_for(self, task: Task, task_id: str, lazy: bool = False) -> str:
+        """The tmpfs for a task of small inputs with room to spare, else the disk scratch
+        (``lazy``: lazy inputs are not copied, so they do not count)."""
         base = self.scratch
         if self.fast_scratch and task.prev is None:
-            size = sum(f.size for u in task.units for f in u.files)
+            size = sum(f.size for u in task.units for f in u.files if not (lazy and f.lazy))
             try:
                 st = os.statvfs(self.fast_scratch)
                 free = st.f_bavail * st.f_frsize
@@ -228,15 +243,16 @@ class Worker:
                 return
             self._fail_all(raw, f"the worker could not parse its task: {exc}")
             return
-        root = self._root_for(task, task_id)
         if task.long_running:
-            self._serve_long(task, root)
+            self._serve_long(task, self._root_for(task, task_id))
             return
         dirs: TaskDirs | None = None
+        lazy = self._lazy_for(task)
+        root = self._root_for(task, task_id, lazy is not None)
 
         def lay_out() -> TaskDirs:
             shutil.rmtree(root, ignore_errors=True)  # a try cut short by a daemon restart
-            return materialize(task, root, self.link)
+            return materialize(task, root, self.link, lazy)
 
         try:
             try:
@@ -253,12 +269,41 @@ class Worker:
             self._upload(task.task_id, results)
         finally:
             self._shielded = False
+            if lazy is not None and self.lazy is not None:
+                self.lazy.clear()
             if dirs is not None:
                 dirs.remove()
             else:
                 shutil.rmtree(root, ignore_errors=True)
         if self.stopping:
             raise Stop("signal during upload")
+
+    def _lazy_for(self, task: Task) -> Lazy | None:
+        """The FUSE view for a task with lazy inputs, mounted on first use; None (lazy
+        inputs copied, with a note) when there is none or FUSE is unavailable here."""
+        if not any(f.lazy for u in task.units for f in u.files):
+            return None
+        if self.lazy is None and self._no_lazy is None:
+            from shim.lazyfs import LazyMount, LazyUnavailable
+
+            # User code of a root worker runs as another uid (shim.execute.anonymous_identity).
+            allow_other = os.geteuid() == 0 and not sandbox.in_user_namespace()
+            mount = LazyMount(self.link, self.scratch, allow_other=allow_other)
+            try:
+                mount.start()
+            except LazyUnavailable as exc:
+                self._no_lazy = str(exc)
+                self._say(f"lazy inputs will be copied: {exc}")
+            else:
+                self.lazy = mount
+                # Units' namespaces are copies of the PID namespace init's, made
+                # before the mount: a new one sees it.
+                sandbox.renew()
+        if self.lazy is None or not self.lazy.alive:
+            self.logs.add(task.job_id, None, f"input.pfs.lazy: no FUSE view on this worker "
+                          f"({self._no_lazy or 'its FUSE loop stopped'}); the lazy inputs were copied", False)
+            return None
+        return Lazy(self.lazy.path, links=self.lazy_links)
 
     def _serve_long(self, task: Task, root: str) -> None:
         """A spout or service: kept while it is current, never answered with a result.
@@ -321,11 +366,20 @@ class Worker:
                 execute.hand_over(dirs.binds(udir), who)
                 udir.baseline = collect.snapshot(udir.out)
 
+        counters = None
+        if udir.lazy_inputs and self.lazy is not None:
+            try:
+                udir.view, counters = self.lazy.show(udir.lazy_files, udir.lazy_dirs)
+            except ValueError as exc:
+                log(f"cannot show the lazy inputs: {exc}", False)
+                return unit.unit_id, _failed(f"cannot show the lazy inputs: {exc}"), []
         try:
             outcome = execute.run_unit(task, unit, dirs.binds(udir), log, prepare_try)
         finally:
             if self.own_process:
                 _reap_orphans()
+        if counters is not None:
+            log(f"lazy inputs ({', '.join(udir.lazy_inputs)}): {counters.describe()}", False)
         actions: list[collect.Action] = []
         if outcome.state == "success":
             try:

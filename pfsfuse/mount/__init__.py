@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+import subprocess
 
 from pfsfuse.errors import Conflict, InvalidArgument, PfsError
 
@@ -57,3 +61,64 @@ def pachy_mounts() -> list[str]:
     except OSError:
         pass
     return out
+
+
+def fuse_unavailable() -> str | None:
+    """Why a process of this user cannot mount FUSE here (None: it can)."""
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse is missing (load the fuse module: modprobe fuse)"
+    if os.geteuid() != 0 and not any(
+        os.access(os.path.join(d, "fusermount3"), os.X_OK) for d in os.environ.get("PATH", "/usr/bin").split(":")
+    ):
+        return "fusermount3 is missing (apt-get install fuse3)"
+    return None
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first (from this process's mountinfo)."""
+    path = os.path.abspath(path)
+    found = set()
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = _unescape(line.split()[4])
+                if point == path or point.startswith(path + "/"):
+                    found.add(point)
+    except OSError:
+        pass
+    return sorted(found, key=len, reverse=True)
+
+
+_MNT_DETACH = 2
+_MS_BIND, _MS_REC, _MS_SHARED = 0x1000, 0x4000, 1 << 20
+
+
+def make_shared(path: str) -> None:
+    """Make ``path`` a shared mount point (bound on itself first if it is none), so
+    that what is mounted under it later reaches its copies: a container that binds
+    it with ``rslave`` propagation sees a FUSE mount made after it started (the
+    host's root here is private). Root only; OSError says why not."""
+    path = os.path.abspath(path)
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+    if mount_device(path) is None and libc.mount(path.encode(), path.encode(), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot bind {path} on itself: {os.strerror(err)}")
+    if libc.mount(b"none", path.encode(), None, _MS_SHARED | _MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot make {path} a shared mount: {os.strerror(err)}")
+
+
+def detach_under(path: str) -> None:
+    """Lazily unmount whatever is mounted at or below ``path``: a worker killed with
+    its FUSE view up leaves a dead mount there, on which even ``stat`` fails and
+    which no ``rmtree`` can pass."""
+    points = mounts_under(path)
+    if not points:
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    for point in points:
+        if libc.umount2(point.encode(), _MNT_DETACH) == 0:
+            continue
+        with contextlib.suppress(OSError, subprocess.SubprocessError):  # not root: fuse3's helper may
+            subprocess.run(["fusermount3", "-u", "-z", point], capture_output=True, timeout=10)

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 
+from pfsfuse.mount import detach_under, fuse_unavailable
 from pps.runners import cgroups
 from pps.runners.base import OnExit, WorkerSpec
 from pps.spec import Capabilities
@@ -86,7 +87,9 @@ class LocalRunner:
 
     def capabilities(self, spec: WorkerSpec) -> Capabilities:
         why = cgroups.available()
-        return Capabilities(runner="local", cpu_memory_limits=why is None, cpu_memory_why=why or "")
+        fuse = fuse_unavailable()
+        return Capabilities(runner="local", cpu_memory_limits=why is None, cpu_memory_why=why or "",
+                            lazy_inputs=fuse is None, lazy_inputs_why=f"no FUSE on this machine ({fuse})" if fuse else "")
 
     def owns(self, spec: WorkerSpec) -> bool:
         return True
@@ -241,6 +244,8 @@ class LocalRunner:
                 w.cgroup.remove()  # kills what the worker left in it
             except cgroups.CgroupError as exc:
                 print(f"local runner: {exc}", file=sys.stderr)
+        if rc < 0:  # killed, so it could not take down its lazy inputs' FUSE view (shim.lazyfs)
+            detach_under(os.path.join(self.home, "scratch", w.id))
         w.exited.set()
         with self._lock:
             have = self._workers.get(w.pipeline, {})
