@@ -15,12 +15,18 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 MIN_PY="3.11"
 SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev git)
+# The Docker runner's engine and the static busybox its agent runs in every container
+# (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
+DOCKER_PACKAGES=(docker.io busybox-static)
 
 extras=""
 force=0
 for arg in "$@"; do
     case "$arg" in
-        --test) extras="test" ;;
+        --test)
+            extras="test"
+            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}")
+            ;;
         --force) force=1 ;;
         -h | --help)
             sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'

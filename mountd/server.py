@@ -120,6 +120,19 @@ def _calm_gc() -> None:
     gc.set_threshold(young, middle, 100)
 
 
+def _runner(address: str, home: str, token: str | None, on_exit):
+    """``PACHY_RUNNER=docker``: pipelines that name an image run in it (pps/runners/docker.py);
+    else the local runner."""
+    if os.environ.get("PACHY_RUNNER", "local") == "docker":
+        from pps.runners.docker import DockerRunner, DockerUnavailable
+
+        try:
+            return DockerRunner(address, home, token=token, on_exit=on_exit)
+        except DockerUnavailable as exc:
+            raise PfsError(f"the Docker runner cannot start: {exc}") from None
+    return LocalRunner(address, home, token=token, on_exit=on_exit)
+
+
 def main(argv: list[str] | None = None) -> int:
     # hypercorn reads 64 KiB at a time; uploads stream far faster in 1 MiB reads.
     hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         mounts = MountManager(pfs)
         scheduler = Scheduler(pfs, home)
         address = args.listen or f"unix:{socket_path(home)}"
-        scheduler.runner = LocalRunner(address, home, token=token, on_exit=scheduler.worker_exited)
+        scheduler.runner = _runner(address, home, token, scheduler.worker_exited)
         app = build_app(pfs, token, mounts, scheduler)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)

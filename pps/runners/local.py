@@ -41,8 +41,9 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 
 class _Worker:
-    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes):
+    def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes, extra: object = None):
         self.pipeline, self.id, self.proc = pipeline, worker_id, proc
+        self.extra = extra  # what a subclass keeps of it (the Docker runner: its container)
         self.digest = digest  # sha256 of its credential
         self.stopping = False  # asked to stop: its exit is not news
         self.exited = threading.Event()
@@ -101,8 +102,12 @@ class LocalRunner:
             for i in range(workers):
                 wid = f"{pipeline}-{self._run_id}-{i}"
                 w = have.get(wid)
+                if w is not None and w.alive() and self._stale(w, spec):
+                    have.pop(wid)
+                    _terminate([w], 5.0)
+                    w = None
                 if w is None or not w.alive():
-                    have[wid] = self._start(pipeline, wid)
+                    have[wid] = self._start(pipeline, wid, spec)
             extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
         _terminate(extra, 5.0)
         return [w.id for w in extra]
@@ -137,9 +142,23 @@ class LocalRunner:
             self._workers.clear()
         _terminate(workers, timeout)
 
+    # -- what a subclass may change (the Docker runner) ---------------------------
+
+    def _stale(self, w: _Worker, spec: WorkerSpec) -> bool:
+        """Whether live worker ``w`` must make way for one started from ``spec``: never
+        here (a local worker takes the transform from each task)."""
+        return False
+
+    def _prepare(self, pipeline: str, wid: str, spec: WorkerSpec) -> tuple[list[str], object]:
+        """Before the worker starts: (extra shim arguments, what to keep on the worker)."""
+        return [], None
+
+    def _exited(self, w: _Worker) -> None:
+        """After the worker's process ended, before anyone waiting for it hears it."""
+
     # -- processes ------------------------------------------------------------
 
-    def _start(self, pipeline: str, wid: str) -> _Worker:
+    def _start(self, pipeline: str, wid: str, spec: WorkerSpec) -> _Worker:
         logs = os.path.join(self.home, "logs", "workers")
         os.makedirs(logs, mode=0o700, exist_ok=True)
         env = dict(os.environ)
@@ -158,6 +177,8 @@ class LocalRunner:
             "--credential-fd", str(read_end),
         ]  # fmt: skip
         try:
+            args, extra = self._prepare(pipeline, wid, spec)
+            cmd += args
             log = os.open(os.path.join(logs, f"{wid}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
                           0o600)
             try:
@@ -183,13 +204,17 @@ class LocalRunner:
             if read_end >= 0:
                 os.close(read_end)
             os.close(write_end)
-        w = _Worker(pipeline, wid, proc, _digest(credential))
+        w = _Worker(pipeline, wid, proc, _digest(credential), extra)
         self._credentials[w.digest] = w  # under self._lock (ensure holds it)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
         return w
 
     def _watch(self, w: _Worker) -> None:
         rc = w.proc.wait()
+        try:
+            self._exited(w)
+        except Exception as exc:  # a broken clean-up must not keep the worker from counting as gone
+            print(f"{self.name} runner: cleaning up after {w.id} failed: {exc!r}", file=sys.stderr)
         w.exited.set()
         with self._lock:
             have = self._workers.get(w.pipeline, {})
@@ -202,7 +227,7 @@ class LocalRunner:
         try:
             self.on_exit(w.pipeline, w.id, rc)
         except Exception as exc:  # a broken callback must not kill the watcher silently
-            print(f"local runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
+            print(f"{self.name} runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
