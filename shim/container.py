@@ -42,6 +42,7 @@ AGENT_BIN = "/.pachy/bin"  # busybox and agent.sh, read-only
 AGENT_CTL = "/.pachy/ctl"  # the control directory, as the container sees it
 BUSYBOX = AGENT_BIN + "/busybox"
 START_WAIT = 10.0  # how long a unit may take to be started by the agent (it forks once)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NOT_FOUND = re.compile(r"^env: can't execute '(.*)': No such file or directory$")
 AGENT_SAYS = "pachy-agent: "  # a line of run.sh's own on stderr: the reason for its exit
 
@@ -200,22 +201,40 @@ class ContainerExecutor:
             f"cd {quote(run.cwd)} 2>/dev/null || {{ {say}{quote(f'working_dir {run.cwd!r} cannot be entered in image')}"
             f"{quote(f' {self.image!r}; fix transform.working_dir')} >&2; exit 125; }}"
         )
-        exe = [BUSYBOX]
+        # The command is looked up in the image's PATH here, by the shell's builtins: busybox's
+        # env and sh would run an applet of the same name (their own sh, awk, ...) before the
+        # image's program, and a name with a slash is exec'd as it is.
+        cmd0 = run.cmd[0] if run.cmd else ""
+        not_found = f"cannot run {cmd0!r} in image {self.image!r}: not found; install it in the image or give " \
+                    f"its full path in transform.cmd"
+        lines.append(f"P={quote(cmd0)}")
+        if "/" not in cmd0:
+            lines.append(
+                f"S={quote(run.env.get('PATH', ''))}; IFS=:; for d in $S; do "
+                f'[ -n "$d" ] && [ -f "$d/$P" ] && [ -x "$d/$P" ] && {{ P=$d/$P; break; }}; done; unset IFS S d'
+            )
+        lines.append(f'[ -f "$P" ] && [ -x "$P" ] || {{ {say}{quote(not_found)} >&2; exit 127; }}')
+        # The agent started this script with an empty environment: the unit's is exported here
+        # (a name the shell cannot export is left out), the shell's own variables dropped.
+        lines.append("unset SHLVL OLDPWD PWD")
+        exports = [f"{k}={v}" for k, v in run.env.items() if _NAME.match(k)]
+        if exports:
+            lines.append("export " + " ".join(quote(kv) for kv in exports))
+        args = " ".join(quote(a) for a in run.cmd[1:])
         who = run.who
-        if who is not None:
-            if (who.uid, who.gid) not in self._known_ids:
-                # busybox's start-stop-daemon switches only to users the image's files name
-                lines.append(f"grep -q '^[^:]*:[^:]*:{who.uid}:' /etc/passwd 2>/dev/null || "
-                             f"echo 'pachy-{who.uid}:x:{who.uid}:{who.gid}::/:/bin/false' >>/etc/passwd")
-                lines.append(f"grep -q '^[^:]*:[^:]*:{who.gid}:' /etc/group 2>/dev/null || "
-                             f"echo 'pachy-{who.gid}:x:{who.gid}:' >>/etc/group")
-                self._known_ids.add((who.uid, who.gid))
-            exe += ["start-stop-daemon", "-S", "-q", "-n", "pachy-nomatch", "-c", f"{who.uid}:{who.gid}",
-                    "-x", BUSYBOX, "-a", "env", "--"]
-        else:
-            exe += ["env"]
-        argv = [*exe, "-i", *(f"{k}={v}" for k, v in run.env.items()), *run.cmd]
-        lines.append("exec " + " ".join(quote(a) for a in argv))
+        if who is None:
+            lines.append(f'exec -a {quote(cmd0)} "$P" {args}')
+            return "\n".join(lines) + "\n"
+        if (who.uid, who.gid) not in self._known_ids:
+            # busybox's start-stop-daemon switches only to users the image's files name
+            lines.append(f"grep -q '^[^:]*:[^:]*:{who.uid}:' /etc/passwd 2>/dev/null || "
+                         f"echo 'pachy-{who.uid}:x:{who.uid}:{who.gid}::/:/bin/false' >>/etc/passwd")
+            lines.append(f"grep -q '^[^:]*:[^:]*:{who.gid}:' /etc/group 2>/dev/null || "
+                         f"echo 'pachy-{who.gid}:x:{who.gid}:' >>/etc/group")
+            self._known_ids.add((who.uid, who.gid))
+        inner = 'unset SHLVL OLDPWD PWD; exec -a "$0" "$@"'
+        lines.append(f"exec {BUSYBOX} start-stop-daemon -S -q -n pachy-nomatch -c {who.uid}:{who.gid} -x {BUSYBOX} "
+                     f'-- sh -c {quote(inner)} {quote(cmd0)} "$P" {args}')
         return "\n".join(lines) + "\n"
 
     # -- what the agent says ----------------------------------------------------------
@@ -353,7 +372,7 @@ class ContainerChild:
             return err[len(AGENT_SAYS):]
         m = _NOT_FOUND.match(err)
         if rc == 127 and m:
-            return (f"cannot run '{m.group(1)}' in image '{self.ex.image}': not found; install it in the image "
-                    f"or give its full path in transform.cmd")
+            return (f"cannot run '{m.group(1)}' in image '{self.ex.image}': not found or not executable; install "
+                    f"it in the image or give its full path in transform.cmd")
         why = exit_reason(rc)
         return f"{why}: {self.last}" if self.last else why

@@ -23,7 +23,17 @@ import pytest
 from pachctl.client import Client
 from tests.conftest import wait_for
 from tests.images import BUSYBOX_IMAGE, NOSHELL_IMAGE
-from tests.ppshelp import Pachy, commit_files, delete_all_pipelines, flush, flush_ok, jobs, outputs, pfs
+from tests.ppshelp import (
+    Pachy,
+    commit_files,
+    delete_all_pipelines,
+    flush,
+    flush_ok,
+    jobs,
+    outputs,
+    pfs,
+    processes,
+)
 
 pytestmark = pytest.mark.docker
 
@@ -105,3 +115,130 @@ def _json_objects(text: str) -> list[dict]:
         while pos < len(text) and text[pos].isspace():
             pos += 1
     return out
+
+
+# -- what user code sees in the container ------------------------------------------------
+
+
+def test_env_secrets_user_working_dir_and_stdin_inside(px: Pachy, c: Client) -> None:
+    c.create_secret("boxcreds", {"token": "t0k3n-in-a-box", "user": "alice"})
+    c.create_repo("seen")
+    head = commit_files(c, "seen", {"x": b"hello\n"})
+    c.create_pipeline(_spec("seer", "seen", ["sh"], stdin=[
+        'echo "greeting is $GREETING"',
+        'echo "$GREETING" > /pfs/out/greeting',
+        'printf %s "$TOKEN" > /pfs/out/token',
+        "cat /etc/boxcreds/user > /pfs/out/user",
+        "id -un > /pfs/out/who", "pwd > /pfs/out/pwd", 'echo "$HOME" > /pfs/out/home',
+        'cat "$seen" > /pfs/out/input',
+        "[ -e /.dockerenv ] && echo yes > /pfs/out/in_a_container",
+        "command -v python3 python >/pfs/out/python || true",
+    ], transform={
+        "env": {"GREETING": "hello 'there'"}, "user": "fruit", "working_dir": "/tmp",
+        "secrets": [{"name": "boxcreds", "env_var": "TOKEN", "key": "token"},
+                    {"name": "boxcreds", "mount_path": "/etc/boxcreds"}],
+    }, datum_tries=1))
+    flush_ok(c, "seen", head)
+    assert outputs(c, "seer") == {
+        "greeting": b"hello 'there'\n", "token": b"t0k3n-in-a-box", "user": b"alice", "who": b"fruit\n",
+        "pwd": b"/tmp\n", "home": b"/home/fruit\n", "input": b"hello\n", "in_a_container": b"yes\n",
+        "python": b"",
+    }
+    (job,) = jobs(c, "seer")
+    assert "greeting is hello 'there'" in "".join(line.message for line in c.get_logs(job=job.id))
+
+
+def test_return_codes_err_cmd_and_a_crash(c: Client) -> None:
+    c.create_repo("codes")
+    head = commit_files(c, "codes", {"ok": b"1", "broken": b"2"})
+    c.create_pipeline([
+        _spec("accepter", "codes", ["sh"], stdin=['cp "$codes" /pfs/out/', "exit 3"],
+              transform={"accept_return_code": [3]}, datum_tries=1),
+        _spec("recoverer", "codes", ["sh"],
+              stdin=['[ "$(basename "$codes")" = broken ] && exit 1', 'cp "$codes" /pfs/out/'],
+              transform={"err_cmd": ["sh"], "err_stdin": ['echo "recovering $codes"']}, datum_tries=1),
+        _spec("crasher", "codes", ["sh"], stdin=["echo about to crash >&2", "kill -SEGV $$"], datum_tries=1),
+    ])
+    res = flush(c, "codes", head)
+    assert [j.pipeline for j in res.failed_jobs] == ["crasher"]
+    assert outputs(c, "accepter") == {"ok": b"1", "broken": b"2"}
+    (job,) = jobs(c, "recoverer")
+    assert (job.state, job.data_processed, job.data_recovered) == ("success", 1, 1)
+    assert outputs(c, "recoverer") == {"ok": b"1"}
+    assert "recovering /pfs/codes/broken" in "".join(line.message for line in c.get_logs(job=job.id))
+    assert "killed by SIGSEGV" in _reason(c, "crasher")
+
+
+def test_datum_timeout_kills_the_hanging_unit_in_its_container(c: Client) -> None:
+    c.create_repo("hang")
+    head = commit_files(c, "hang", {"x": b"1"})
+    c.create_pipeline(_spec("hanger", "hang", ["sh"], stdin=["sleep 1000.25 & sleep 1000.5"], datum_timeout="1s",
+                            datum_tries=1))
+    res = flush(c, "hang", head, timeout=30)
+    (job,) = res.failed_jobs
+    assert "timed out" in job.reason and "datum_timeout" in job.reason
+    wait_for(lambda: not processes("sleep", "1000.25") and not processes("sleep", "1000.5"), 10,
+             "the unit's sleeps to be killed")
+
+
+def test_memory_limit_exceeded_fails_with_the_reason(c: Client) -> None:
+    c.create_repo("hog")
+    head = commit_files(c, "hog", {"x": b"1"})
+    c.create_pipeline(_spec("hogger", "hog", ["sh"], stdin=[
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a)", "echo survived > /pfs/out/x",
+    ], resource_limits={"memory": "32Mi"}, datum_tries=1))
+    flush(c, "hog", head)
+    assert _reason(c, "hogger").endswith("killed: out of memory (resource_limits.memory=32Mi)")
+
+
+# -- images -------------------------------------------------------------------------------
+
+
+def test_an_image_without_a_shell(c: Client) -> None:
+    c.create_repo("bare")
+    head = commit_files(c, "bare", {"a": b"A", "d/b": b"B"})
+    c.create_pipeline([
+        _spec("copier", "bare", ["cp", "-r", "/pfs/bare/.", "/pfs/out/"], image=NOSHELL_IMAGE) | {
+            "input": pfs("bare", "/")},
+        _spec("shelly", "bare", ["sh", "-c", "true"], image=NOSHELL_IMAGE, datum_tries=1),
+    ])
+    res = flush(c, "bare", head)
+    assert [j.pipeline for j in res.failed_jobs] == ["shelly"]
+    assert outputs(c, "copier") == {"a": b"A", "d/b": b"B"}
+    assert f"cannot run 'sh' in image '{NOSHELL_IMAGE}': not found" in _reason(c, "shelly")
+
+
+def test_a_missing_image_says_what_to_do(c: Client) -> None:
+    c.create_repo("lost")
+    head = commit_files(c, "lost", {"x": b"1"})
+    c.create_pipeline(_spec("seeker", "lost", ["true"], image="pachy-test/nosuch:0", datum_tries=1))
+    flush(c, "lost", head)
+    reason = _reason(c, "seeker")
+    assert "image 'pachy-test/nosuch:0' not found: build or load it" in reason and "docker images" in reason
+
+
+# -- a killed daemon ------------------------------------------------------------------------
+
+
+def test_a_restarted_daemon_removes_the_orphans_of_a_killed_one(docker_engine, tmp_path: Path) -> None:
+    p = Pachy(tmp_path / "k9", PACHY_RUNNER="docker")
+    p.start()
+    try:
+        c = p.client
+        c.create_repo("slow")
+        commit_files(c, "slow", {"x": b"1"})
+        c.create_pipeline(_spec("sleeper", "slow", ["sleep", "1000.75"]))
+        wait_for(lambda: processes("sleep", "1000.75"), 30, "the unit to run")
+        before = {ctr.id for ctr in _containers(docker_engine, p)}
+        assert before
+        p.kill9()
+        wait_for(lambda: not p.worker_pids(), 15, "the workers to follow their daemon")
+        p.start()
+        wait_for(lambda: not before & {ctr.id for ctr in _containers(docker_engine, p)}, 30,
+                 "the old containers to be removed")
+        assert "removed" in p.log_text()
+        delete_all_pipelines(p.client)
+    finally:
+        p.stop()
+    assert not _containers(docker_engine, p)
+    assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(p.home) in line]

@@ -36,7 +36,7 @@ import threading
 import time
 
 from pps.runners.base import OnExit, WorkerSpec
-from pps.runners.local import LocalRunner, _Worker, _terminate
+from pps.runners.local import LocalRunner, _terminate, _Worker
 from pps.spec import Capabilities
 
 AGENT_BIN = "/.pachy/bin"
@@ -153,6 +153,13 @@ class DockerRunner(LocalRunner):
                 n += 1
             except Exception as exc:
                 print(f"docker runner: cannot remove orphaned container {c.name}: {_short(exc)}", file=sys.stderr)
+            wid = (c.labels or {}).get("pachy.worker", "")
+            if wid and "/" not in wid and not wid.startswith("."):
+                # and what its worker left on the host: the shared scratch mounts, its control directory
+                for d in self._scratch_dirs(wid):
+                    _unmount(d)
+                    shutil.rmtree(d, ignore_errors=True)
+                shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
             print(f"docker runner: removed {n} container(s) left by a previous daemon", file=sys.stderr, flush=True)
         return n
@@ -163,6 +170,7 @@ class DockerRunner(LocalRunner):
         """busybox and agent.sh in a directory of this daemon's, mounted read-only everywhere."""
         os.makedirs(self.agent_dir, mode=0o755, exist_ok=True)
         os.chmod(self.root, 0o711)
+        os.chmod(self.agent_dir, 0o755)  # the daemon's umask is 077: user code must run busybox too
         for src, name in ((self.busybox, "busybox"), (_AGENT_SH, "agent.sh")):
             dst = os.path.join(self.agent_dir, name)
             tmp = dst + ".tmp"
@@ -178,12 +186,16 @@ class DockerRunner(LocalRunner):
             return True
         return bool(box.error) and time.monotonic() - box.made > RECHECK
 
+    def _scratch_dirs(self, wid: str) -> tuple[str, str | None]:
+        """(scratch, fast scratch or None) of worker ``wid``, both bound into its container."""
+        fast = os.path.join("/dev/shm", f"pachy-docker-{self.label[:8]}-{wid}") if os.path.isdir("/dev/shm") \
+            else None
+        return os.path.join(self.home, "scratch", wid), fast
+
     def _prepare(self, pipeline: str, wid: str, spec: WorkerSpec) -> tuple[list[str], object]:
         if not spec.image:
             return [], None
-        scratch = os.path.join(self.home, "scratch", wid)
-        fast = os.path.join("/dev/shm", f"pachy-docker-{self.label[:8]}-{wid}") if os.path.isdir("/dev/shm") \
-            else None
+        scratch, fast = self._scratch_dirs(wid)
         ctl = os.path.join(self.root, wid)
         shutil.rmtree(ctl, ignore_errors=True)
         os.makedirs(ctl, mode=0o700)
@@ -314,15 +326,31 @@ class DockerRunner(LocalRunner):
         if box.container is not None:
             _remove(box.container)
         for d in box.shared:
-            subprocess.run(["umount", "-l", d], capture_output=True)
+            _unmount(d)
         for d in box.shared:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(box.ctl, ignore_errors=True)
 
 
+def _mounted(d: str) -> bool:
+    """Whether something is mounted at ``d`` (a bind of a directory onto itself included,
+    which os.path.ismount cannot tell: same device, same parent)."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == d for line in f)
+    except (OSError, IndexError):
+        return False
+
+
+def _unmount(d: str) -> None:
+    for _ in range(8):  # a mount may be stacked on another
+        if not _mounted(d) or subprocess.run(["umount", "-l", d], capture_output=True).returncode != 0:
+            return
+
+
 def _reset_dir(d: str) -> None:
     """An empty directory ``d`` (0700), made before the container binds it."""
-    subprocess.run(["umount", "-l", d], capture_output=True) if os.path.ismount(d) else None
+    _unmount(d)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d, mode=0o700)
 

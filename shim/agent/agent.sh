@@ -26,7 +26,7 @@ while read -r verb a b <&3; do
     run)
         (
             d=$ctl/$a
-            $bb setsid $bb sh "$d/run.sh" <"$d/stdin" >"$d/out" 2>"$d/err" 3<&- 4<&- &
+            $bb setsid $bb env -i $bb sh "$d/run.sh" <"$d/stdin" >"$d/out" 2>"$d/err" 3<&- 4<&- &
             pid=$!
             echo "started $a $pid" >&4
             wait $pid
