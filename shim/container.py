@@ -25,8 +25,10 @@ this pipeline's task data (its env and secrets, which its code sees anyway).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import posixpath
 import re
 import selectors
 import shutil
@@ -73,6 +75,22 @@ def read_oom_kills(path: str) -> int:
     except (OSError, ValueError):
         pass
     return -1
+
+
+def _key(target: str) -> str:
+    """The name under ctl/links of a bind's target (/pfs is the agent's own)."""
+    return "pfs" if target == sandbox.PFS else "t-" + hashlib.sha256(target.encode()).hexdigest()[:16]
+
+
+def _repoint(link: str, to: str) -> None:
+    """``link`` -> ``to``, replaced atomically (the container may be resolving it)."""
+    tmp = f"{link}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    os.symlink(to, tmp)
+    os.replace(tmp, link)
 
 
 class ContainerExecutor:
@@ -169,6 +187,28 @@ class ContainerExecutor:
             raise StartError(f"cannot hand the unit to the container's agent: {exc}") from None
         return ContainerChild(self, uid, d, fds[0], fds[1], log)
 
+    def _link(self, binds: Sequence[sandbox.Bind]) -> list[str]:
+        """Binds as symlinks (pps/WORKERS.md, "Docker"): ``/pfs`` and each target outside it
+        through ``ctl/links`` (re-pointed here, on the host, per unit: nothing to do in the
+        container after its first unit), targets under ``/pfs`` as symlinks in the unit's
+        directory. Returns the targets outside /pfs the container must link once."""
+        links = os.path.join(self.ctl, "links")
+        pfs = next((b.source for b in binds if b.target == sandbox.PFS), None)
+        outside = []
+        for b in binds:
+            if b.target == sandbox.PFS:
+                _repoint(os.path.join(links, "pfs"), b.source)
+            elif b.target.startswith(sandbox.PFS + "/") and pfs is not None:
+                at = os.path.join(pfs, b.target[len(sandbox.PFS) + 1:])
+                if os.path.isdir(at) and not os.path.islink(at):
+                    os.rmdir(at)  # an empty mount point the layout made
+                os.makedirs(os.path.dirname(at), exist_ok=True)
+                _repoint(at, b.source)
+            else:
+                _repoint(os.path.join(links, _key(b.target)), b.source)
+                outside.append(b.target)
+        return outside
+
     def _traversable(self, binds: Sequence[sandbox.Bind]) -> None:
         """User code reaches its files through symlinks: it needs to traverse the
         (0700) directories above them, from the scratch root down (not to list them)."""
@@ -192,11 +232,13 @@ class ContainerExecutor:
         lines = [
             # the unit, not the agent, is what the kernel's OOM killer should pick
             "echo 1000 >/proc/self/oom_score_adj 2>/dev/null",
-            'L() { [ -L "$1" ] || { [ -d "$1" ] && rmdir "$1"; mkdir -p "${1%/*}"; }; ln -sfn "$2" "$1"; }',
         ]
-        for b in sorted(binds, key=lambda b: b.target.count("/")):
-            lines.append(f"L {quote(b.target)} {quote(b.source)} || {{ {say}{quote(f'cannot link {b.target}')} >&2;"
-                         f" exit 125; }}")
+        for target in self._link(binds):
+            # made once per container: the shim re-points ctl/links/* on the host for each unit
+            link = f"{AGENT_CTL}/links/{_key(target)}"
+            lines.append(f"[ -L {quote(target)} ] || {{ {{ [ -d {quote(target)} ] && rmdir {quote(target)}; "
+                         f"mkdir -p {quote(posixpath.dirname(target))}; ln -sfn {quote(link)} {quote(target)}; }} || "
+                         f"{{ {say}{quote(f'cannot make {target} in the container')} >&2; exit 125; }}; }}")
         lines.append(
             f"cd {quote(run.cwd)} 2>/dev/null || {{ {say}{quote(f'working_dir {run.cwd!r} cannot be entered in image')}"
             f"{quote(f' {self.image!r}; fix transform.working_dir')} >&2; exit 125; }}"

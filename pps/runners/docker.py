@@ -198,7 +198,9 @@ class DockerRunner(LocalRunner):
         scratch, fast = self._scratch_dirs(wid)
         ctl = os.path.join(self.root, wid)
         shutil.rmtree(ctl, ignore_errors=True)
-        os.makedirs(ctl, mode=0o700)
+        os.makedirs(os.path.join(ctl, "links"), mode=0o700)
+        os.chmod(ctl, 0o711)  # user code follows symlinks through ctl/links (not listed)
+        os.chmod(os.path.join(ctl, "links"), 0o711)
         for name in ("cmd", "events"):
             os.mkfifo(os.path.join(ctl, name), 0o600)
         box = _Box(spec.digest, ctl, [])
@@ -252,7 +254,8 @@ class DockerRunner(LocalRunner):
         def run(**extra: object):
             return self.docker.containers.run(
                 spec.image,
-                entrypoint=[f"{AGENT_BIN}/busybox", "sh", f"{AGENT_BIN}/agent.sh", AGENT_CTL],
+                entrypoint=[f"{AGENT_BIN}/busybox", "env", "-i", f"{AGENT_BIN}/busybox", "sh", f"{AGENT_BIN}/agent.sh",
+                            AGENT_CTL],
                 user="0:0",  # the agent; user code runs as transform.user or the image's USER
                 name=name, labels=labels, mounts=mounts, detach=True, stdin_open=False,
                 environment={}, **kwargs, **extra,

@@ -1,7 +1,7 @@
 # pachy's agent in a worker container (pps/WORKERS.md, "Docker"). Run by the
 # host's static busybox, bind-mounted read-only with this file at /.pachy/bin:
-#     /.pachy/bin/busybox sh /.pachy/bin/agent.sh /.pachy/ctl
-# so the user's image needs nothing of pachy, not even a shell. busybox runs
+#     /.pachy/bin/busybox env -i /.pachy/bin/busybox sh /.pachy/bin/agent.sh /.pachy/ctl
+# (an empty environment: units get exactly theirs) so the user's image needs nothing of pachy, not even a shell. busybox runs
 # its own applets (ln, kill, cat, ...) without looking for them in the image.
 #
 # The shim on the host talks to it through two FIFOs in the control
@@ -20,13 +20,16 @@ exec 3<>"$ctl/cmd" 4<>"$ctl/events" </dev/null
 # The image's users, for the shim to resolve transform.user by name.
 cat /etc/passwd >"$ctl/passwd.tmp" 2>/dev/null && mv -f "$ctl/passwd.tmp" "$ctl/passwd"
 cat /etc/group >"$ctl/group.tmp" 2>/dev/null && mv -f "$ctl/group.tmp" "$ctl/group"
+# /pfs is a symlink to one the shim points at each unit's directory in turn.
+[ -d /pfs ] && [ ! -L /pfs ] && rmdir /pfs 2>/dev/null
+[ -L /pfs ] || ln -sfn "$ctl/links/pfs" /pfs
 echo "ready - $$" >&4
 while read -r verb a b <&3; do
     case $verb in
     run)
         (
             d=$ctl/$a
-            $bb setsid $bb env -i $bb sh "$d/run.sh" <"$d/stdin" >"$d/out" 2>"$d/err" 3<&- 4<&- &
+            $bb setsid $bb sh "$d/run.sh" <"$d/stdin" >"$d/out" 2>"$d/err" 3<&- 4<&- &
             pid=$!
             echo "started $a $pid" >&4
             wait $pid
