@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from bench.ingest import Daemon, connect, log
-from bench.pps import COPY_ALL, body
+from bench.pps import COPY_ALL, body, unit_breakdown
 from mountd import wire
 from tests.images import BUSYBOX_IMAGE, ensure_images
 
@@ -55,6 +55,9 @@ def main() -> int:
                 rates[name] = args.n / (job.finished - job.started)
                 log(f"{name}: {rates[name]:,.0f} datums/s (job {job.finished - job.started:.2f} s, "
                     f"wall {time.perf_counter() - t0:.2f} s)")
+                b = unit_breakdown(job.started, job.finished, c.list_datum(job.id))
+                log(f"{name}: unit p50 {b['run_p50'] * 1e3:.2f} ms, {b['boundaries']} task boundaries of "
+                    f"{b['boundary_mean'] * 1e3:.2f} ms, short gaps {b['gap_short_sum']:.2f} s")
                 c.delete_pipeline(name)
     finally:
         d.stop()

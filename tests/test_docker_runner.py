@@ -242,3 +242,60 @@ def test_a_restarted_daemon_removes_the_orphans_of_a_killed_one(docker_engine, t
         p.stop()
     assert not _containers(docker_engine, p)
     assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(p.home) in line]
+
+
+# -- long-running: a service's port, a spout's stream ---------------------------------------
+
+
+def _get(port: int, path: str) -> bytes | None:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
+            return resp.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return None
+
+
+def test_a_service_is_published_at_its_external_port(c: Client) -> None:
+    from tests.conftest import free_port
+
+    port = free_port()
+    c.create_repo("site")
+    commit_files(c, "site", {"index.txt": b"version one\n"})
+    c.create_pipeline({
+        "pipeline": {"name": "web"}, "input": pfs("site", "/"),
+        "transform": {"image": BUSYBOX_IMAGE, "cmd": ["httpd", "-f", "-p", "8080", "-h", "/pfs/site"]},
+        "service": {"internal_port": 8080, "external_port": port},
+    })
+    wait_for(lambda: _get(port, "index.txt") == b"version one\n", 30, "the service to answer on its external port")
+    commit_files(c, "site", {"index.txt": b"version two\n"})
+    wait_for(lambda: _get(port, "index.txt") == b"version two\n", 30, "the service to restart on the new commit")
+
+
+def test_a_spout_writes_its_streams_from_the_container(c: Client) -> None:
+    script = ('d=$(mktemp -d); for i in 1 2; do echo "content $i" > "$d/file$i"; '
+              'tar -C "$d" -cf /pfs/out "file$i"; done; rm -r "$d"; echo streams written; sleep 1000.9')
+    c.create_pipeline({"pipeline": {"name": "feed"}, "spout": {},
+                       "transform": {"image": BUSYBOX_IMAGE, "cmd": ["sh"], "stdin": [script]}})
+
+    def finished() -> list:
+        try:
+            return [x for x in c.list_commit("feed", "master") if x.finished is not None]
+        except Exception:
+            return []
+
+    wait_for(lambda: len(finished()) >= 2, 30, "two commits from the spout")
+    assert outputs(c, "feed") == {"file1": b"content 1\n", "file2": b"content 2\n"}
+
+
+def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    env = dict(os.environ, PACHY_RUNNER="docker", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
+    res = subprocess.run([sys.executable, "-m", "mountd", "--home", str(tmp_path / "home")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "no Docker engine answers at unix://" in res.stderr and "systemctl start docker" in res.stderr, res.stderr
