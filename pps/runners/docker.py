@@ -119,6 +119,7 @@ class DockerRunner(LocalRunner):
         self.label = daemon_label(self.home)
         self.root = os.path.join(self.home, "containers")
         self.agent_dir = os.path.join(self.root, "agent")
+        self._ready: dict[str, tuple[list[str], _Box]] = {}  # containers made for workers ensure starts next
         self._install_agent()
         self.remove_orphans()
 
@@ -129,6 +130,28 @@ class DockerRunner(LocalRunner):
 
     def owns(self, spec: WorkerSpec) -> bool:
         return True
+
+    def ensure(self, pipeline: str, spec: WorkerSpec, workers: int) -> list[str]:
+        """As the local runner's, with the containers of missing workers made first, outside
+        the runner's lock: a container takes ~0.2 s to start, and every worker request
+        (``authenticate``) waits on that lock."""
+        made: list[str] = []
+        if spec.image:
+            with self._lock:
+                have = self._workers.get(pipeline, {})
+                missing = [f"{pipeline}-{self._run_id}-{i}" for i in range(workers)]
+                missing = [wid for wid in missing if wid not in have or not have[wid].alive()]
+            for wid in missing:
+                if wid not in self._ready:
+                    self._ready[wid] = self._prepare(pipeline, wid, spec)
+                    made.append(wid)
+        try:
+            return super().ensure(pipeline, spec, workers)
+        finally:
+            for wid in made:
+                ready = self._ready.pop(wid, None)  # made but not used (the worker was alive after all)
+                if ready is not None:
+                    self._discard(ready[1])
 
     def close(self, timeout: float = 5.0) -> None:
         super().close(timeout)
@@ -195,6 +218,11 @@ class DockerRunner(LocalRunner):
     def _prepare(self, pipeline: str, wid: str, spec: WorkerSpec) -> tuple[list[str], object]:
         if not spec.image:
             return [], None
+        ready = self._ready.pop(wid, None)
+        if ready is not None:
+            if isinstance(ready[1], _Box) and ready[1].digest == spec.digest:
+                return ready
+            self._discard(ready[1])
         scratch, fast = self._scratch_dirs(wid)
         ctl = os.path.join(self.root, wid)
         shutil.rmtree(ctl, ignore_errors=True)
@@ -309,10 +337,20 @@ class DockerRunner(LocalRunner):
 
     def _watch_container(self, w: _Worker, box: _Box) -> None:
         """The container ended: so does its worker (the scheduler hears it through on_exit)."""
-        try:
-            box.container.wait()
-        except Exception:
-            pass  # the engine went away: the worker's units fail, and so on
+        while w.alive():
+            try:
+                box.container.wait()
+                break
+            except Exception:
+                # the engine's answer was cut (a restart?): ended only if it says so
+                try:
+                    box.container.reload()
+                    if box.container.status == "running":
+                        time.sleep(1.0)
+                        continue
+                except Exception:
+                    pass
+                break
         if w.alive() and not w.stopping:
             print(f"docker runner: {w.id}: its container ended; stopping the worker", file=sys.stderr, flush=True)
             try:
@@ -323,7 +361,11 @@ class DockerRunner(LocalRunner):
                 _terminate([w], 0.0)
 
     def _exited(self, w: _Worker) -> None:
-        box = w.extra
+        if isinstance(w.extra, _Box):
+            self._discard(w.extra)
+
+    def _discard(self, box: object) -> None:
+        """Remove a worker's container, its scratch mounts and its control directory."""
         if not isinstance(box, _Box):
             return
         if box.container is not None:
