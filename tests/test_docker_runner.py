@@ -299,3 +299,22 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "no Docker engine answers at unix://" in res.stderr and "systemctl start docker" in res.stderr, res.stderr
+
+
+def test_incremental_skipping_across_two_container_workers(px: Pachy, c: Client) -> None:
+    c.create_repo("inc")
+    files = {f"f{i:02d}": f"content {i}\n".encode() for i in range(12)}
+    first = commit_files(c, "inc", files)
+    c.create_pipeline(_spec("inc-copy", "inc", ["sh"], stdin=['cp "$inc" /pfs/out/'],
+                            parallelism_spec={"constant": 2}))
+    flush_ok(c, "inc", first)
+    assert len({ctr.labels["pachy.worker"] for ctr in _containers(px.engine, px)
+                if ctr.labels["pachy.pipeline"] == "inc-copy"}) == 2
+    (j1,) = jobs(c, "inc-copy")
+    assert (j1.data_processed, j1.data_skipped) == (12, 0)
+    files["f12"] = b"content 12\n"
+    second = commit_files(c, "inc", {"f12": files["f12"]})
+    flush_ok(c, "inc", second)
+    j2 = jobs(c, "inc-copy")[-1]
+    assert (j2.data_processed, j2.data_skipped, j2.data_total) == (1, 12, 13)
+    assert outputs(c, "inc-copy") == files
