@@ -144,6 +144,7 @@ def test_env_secrets_user_working_dir_and_stdin_inside(px: Pachy, c: Client) -> 
         "pwd": b"/tmp\n", "home": b"/home/fruit\n", "input": b"hello\n", "in_a_container": b"yes\n",
         "python": b"",
     }
+    assert not Path("/etc/boxcreds").exists()  # made in the container, not on the host
     (job,) = jobs(c, "seer")
     assert "greeting is hello 'there'" in "".join(line.message for line in c.get_logs(job=job.id))
 
