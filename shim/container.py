@@ -45,7 +45,7 @@ AGENT_CTL = "/.pachy/ctl"  # the control directory, as the container sees it
 BUSYBOX = AGENT_BIN + "/busybox"
 START_WAIT = 10.0  # how long a unit may take to be started by the agent (it forks once)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NOT_FOUND = re.compile(r"^env: can't execute '(.*)': No such file or directory$")
+_NOT_FOUND = re.compile(r"(/[^:]*): not found$")  # busybox sh's exec: "...run.sh: exec: line 8: /bin/x: not found"
 AGENT_SAYS = "pachy-agent: "  # a line of run.sh's own on stderr: the reason for its exit
 
 
@@ -407,15 +407,18 @@ class ContainerChild:
 
     def failure(self, rc: int) -> str:
         """Why a status ``rc`` failed the unit, in the terms of the image and the spec."""
+        why = exit_reason(rc)
         if self.oom:
-            limit = f" (resource_limits.memory={memory_text(self.ex.memory)})" if self.ex.memory else ""
-            return f"killed: out of memory{limit}"
+            limit = f" (resource_limits.memory is {memory_text(self.ex.memory)})" if self.ex.memory else ""
+            if rc == -signal.SIGKILL:
+                return f"killed: out of memory{limit}"
+            return f"{why}, after one of its processes was killed: out of memory{limit}"
         err = self.err.last
         if err.startswith(AGENT_SAYS):
             return err[len(AGENT_SAYS):]
-        m = _NOT_FOUND.match(err)
+        m = _NOT_FOUND.search(err)
         if rc == 127 and m:
-            return (f"cannot run '{m.group(1)}' in image '{self.ex.image}': not found or not executable; install "
-                    f"it in the image or give its full path in transform.cmd")
-        why = exit_reason(rc)
+            # it is there (run.sh checked) yet exec says "not found": its ELF interpreter is missing
+            return (f"cannot run '{m.group(1)}' in image '{self.ex.image}': the file is there but cannot be "
+                    f"executed (is its dynamic loader or a library missing from the image?)")
         return f"{why}: {self.last}" if self.last else why

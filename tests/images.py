@@ -4,7 +4,8 @@ of a rootfs built in memory from the host's static busybox.
 - ``pachy-test/busybox:1``: busybox and its applets' symlinks in /bin, an /etc/passwd
   with root, nobody and ``fruit`` (uid 1234), /tmp. No Python.
 - ``pachy-test/noshell:1``: one static binary, ``/bin/cp`` (busybox runs the applet its
-  name says), and nothing else: no shell, no passwd. Proves the agent needs nothing of
+  name says), and a dynamically linked one without its loader (``/bin/dyn``, the host's
+  ``true``); nothing else: no shell, no passwd, no libc. Proves the agent needs nothing of
   the image.
 
 Each is made once per engine and reused while it is there (``ensure_images``).
@@ -20,7 +21,7 @@ import time
 BUSYBOX_IMAGE = "pachy-test/busybox:1"
 NOSHELL_IMAGE = "pachy-test/noshell:1"
 BUSYBOX = "/usr/bin/busybox"
-REVISION = "1"  # bump when the rootfs changes: an image of another revision is made again
+REVISION = "2"  # bump when the rootfs changes: an image of another revision is made again
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n" \
          "fruit:x:1234:1234:fruit:/home/fruit:/bin/sh\n"
@@ -66,6 +67,8 @@ def noshell_rootfs() -> bytes:
     with tarfile.open(fileobj=buf, mode="w") as tar:
         _add(tar, "bin", mode=0o755, kind=tarfile.DIRTYPE)
         _add(tar, "bin/cp", busybox, 0o755)
+        with open("/bin/true", "rb") as f:  # dynamically linked: its loader is not in the image
+            _add(tar, "bin/dyn", f.read(), 0o755)
     return buf.getvalue()
 
 

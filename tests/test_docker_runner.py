@@ -189,7 +189,7 @@ def test_memory_limit_exceeded_fails_with_the_reason(c: Client) -> None:
         "x=$(head -c 200000000 /dev/zero | tr '\\0' a)", "echo survived > /pfs/out/x",
     ], resource_limits={"memory": "32Mi"}, datum_tries=1))
     flush(c, "hog", head)
-    assert _reason(c, "hogger").endswith("killed: out of memory (resource_limits.memory=32Mi)")
+    assert _reason(c, "hogger").endswith("killed: out of memory (resource_limits.memory is 32Mi)")
 
 
 # -- images -------------------------------------------------------------------------------
@@ -202,9 +202,11 @@ def test_an_image_without_a_shell(c: Client) -> None:
         _spec("copier", "bare", ["cp", "-r", "/pfs/bare/.", "/pfs/out/"], image=NOSHELL_IMAGE) | {
             "input": pfs("bare", "/")},
         _spec("shelly", "bare", ["sh", "-c", "true"], image=NOSHELL_IMAGE, datum_tries=1),
+        _spec("dynamic", "bare", ["dyn"], image=NOSHELL_IMAGE, datum_tries=1),
     ])
     res = flush(c, "bare", head)
-    assert [j.pipeline for j in res.failed_jobs] == ["shelly"]
+    assert sorted(j.pipeline for j in res.failed_jobs) == ["dynamic", "shelly"]
+    assert "cannot run '/bin/dyn' in image" in _reason(c, "dynamic") and "dynamic loader" in _reason(c, "dynamic")
     assert outputs(c, "copier") == {"a": b"A", "d/b": b"B"}
     assert f"cannot run 'sh' in image '{NOSHELL_IMAGE}': not found" in _reason(c, "shelly")
 
