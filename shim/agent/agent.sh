@@ -27,6 +27,10 @@ echo "ready - $$" >&4
 while read -r verb a b <&3; do
     case $verb in
     run)
+        # The previous unit's waiter has said "done" (the shim runs one unit at a time):
+        # waiting for it frees its entry in the shell's job table, which else grows by
+        # ~70 bytes a unit for the life of the container.
+        [ -n "$waiter" ] && wait "$waiter"
         (
             d=$ctl/$a
             $bb setsid $bb sh "$d/run.sh" <"$d/stdin" >"$d/out" 2>"$d/err" 3<&- 4<&- &
@@ -40,6 +44,7 @@ while read -r verb a b <&3; do
             kill -9 -1 2>/dev/null
             echo "done $a $rc" >&4
         ) &
+        waiter=$!
         ;;
     kill)
         kill -"$a" -"$b" 2>/dev/null
