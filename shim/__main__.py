@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from shim import execute
         from shim.container import ContainerExecutor
 
+        sandbox.no_host_mountpoints()  # /pfs and secrets' mount points are the container's
         try:
             execute.use_executor(ContainerExecutor(args.ctl, roots=[p for p in (scratch, fast) if p]))
         except (OSError, ValueError) as exc:

@@ -108,7 +108,6 @@ class ContainerExecutor:
         self.oom_control: str = info.get("oom_control") or ""
         self.roots = [os.path.abspath(r) for r in roots]
         self.error: str = info.get("error") or ""  # the runner could not start the container: say why per unit
-        sandbox.no_host_mountpoints()
         self.cmd = os.open(os.path.join(ctl, "cmd"), os.O_RDWR | os.O_CLOEXEC)
         self.events = os.open(os.path.join(ctl, "events"), os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self._buf = b""
