@@ -180,8 +180,9 @@ class DockerRunner(LocalRunner):
             if wid and "/" not in wid and not wid.startswith("."):
                 # and what its worker left on the host: the shared scratch mounts, its control directory
                 for d in self._scratch_dirs(wid):
-                    _unmount(d)
-                    shutil.rmtree(d, ignore_errors=True)
+                    if d is not None:
+                        _unmount(d)
+                        shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
             print(f"docker runner: removed {n} container(s) left by a previous daemon", file=sys.stderr, flush=True)
@@ -296,7 +297,11 @@ class DockerRunner(LocalRunner):
                 print(f"docker runner: {wid}: no GPU for its device request ({_short(exc)}); running without",
                       file=sys.stderr, flush=True)
                 _remove_named(self.docker, name)
-        return run()
+        try:
+            return run()
+        except Exception:
+            _remove_named(self.docker, name)  # created, but it would not start (a port taken, ...)
+            raise
 
     @staticmethod
     def _oom_control(container) -> str:
