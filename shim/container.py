@@ -118,6 +118,10 @@ class ContainerExecutor:
     # -- who and what -----------------------------------------------------------
 
     def _table(self, name: str) -> list[list[str]]:
+        # The agent copies them first thing; the shim may ask before the container got there.
+        path, deadline = os.path.join(self.ctl, "passwd"), time.monotonic() + START_WAIT
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
         try:
             with open(os.path.join(self.ctl, name)) as f:
                 return [line.rstrip("\n").split(":") for line in f if line.count(":") >= 2]

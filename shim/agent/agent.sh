@@ -17,9 +17,10 @@
 ctl=${1:-/.pachy/ctl}
 bb=/.pachy/bin/busybox
 exec 3<>"$ctl/cmd" 4<>"$ctl/events" </dev/null
-# The image's users, for the shim to resolve transform.user by name.
-cat /etc/passwd >"$ctl/passwd.tmp" 2>/dev/null && mv -f "$ctl/passwd.tmp" "$ctl/passwd"
-cat /etc/group >"$ctl/group.tmp" 2>/dev/null && mv -f "$ctl/group.tmp" "$ctl/group"
+# The image's users, for the shim to resolve transform.user by name (empty files if
+# the image has none: the shim waits for them to be there).
+cat /etc/group >"$ctl/group.tmp" 2>/dev/null; mv -f "$ctl/group.tmp" "$ctl/group"
+cat /etc/passwd >"$ctl/passwd.tmp" 2>/dev/null; mv -f "$ctl/passwd.tmp" "$ctl/passwd"
 # /pfs is a symlink to one the shim points at each unit's directory in turn.
 [ -d /pfs ] && [ ! -L /pfs ] && rmdir /pfs 2>/dev/null
 [ -L /pfs ] || ln -sfn "$ctl/links/pfs" /pfs
