@@ -6,8 +6,10 @@ Covered: the 1.x fruit stand in ``pachy-test/busybox:1`` (totals against awk's a
 each of two commits); inside a container: env, secrets (env and file), user,
 working_dir, stdin, err_cmd, accept_return_code, datum_timeout (a hanging unit
 killed), a crashing unit, a memory limit exceeded (the OOM reason); an image without
-a shell; a missing image's error; mountd kill -9 with containers running (the next
-daemon removes the orphans).
+a shell (and a binary without its loader); a missing image's error; no engine at all;
+mountd kill -9 with containers running (the next daemon removes the orphans and
+their scratch mounts); a service published at its external port; a spout; incremental
+skipping across two container workers; an updated spec replacing the containers.
 """
 
 from __future__ import annotations
@@ -323,3 +325,23 @@ def test_incremental_skipping_across_two_container_workers(px: Pachy, c: Client)
     j2 = jobs(c, "inc-copy")[-1]
     assert (j2.data_processed, j2.data_skipped, j2.data_total) == (1, 12, 13)
     assert outputs(c, "inc-copy") == files
+
+
+def test_an_updated_spec_gets_new_containers(px: Pachy, c: Client) -> None:
+    c.create_repo("upd")
+    first = commit_files(c, "upd", {"x": b"1"})
+    spec = _spec("updater", "upd", ["sh"], stdin=['echo "$WHICH" > /pfs/out/which'],
+                 transform={"env": {"WHICH": "one"}}) | {"input": pfs("upd", "/")}
+    c.create_pipeline(spec)
+    flush_ok(c, "upd", first)
+    old = {ctr.id: ctr.labels["pachy.spec"] for ctr in _containers(px.engine, px)
+           if ctr.labels["pachy.pipeline"] == "updater"}
+    assert len(old) == 1
+    spec["transform"]["env"] = {"WHICH": "two"}
+    c.update_pipeline(spec)
+    second = commit_files(c, "upd", {"y": b"2"})
+    flush_ok(c, "upd", second)
+    assert outputs(c, "updater") == {"which": b"two\n"}
+    new = {ctr.id: ctr.labels["pachy.spec"] for ctr in _containers(px.engine, px)
+           if ctr.labels["pachy.pipeline"] == "updater"}
+    assert len(new) == 1 and not set(new) & set(old) and set(new.values()) != set(old.values())
