@@ -17,7 +17,10 @@ MIN_PY="3.11"
 SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev git)
 # The Docker runner's engine and the static busybox its agent runs in every container
 # (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
-DOCKER_PACKAGES=(docker.io busybox-static)
+DOCKER_PACKAGES=(busybox-static)
+# An engine already installed (docker-ce from Docker's repository, say) is used as it is:
+# docker.io would conflict with it.
+command -v dockerd >/dev/null 2>&1 || DOCKER_PACKAGES+=(docker.io)
 
 extras=""
 force=0
