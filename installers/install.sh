@@ -15,12 +15,21 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 MIN_PY="3.11"
 SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-dev git)
+# The Docker runner's engine and the static busybox its agent runs in every container
+# (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
+DOCKER_PACKAGES=(busybox-static)
+# An engine already installed (docker-ce from Docker's repository, say) is used as it is:
+# docker.io would conflict with it.
+command -v dockerd >/dev/null 2>&1 || DOCKER_PACKAGES+=(docker.io)
 
 extras=""
 force=0
 for arg in "$@"; do
     case "$arg" in
-        --test) extras="test" ;;
+        --test)
+            extras="test"
+            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}")
+            ;;
         --force) force=1 ;;
         -h | --help)
             sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'

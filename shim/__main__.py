@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast-scratch", default=None,
                         help="a tmpfs directory for tasks of small inputs (default /dev/shm/pachy-<worker> when "
                              "/dev/shm is a tmpfs; 'none' to keep every task on --scratch)")
+    parser.add_argument("--executor", choices=("local", "container"), default="local",
+                        help="where user code runs: here in a sandbox, or in a container through its agent (--ctl)")
+    parser.add_argument("--ctl", default=None, help="the container's control directory (--executor container)")
     parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -44,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"[{args.worker}] cannot start: cannot read the worker credential: {exc}", file=sys.stderr)
         return 2
-    if os.geteuid() != 0:
+    if args.executor == "container" and not args.ctl:
+        print(f"[{args.worker}] cannot start: --executor container needs --ctl DIR", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0 and args.executor == "local":
         # Before anything starts a thread: the kernel refuses a user namespace
         # to a multithreaded process.
         try:
@@ -66,10 +72,25 @@ def main(argv: list[str] | None = None) -> int:
     fast = args.fast_scratch or os.environ.get("PACHY_FAST_SCRATCH") or _default_fast(args.worker)
     fast = None if fast in ("", "none") else fast
     os.environ.pop("PACHY_TOKEN", None)  # user code gets no copy of it, even by mistake
+    if args.executor == "container":
+        from shim import execute
+        from shim.container import ContainerExecutor
+
+        sandbox.no_host_mountpoints()  # /pfs and secrets' mount points are the container's
+        try:
+            execute.use_executor(ContainerExecutor(args.ctl, roots=[p for p in (scratch, fast) if p]))
+        except (OSError, ValueError) as exc:
+            print(f"[{args.worker}] cannot start: cannot open the container's control directory: {exc}",
+                  file=sys.stderr)
+            return 2
     link = Link(settings.address, settings.token, settings.home, credential=credential)
     try:
-        return Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True,
-                      fast_scratch=fast).run()
+        worker = Worker(link, args.pipeline, args.worker, scratch, wait=args.wait, own_process=True,
+                        fast_scratch=fast)
+        # In a container /pfs is a symlink the agent follows, so a lazy input is a symlink into
+        # the FUSE view under the scratch (which the container sees through mount propagation).
+        worker.lazy_links = args.executor == "container"
+        return worker.run()
     finally:
         link.close()
 

@@ -28,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from shim import oom, sandbox
 from shim.task import Task, TaskError, Unit
@@ -105,11 +106,14 @@ class Run:
     who: Identity | None = None
 
 
-def build_env(task: Task, unit: Unit, who: Identity | None = None) -> dict[str, str]:
-    """Worker basics, then the job env, the unit env, transform.env, secrets.
+def build_env(task: Task, unit: Unit, who: Identity | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Worker basics (``base``: the executor's, e.g. an image's env), then the job env,
+    the unit env, transform.env, secrets.
 
     ``HOME`` is the user's own when user code runs as another user."""
-    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    if base is None:
+        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    env = dict(base)
     env.setdefault("PATH", DEFAULT_PATH)
     if who is not None:
         env["HOME"] = who.home
@@ -208,10 +212,11 @@ def run_unit(
     started = time.time()
     t = task.transform
     tries = 0
+    ex = executor()
     try:
-        who = resolve_user(t.user, task.pipeline)
-        env = build_env(task, unit, who)
-        cwd = t.working_dir or "/"
+        who = ex.resolve_user(t.user, task.pipeline)
+        env = build_env(task, unit, who, ex.base_env())
+        cwd = t.working_dir or ex.default_cwd
         accept = frozenset([0, *t.accept_return_code])
         main = Run(t.cmd, stdin_bytes(t.stdin), env, cwd, task.datum_timeout, accept, who)
         reason = ""
@@ -245,35 +250,99 @@ def stdin_bytes(lines: list[str]) -> bytes:
 
 
 def run_once(run: Run, binds: Sequence[sandbox.Bind], log: Log) -> tuple[bool, str]:
-    """One process start in a fresh namespace with ``binds``; (success, reason)."""
-    sandbox.enter(binds)
-    oom_before = oom.mark()  # the worker's cgroup's OOM kills so far: did one end this unit?
+    """One process start by the worker's executor (a fresh namespace with ``binds``
+    here, the agent in a container under Docker); (success, reason)."""
     try:
-        try:
-            proc = spawn(run)
-        except OSError as exc:
-            return False, spawn_error(run, exc)
-        child = Child(proc, run.stdin, log)
-        timed_out = False
-        try:
-            if run.timeout:
-                child.pump(run.timeout)
-                if child.exited_at is None:
-                    timed_out = True
-                    _kill_group(proc.pid)
-            while child.exited_at is None:
-                child.pump(3600.0)
-        finally:
-            rc = child.finish()  # kills what is left of its group, on a timeout or a worker stop too
-            sandbox.kill_strays()  # and what left the group, in its PID namespace
+        child = executor().start(run, binds, log)
+    except StartError as exc:
+        return False, str(exc)
+    timed_out = False
+    try:
+        if run.timeout:
+            child.pump(run.timeout)
+            if child.exited_at is None:
+                timed_out = True
+                child.kill()
+        while child.exited_at is None:
+            child.pump(3600.0)
     finally:
-        sandbox.release()
+        rc = child.finish()  # kills what is left of its group, on a timeout or a worker stop too
     if timed_out:
         return False, f"timed out after {run.timeout:g} s (datum_timeout); its process group was killed"
     if rc in run.accept:
         return True, ""
-    why = oom.explain(oom_before, rc, exit_reason(rc))
-    return False, f"{why}: {child.last}" if child.last else why
+    return False, child.failure(rc)
+
+
+class StartError(Exception):
+    """User code could not be started; the message says why and what to fix."""
+
+
+class Started(Protocol):
+    """A running start of user code, as ``run_once`` and ``shim.longrun`` drive it."""
+
+    started: float
+    exited_at: float | None
+
+    def pump(self, timeout: float) -> None: ...
+    def kill(self) -> None: ...
+    def stop(self, grace: float) -> None: ...
+    def finish(self) -> int: ...
+    def failure(self, rc: int) -> str: ...
+
+
+class Executor(Protocol):
+    """Where user code runs: this host in a sandbox (``LocalExecutor``), or a
+    container through its agent (``shim.container.ContainerExecutor``)."""
+
+    default_cwd: str
+
+    def resolve_user(self, spec: str, pipeline: str = "") -> Identity | None: ...
+    def base_env(self) -> dict[str, str] | None: ...
+    def start(self, run: Run, binds: Sequence[sandbox.Bind], log: Log) -> Started: ...
+
+
+class LocalExecutor:
+    """User code on this host, in a mount namespace made for the unit (shim.sandbox)."""
+
+    default_cwd = "/"
+
+    def resolve_user(self, spec: str, pipeline: str = "") -> Identity | None:
+        return resolve_user(spec, pipeline)
+
+    def base_env(self) -> dict[str, str] | None:
+        return None  # the worker's own PATH, HOME, LANG
+
+    def start(self, run: Run, binds: Sequence[sandbox.Bind], log: Log) -> Child:
+        sandbox.enter(binds)
+        oom_before = oom.mark()  # the worker's cgroup's OOM kills so far: did one end this unit?
+        try:
+            proc = spawn(run)
+            return Child(proc, run.stdin, log, after=_leave_sandbox, oom_before=oom_before)
+        except OSError as exc:
+            sandbox.release()
+            raise StartError(spawn_error(run, exc)) from None
+        except BaseException:
+            sandbox.release()
+            raise
+
+
+def _leave_sandbox() -> None:
+    sandbox.kill_strays()  # what left the group, in its PID namespace
+    sandbox.release()
+
+
+_executor: Executor = LocalExecutor()
+
+
+def executor() -> Executor:
+    return _executor
+
+
+def use_executor(ex: Executor) -> None:
+    """Set where this worker process runs user code (once, at start-up)."""
+    global _executor
+    _executor = ex
 
 
 def exit_reason(rc: int) -> str:
@@ -355,8 +424,11 @@ class Lines:
 class Child:
     """A running start of the transform: its output pumped into the log."""
 
-    def __init__(self, proc: subprocess.Popen, stdin: bytes, log: Log):
+    def __init__(self, proc: subprocess.Popen, stdin: bytes, log: Log, after: Callable[[], None] | None = None,
+                 oom_before: int | None = None):
         self.proc = proc
+        self.oom_before = oom_before  # oom.mark() before it started: was it OOM-killed?
+        self.after = after  # run once it is reaped (the sandbox's cleanup)
         self.started = time.monotonic()
         self.exited_at: float | None = None
         self.sel = selectors.DefaultSelector()
@@ -419,6 +491,15 @@ class Child:
         """Its last words: stderr's if any, else stdout's (for a failure's reason)."""
         return self.err.last or self.out.last
 
+    def kill(self) -> None:
+        """SIGKILL to its whole group (a timeout)."""
+        _kill_group(self.pid)
+
+    def failure(self, rc: int) -> str:
+        """Why an exit status ``rc`` it was not accepted: the status and its last words."""
+        why = oom.explain(self.oom_before, rc, exit_reason(rc))
+        return f"{why}: {self.last}" if self.last else why
+
     def stop(self, grace: float) -> None:
         """SIGTERM to the whole group, SIGKILL after ``grace`` s."""
         if self.exited_at is None:
@@ -451,4 +532,6 @@ class Child:
                     f.close()
             self.out.close()
             self.err.close()
+            if self.after is not None:
+                self.after()
         return self.proc.returncode

@@ -135,7 +135,7 @@ class LongRunning:
         why it ended. Raises ``GiveUp`` when the daemon stays away too long."""
         kind = self.task.kind
         pause = self.restart_min
-        child: execute.Child | None = None
+        child: execute.Started | None = None
         now = time.monotonic()
         next_start = next_still = now
         try:
@@ -199,7 +199,7 @@ class LongRunning:
         self._away_since = None
         return current
 
-    def _start(self) -> tuple[execute.Child | None, str]:
+    def _start(self) -> tuple[execute.Started | None, str]:
         """Lay the task out (once) and start the process; (child, "") or (None, why not)."""
         task = self.task
         try:
@@ -211,8 +211,9 @@ class LongRunning:
                     self._start_spout(dirs)
                 self.dirs = dirs  # only now: a failure above lays the task out again next time
             unit, udir = task.units[0], self.dirs.units[0]
-            who = execute.resolve_user(task.transform.user, task.pipeline)
-            env = execute.build_env(task, unit, who)
+            ex = execute.executor()
+            who = ex.resolve_user(task.transform.user, task.pipeline)
+            env = execute.build_env(task, unit, who, ex.base_env())
             execute.hand_over(self.dirs.binds(udir), who)
         except (MaterializeError, TaskError, sandbox.SandboxError, OSError) as exc:
             return None, str(exc)
@@ -221,26 +222,20 @@ class LongRunning:
         except errors.PfsError as exc:
             return None, f"cannot read its inputs: {exc}"
         t = task.transform
-        run = execute.Run(t.cmd, execute.stdin_bytes(t.stdin), env, t.working_dir or "/", None, frozenset(), who)
+        run = execute.Run(t.cmd, execute.stdin_bytes(t.stdin), env, t.working_dir or ex.default_cwd, None,
+                          frozenset(), who)
         try:
-            sandbox.enter(self.dirs.binds(udir))
-        except sandbox.SandboxError as exc:
+            child = ex.start(run, self.dirs.binds(udir), self.log)
+        except (execute.StartError, sandbox.SandboxError) as exc:
             return None, str(exc)
-        try:
-            proc = execute.spawn(run)
-        except OSError as exc:
-            sandbox.release()
-            return None, execute.spawn_error(run, exc)
         self.starts += 1
-        self.log(f"started the {task.kind} (process {proc.pid}, start {self.starts})", False)
-        return execute.Child(proc, run.stdin, self.log), ""
+        self.log(f"started the {task.kind} (start {self.starts})", False)
+        return child, ""
 
-    def _finish(self, child: execute.Child) -> int:
+    def _finish(self, child: execute.Started) -> int:
         try:
             return child.finish()
         finally:
-            sandbox.kill_strays()
-            sandbox.release()
             if self.after_exit is not None:
                 self.after_exit()
 

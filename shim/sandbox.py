@@ -104,9 +104,19 @@ def _mount(source: str | None, target: str, flags: int, fstype: str | None = Non
         raise _fail(f"mount of {source or '(remount)'} at {target}")
 
 
+_host_mountpoints = True
+
+
+def no_host_mountpoints() -> None:
+    """User code does not run on this host (the Docker runner's workers): make no mount
+    points here for it (/pfs, secrets' mount_path); the container's agent makes its own."""
+    global _host_mountpoints
+    _host_mountpoints = False
+
+
 def ensure_mountpoint(path: str = PFS) -> None:
     """``path`` must be an existing directory of the host to bind over; make it once."""
-    if os.path.isdir(path):
+    if not _host_mountpoints or os.path.isdir(path):
         return
     if os.path.lexists(path):
         raise SandboxError(f"{path} exists but is not a directory; remove it so workers can mount over it")

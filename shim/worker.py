@@ -188,7 +188,13 @@ class Worker:
                     f"scratch directory {scratch} is not empty and not a worker's; "
                     f"give --scratch an empty or new directory"
                 )
-            shutil.rmtree(scratch)  # what a killed predecessor left
+            # What a killed predecessor left. Emptied, not removed: under Docker the
+            # directory is bind-mounted into the worker's container, which sees this inode.
+            for entry in os.scandir(scratch):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         open(os.path.join(scratch, MARKER), "w").close()
 
@@ -353,7 +359,7 @@ class Worker:
         unit, udir = task.units[i], dirs.units[i]
         log = self.logs.bind(task.job_id, unit.log_datum)
         try:
-            who = execute.resolve_user(task.transform.user, task.pipeline)
+            who = execute.executor().resolve_user(task.transform.user, task.pipeline)
         except TaskError:
             who = None  # run_unit reports it as the unit's failure
 

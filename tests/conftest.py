@@ -250,3 +250,63 @@ def tmpfs_at(path: Path, size: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+# -- a Docker engine for the docker-marked tests -----------------------------------------
+
+DOCKERD_LOG = Path(tempfile.gettempdir()) / "pachy-test-dockerd.log"
+DOCKERD_START = 60.0
+
+
+def _docker_answers():
+    import docker
+
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+        return client
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[object]:
+    """A docker client whose engine answers, with the test images made (tests/images.py).
+
+    Uses the engine at /var/run/docker.sock (or DOCKER_HOST); if none answers, starts
+    ``dockerd`` (logging to DOCKERD_LOG) and waits for it, as .ci/run's fresh machine
+    needs, and stops it at the end. Skips only when no engine can run here."""
+    import shutil as _shutil
+
+    from tests.images import ensure_images
+
+    started: subprocess.Popen | None = None
+    client = _docker_answers()
+    if client is None:
+        dockerd = _shutil.which("dockerd")
+        if dockerd is None or os.geteuid() != 0:
+            pytest.skip("no Docker engine answers and none can be started here "
+                        "(dockerd needs root; installers/install.sh --test installs docker.io)")
+        with open(DOCKERD_LOG, "ab") as log:
+            started = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                       start_new_session=True)
+        deadline = time.monotonic() + DOCKERD_START
+        while (client := _docker_answers()) is None:
+            if started.poll() is not None or time.monotonic() > deadline:
+                if started.poll() is None:
+                    started.terminate()
+                    started.wait(15)
+                tail = DOCKERD_LOG.read_text(errors="replace")[-2000:]
+                pytest.skip(f"dockerd could not start here (exit {started.returncode}); its log "
+                            f"{DOCKERD_LOG} ends:\n{tail}")
+            time.sleep(0.2)
+    ensure_images(client)
+    yield client
+    client.close()
+    if started is not None:
+        started.terminate()
+        try:
+            started.wait(30)
+        except subprocess.TimeoutExpired:
+            started.kill()
+            started.wait(5)

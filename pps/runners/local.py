@@ -49,9 +49,10 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 class _Worker:
     def __init__(self, pipeline: str, worker_id: str, proc: subprocess.Popen, digest: bytes,
-                 cgroup: cgroups.WorkerCgroup | None = None):
+                 cgroup: cgroups.WorkerCgroup | None = None, extra: object = None):
         self.pipeline, self.id, self.proc = pipeline, worker_id, proc
         self.cgroup = cgroup  # its resource limits; removed when it has exited
+        self.extra = extra  # what a subclass keeps of it (the Docker runner: its container)
         self.digest = digest  # sha256 of its credential
         self.stopping = False  # asked to stop: its exit is not news
         self.exited = threading.Event()
@@ -115,6 +116,10 @@ class LocalRunner:
             for i in range(workers):
                 wid = f"{pipeline}-{self._run_id}-{i}"
                 w = have.get(wid)
+                if w is not None and w.alive() and self._stale(w, spec):
+                    have.pop(wid)
+                    _terminate([w], 5.0)
+                    w = None
                 if w is None or not w.alive():
                     have[wid] = self._start(pipeline, wid, spec)
             extra = [have.pop(wid) for wid in list(have) if _index(wid) >= workers]
@@ -153,6 +158,25 @@ class LocalRunner:
         if cgroups.available() is None:
             cgroups.sweep()  # what a killed daemon left (ours are gone with their workers)
 
+    # -- what a subclass may change (the Docker runner) ---------------------------
+
+    def _stale(self, w: _Worker, spec: WorkerSpec) -> bool:
+        """Whether live worker ``w`` must make way for one started from ``spec``: never
+        here (a local worker takes the transform from each task)."""
+        return False
+
+    def _prepare(self, pipeline: str, wid: str, spec: WorkerSpec) -> tuple[list[str], object]:
+        """Before the worker starts: (extra shim arguments, what to keep on the worker)."""
+        return [], None
+
+    def _limits_elsewhere(self, spec: WorkerSpec) -> bool:
+        """Whether something else than a cgroup of ours applies ``spec``'s resource limits
+        (the Docker runner: the container)."""
+        return False
+
+    def _exited(self, w: _Worker) -> None:
+        """After the worker's process ended, before anyone waiting for it hears it."""
+
     # -- processes ------------------------------------------------------------
 
     def _start(self, pipeline: str, wid: str, spec: WorkerSpec) -> _Worker:
@@ -179,6 +203,8 @@ class LocalRunner:
             "--credential-fd", str(read_end),
         ]  # fmt: skip
         try:
+            args, extra = self._prepare(pipeline, wid, spec)
+            cmd += args
             log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
                 proc = subprocess.Popen(
@@ -209,16 +235,16 @@ class LocalRunner:
             if read_end >= 0:
                 os.close(read_end)
             os.close(write_end)
-        w = _Worker(pipeline, wid, proc, _digest(credential), cgroup)
+        w = _Worker(pipeline, wid, proc, _digest(credential), cgroup, extra)
         self._credentials[w.digest] = w  # under self._lock (ensure holds it)
         threading.Thread(target=self._watch, args=(w,), name=f"watch-{wid}", daemon=True).start()
         return w
 
-    @staticmethod
-    def _cgroup(wid: str, spec: WorkerSpec, log_path: str) -> tuple[cgroups.WorkerCgroup | None, list[int]]:
+    def _cgroup(self, wid: str, spec: WorkerSpec, log_path: str) -> tuple[cgroups.WorkerCgroup | None, list[int]]:
         """The worker's cgroup with ``spec``'s cpu/memory limits, and descriptors for joining it
-        (none if no limits are asked, or they cannot act: the create-time note said why)."""
-        lim = spec.limits
+        (none if no limits are asked, or they cannot act: the create-time note said why; nor
+        for a worker whose user code runs in a container, which carries the limits itself)."""
+        lim = None if self._limits_elsewhere(spec) else spec.limits
         if lim is None or not (lim.cpu or lim.memory) or cgroups.available() is not None:
             return None, []
         try:
@@ -246,6 +272,10 @@ class LocalRunner:
                 print(f"local runner: {exc}", file=sys.stderr)
         if rc < 0:  # killed, so it could not take down its lazy inputs' FUSE view (shim.lazyfs)
             detach_under(os.path.join(self.home, "scratch", w.id))
+        try:
+            self._exited(w)
+        except Exception as exc:  # a broken clean-up must not keep the worker from counting as gone
+            print(f"{self.name} runner: cleaning up after {w.id} failed: {exc!r}", file=sys.stderr)
         w.exited.set()
         with self._lock:
             have = self._workers.get(w.pipeline, {})
@@ -258,7 +288,7 @@ class LocalRunner:
         try:
             self.on_exit(w.pipeline, w.id, rc)
         except Exception as exc:  # a broken callback must not kill the watcher silently
-            print(f"local runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
+            print(f"{self.name} runner: on_exit({w.pipeline}, {w.id}, {rc}) failed: {exc!r}", file=sys.stderr)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
