@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 
+from pfsfuse.mount import fuse_unavailable
 from pps.runners.base import OnExit, WorkerSpec
 from pps.runners.local import LocalRunner, _terminate, _Worker
 from pps.spec import Capabilities
@@ -126,7 +127,11 @@ class DockerRunner(LocalRunner):
     # -- the interface --------------------------------------------------------
 
     def capabilities(self, spec: WorkerSpec) -> Capabilities:
-        return Capabilities(runner="docker") if spec.image else Capabilities(runner="local")
+        if not spec.image:
+            return super().capabilities(spec)  # such a pipeline runs as under the local runner
+        fuse = fuse_unavailable()
+        return Capabilities(runner="docker", cpu_memory_limits=True, port_mapping=True, lazy_inputs=fuse is None,
+                            lazy_inputs_why=f"no FUSE on this machine ({fuse})" if fuse else "")
 
     def owns(self, spec: WorkerSpec) -> bool:
         return bool(spec.image)
