@@ -18,6 +18,8 @@ SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-
 # The Docker runner's engine and the static busybox its agent runs in every container
 # (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
 DOCKER_PACKAGES=(busybox-static)
+# The stats example's image is built from a Debian rootfs (examples/stats/build.sh, tested).
+TEST_PACKAGES=(mmdebstrap)
 # An engine already installed (docker-ce from Docker's repository, say) is used as it is:
 # docker.io would conflict with it.
 command -v dockerd >/dev/null 2>&1 || DOCKER_PACKAGES+=(docker.io)
@@ -28,7 +30,7 @@ for arg in "$@"; do
     case "$arg" in
         --test)
             extras="test"
-            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}")
+            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}" "${TEST_PACKAGES[@]}")
             ;;
         --force) force=1 ;;
         -h | --help)
