@@ -287,6 +287,11 @@ def docker_engine() -> Iterator[object]:
         if dockerd is None or os.geteuid() != 0:
             pytest.skip("no Docker engine answers and none can be started here "
                         "(dockerd needs root; installers/install.sh --test installs docker.io)")
+        if not any(os.path.ismount(f"/sys/fs/cgroup/{c}") for c in ("memory", "unified")) \
+                and _shutil.which("cgroupfs-mount"):
+            # a machine booted without cgroup hierarchies: mount them as Debian's init script
+            # for docker does before it starts dockerd (runc needs them)
+            subprocess.run(["cgroupfs-mount"], check=False, capture_output=True)
         with open(DOCKERD_LOG, "ab") as log:
             started = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                        start_new_session=True)
