@@ -29,7 +29,11 @@ STDIN = [
 PIPELINE = {
     "pipeline": {"name": "stats"},
     "transform": {"image": "pachy-example/stats", "cmd": ["/bin/bash"], "stdin": STDIN},
-    "inputs": [{"repo": {"name": "projects"}, "method": "reduce"}],  # reduce over "projects"
+    # The walkthrough asked for "reduce" meaning "as data is committed, the pipeline will only
+    # see the new data" (an early Pachyderm's reduce). The 1.x docs define reduce as FILE + NONE
+    # (every job sees every project) and pachy follows the docs, where `>> /pfs/out/results`
+    # would then repeat earlier projects' lines; FILE + DIFF is what the walkthrough meant.
+    "inputs": [{"repo": {"name": "projects"}, "method": {"partition": "FILE", "incremental": "DIFF"}}],
 }
 
 
