@@ -9,7 +9,8 @@ containerd) and pidfile, a containerd namespace of its own, and no networking
 engine's bridge or iptables rules; these pipelines need no network). mountd is
 pointed at it with ``DOCKER_HOST`` (the runner connects with ``docker.from_env()``).
 
-What is checked after each: the job ends (finishes or fails with its reason), no
+An engine that stays away (past ``PACHY_DOCKER_ENGINE_GRACE``) fails the job saying
+to start it. What is checked after each: the job ends (finishes or fails with its reason), no
 container of a dead worker is left labelled for the daemon, every commit of the
 output repo is finished, and the output, when there is one, is complete (each datum
 writes ``begin``, sleeps, then the rest: a half-written datum would show).
@@ -212,6 +213,31 @@ def test_dockerd_restarted_with_containers_running(engine: Engine, tmp_path: Pat
         state = _check_clean_end(p, engine, head)
         assert state == "success", [(j.state, j.reason) for j in jobs(p.client, "slow")]
         assert not before & {ctr.id for ctr in _containers(engine, p)}
+        delete_all_pipelines(p.client)
+    finally:
+        p.stop()
+    assert not _containers(engine, p)
+
+
+def test_dockerd_gone_for_good_fails_the_job_cleanly(engine: Engine, tmp_path: Path) -> None:
+    p = Pachy(tmp_path / "gone", PACHY_RUNNER="docker", DOCKER_HOST=engine.url, PACHY_DOCKER_ENGINE_GRACE="1")
+    p.start()
+    try:
+        head = _slow_pipeline(p.client)
+        engine.stop()
+        try:
+            res = flush(p.client, "in", head, timeout=45)
+            (job,) = res.failed_jobs
+            assert "no Docker engine answers" in job.reason and "start it" in job.reason, job.reason
+            assert not [x.id for x in p.client.list_commit("slow", all=True) if x.finished is None]
+            assert "waiting up to 1 s" in p.log_text()
+        finally:
+            engine.start().close()
+        # Back: the worker that could not get a container gets one (the dead one removed first).
+        wait_for(lambda: sorted((ctr.labels["pachy.worker"], ctr.status) for ctr in _containers(engine, p))
+                 == [(wid, "running") for wid in sorted(p.worker_pids().values())], 30,
+                 "one running container per live worker")
+        wait_for(lambda: "answers again" in p.log_text(), 15, "the runner to see the engine back")
         delete_all_pipelines(p.client)
     finally:
         p.stop()

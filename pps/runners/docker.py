@@ -47,6 +47,7 @@ _AGENT_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
 BUSYBOX_PATHS = ("/usr/bin/busybox", "/bin/busybox")
 RECHECK = 5.0  # a worker that could not get its container tries again after this long
 ENGINE_GRACE = 30.0  # an engine gone this long is dead, not restarting: workers start (and fail units saying so)
+ENGINE_GRACE_ENV = "PACHY_DOCKER_ENGINE_GRACE"  # seconds, instead of ENGINE_GRACE (tests use 1)
 PING_TIMEOUT = 2.0
 START_DOCKERD = ("start it: systemctl start docker (or run dockerd & as root), then check with docker info")
 
@@ -89,6 +90,16 @@ def connect(base_url: str | None = None):
         raise DockerUnavailable(f"no Docker engine answers at {where} ({_short(exc)}); {START_DOCKERD}") from None
 
 
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        print(f"docker runner: {ENGINE_GRACE_ENV}={text!r} is not a number of seconds; using {default:g}",
+              file=sys.stderr, flush=True)
+        return default
+    return max(0.0, value)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -125,6 +136,7 @@ class DockerRunner(LocalRunner):
         self._ready: dict[str, tuple[list[str], _Box]] = {}  # containers made for workers ensure starts next
         self._down_since: float | None = None  # when the engine was first found not answering (a restart?)
         self._sweep = False  # a container could not be removed (engine away): remove_orphans when it is back
+        self.engine_grace = _seconds(os.environ.get(ENGINE_GRACE_ENV), ENGINE_GRACE)
         self._install_agent()
         self.remove_orphans()
 
@@ -153,8 +165,11 @@ class DockerRunner(LocalRunner):
                 have = self._workers.get(pipeline, {})
                 missing = [f"{pipeline}-{self._run_id}-{i}" for i in range(workers)]
                 missing = [wid for wid in missing if wid not in have or not have[wid].alive()]
-            if missing and not self._engine_ready():
-                return []  # wait for it: the scheduler asks again next tick (no unit fails meanwhile)
+            if missing or self._down_since is not None or self._sweep:
+                # (asked while it is or was away, too: to see it back, and sweep, before it goes again)
+                ready = self._engine_ready()
+                if missing and not ready:
+                    return []  # wait for it: the scheduler asks again next tick (no unit fails meanwhile)
             for wid in missing:
                 if wid not in self._ready:
                     self._ready[wid] = self._prepare(pipeline, wid, spec)
@@ -169,7 +184,7 @@ class DockerRunner(LocalRunner):
 
     def _engine_ready(self) -> bool:
         """Whether to make containers now. An engine that does not answer is given
-        ENGINE_GRACE to come back (``dockerd`` restarted: its containers ended, and their
+        ``engine_grace`` seconds to come back (``dockerd`` restarted: its containers ended, and their
         workers with them): workers are not started meanwhile, so their units do not fail
         for want of it. After that they start, and their units fail saying to start it.
         Back, it first has the containers it could not remove then removed."""
@@ -180,8 +195,8 @@ class DockerRunner(LocalRunner):
             if self._down_since is None:
                 self._down_since = now
                 print(f"docker runner: the Docker engine does not answer ({_short(exc)}); waiting up to "
-                      f"{ENGINE_GRACE:.0f} s for it before starting workers", file=sys.stderr, flush=True)
-            return now - self._down_since > ENGINE_GRACE
+                      f"{self.engine_grace:g} s for it before starting workers", file=sys.stderr, flush=True)
+            return now - self._down_since > self.engine_grace
         if self._down_since is not None:
             print("docker runner: the Docker engine answers again", file=sys.stderr, flush=True)
             self._down_since = None
