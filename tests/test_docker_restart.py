@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -155,13 +156,24 @@ def engine(docker_engine) -> Iterator[Engine]:
         e.clean()
 
 
-def _containers(e: Engine, p: Pachy) -> list:
+@dataclass(frozen=True)
+class Box:
+    id: str
+    worker: str
+    status: str
+
+
+def _containers(e: Engine, p: Pachy) -> list[Box]:
+    """The daemon's containers in the private engine, in one call (the SDK's
+    ``containers.list`` inspects each one after listing: one the runner removes between
+    the two is a NotFound)."""
     import docker
 
     from pps.runners.docker import daemon_label
 
-    with contextlib.closing(docker.DockerClient(base_url=e.url, timeout=10)) as client:
-        return client.containers.list(all=True, filters={"label": f"pachy.daemon={daemon_label(str(p.home))}"})
+    with contextlib.closing(docker.APIClient(base_url=e.url, timeout=10)) as api:
+        found = api.containers(all=True, filters={"label": f"pachy.daemon={daemon_label(str(p.home))}"})
+    return [Box(c["Id"], (c.get("Labels") or {}).get("pachy.worker", ""), c.get("State", "")) for c in found]
 
 
 def _slow_pipeline(c: Client) -> str:
@@ -192,7 +204,7 @@ def _check_clean_end(p: Pachy, e: Engine, head: str) -> str:
     assert not open_commits, f"open output commits left: {open_commits}"
     # one running container per live worker (a dead worker's may have the id of its successor)
     live = sorted(p.worker_pids().values())
-    left = sorted((ctr.labels.get("pachy.worker"), ctr.status) for ctr in _containers(e, p))
+    left = sorted((ctr.worker, ctr.status) for ctr in _containers(e, p))
     assert left == [(wid, "running") for wid in live], f"containers of dead workers left: {left} (live: {live})"
     return job.state
 
@@ -234,7 +246,7 @@ def test_dockerd_gone_for_good_fails_the_job_cleanly(engine: Engine, tmp_path: P
         finally:
             engine.start().close()
         # Back: the worker that could not get a container gets one (the dead one removed first).
-        wait_for(lambda: sorted((ctr.labels["pachy.worker"], ctr.status) for ctr in _containers(engine, p))
+        wait_for(lambda: sorted((ctr.worker, ctr.status) for ctr in _containers(engine, p))
                  == [(wid, "running") for wid in sorted(p.worker_pids().values())], 30,
                  "one running container per live worker")
         wait_for(lambda: "answers again" in p.log_text(), 15, "the runner to see the engine back")
