@@ -214,10 +214,14 @@ class DockerRunner(LocalRunner):
         with self._lock:
             mine = {w.extra.container.id for ws in self._workers.values() for w in ws.values()
                     if isinstance(w.extra, _Box) and w.extra.container is not None and w.alive()}
+            # and those made for workers about to start (a sweep runs from ensure)
+            mine |= {box.container.id for _args, box in self._ready.values()
+                     if isinstance(box, _Box) and box.container is not None}
         n = 0
         try:
             found = self.docker.containers.list(all=True, filters={"label": f"pachy.daemon={self.label}"})
-        except Exception as exc:
+        except Exception as exc:  # (the engine away, or a container gone between listing and inspecting)
+            self._sweep = True  # try again from the next ensure
             print(f"docker runner: cannot list containers to remove orphans: {_short(exc)}", file=sys.stderr)
             return 0
         for c in found:
@@ -238,7 +242,8 @@ class DockerRunner(LocalRunner):
                         shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
-            print(f"docker runner: removed {n} container(s) of no live worker (left by a killed daemon or an engine restart)", file=sys.stderr, flush=True)
+            print(f"docker runner: removed {n} container(s) of no live worker (left by a killed daemon "
+                  "or an engine restart)", file=sys.stderr, flush=True)
         return n
 
     # -- containers -------------------------------------------------------------
