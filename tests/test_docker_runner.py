@@ -7,9 +7,10 @@ each of two commits); inside a container: env, secrets (env and file), user,
 working_dir, stdin, err_cmd, accept_return_code, datum_timeout (a hanging unit
 killed), a crashing unit, a memory limit exceeded (the OOM reason); an image without
 a shell (and a binary without its loader); a missing image's error; no engine at all;
-mountd kill -9 with containers running (the next daemon removes the orphans and
-their scratch mounts); a service published at its external port; a spout; incremental
-skipping across two container workers; an updated spec replacing the containers.
+a service published at its external port; a spout; incremental skipping across two
+container workers; an updated spec replacing the containers. (mountd kill -9 and a
+dockerd restart with containers running: tests/test_docker_restart.py, on an engine
+of its own.)
 """
 
 from __future__ import annotations
@@ -220,33 +221,6 @@ def test_a_missing_image_says_what_to_do(c: Client) -> None:
     flush(c, "lost", head)
     reason = _reason(c, "seeker")
     assert "image 'pachy-test/nosuch:0' not found: build or load it" in reason and "docker images" in reason
-
-
-# -- a killed daemon ------------------------------------------------------------------------
-
-
-def test_a_restarted_daemon_removes_the_orphans_of_a_killed_one(docker_engine, tmp_path: Path) -> None:
-    p = Pachy(tmp_path / "k9", PACHY_RUNNER="docker")
-    p.start()
-    try:
-        c = p.client
-        c.create_repo("slow")
-        commit_files(c, "slow", {"x": b"1"})
-        c.create_pipeline(_spec("sleeper", "slow", ["sleep", "1000.75"]))
-        wait_for(lambda: processes("sleep", "1000.75"), 30, "the unit to run")
-        before = {ctr.id for ctr in _containers(docker_engine, p)}
-        assert before
-        p.kill9()
-        wait_for(lambda: not p.worker_pids(), 15, "the workers to follow their daemon")
-        p.start()
-        wait_for(lambda: not before & {ctr.id for ctr in _containers(docker_engine, p)}, 30,
-                 "the old containers to be removed")
-        assert "removed" in p.log_text()
-        delete_all_pipelines(p.client)
-    finally:
-        p.stop()
-    assert not _containers(docker_engine, p)
-    assert not [line for line in Path("/proc/self/mounts").read_text().splitlines() if str(p.home) in line]
 
 
 # -- long-running: a service's port, a spout's stream ---------------------------------------

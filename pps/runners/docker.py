@@ -46,6 +46,9 @@ _AGENT_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
                          "shim", "agent", "agent.sh")
 BUSYBOX_PATHS = ("/usr/bin/busybox", "/bin/busybox")
 RECHECK = 5.0  # a worker that could not get its container tries again after this long
+ENGINE_GRACE = 30.0  # an engine gone this long is dead, not restarting: workers start (and fail units saying so)
+ENGINE_GRACE_ENV = "PACHY_DOCKER_ENGINE_GRACE"  # seconds, instead of ENGINE_GRACE (tests use 1)
+PING_TIMEOUT = 2.0
 START_DOCKERD = ("start it: systemctl start docker (or run dockerd & as root), then check with docker info")
 
 
@@ -87,6 +90,16 @@ def connect(base_url: str | None = None):
         raise DockerUnavailable(f"no Docker engine answers at {where} ({_short(exc)}); {START_DOCKERD}") from None
 
 
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        print(f"docker runner: {ENGINE_GRACE_ENV}={text!r} is not a number of seconds; using {default:g}",
+              file=sys.stderr, flush=True)
+        return default
+    return max(0.0, value)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
@@ -121,6 +134,9 @@ class DockerRunner(LocalRunner):
         self.root = os.path.join(self.home, "containers")
         self.agent_dir = os.path.join(self.root, "agent")
         self._ready: dict[str, tuple[list[str], _Box]] = {}  # containers made for workers ensure starts next
+        self._down_since: float | None = None  # when the engine was first found not answering (a restart?)
+        self._sweep = False  # a container could not be removed (engine away): remove_orphans when it is back
+        self.engine_grace = _seconds(os.environ.get(ENGINE_GRACE_ENV), ENGINE_GRACE)
         self._install_agent()
         self.remove_orphans()
 
@@ -149,6 +165,11 @@ class DockerRunner(LocalRunner):
                 have = self._workers.get(pipeline, {})
                 missing = [f"{pipeline}-{self._run_id}-{i}" for i in range(workers)]
                 missing = [wid for wid in missing if wid not in have or not have[wid].alive()]
+            if missing or self._down_since is not None or self._sweep:
+                # (asked while it is or was away, too: to see it back, and sweep, before it goes again)
+                ready = self._engine_ready()
+                if missing and not ready:
+                    return []  # wait for it: the scheduler asks again next tick (no unit fails meanwhile)
             for wid in missing:
                 if wid not in self._ready:
                     self._ready[wid] = self._prepare(pipeline, wid, spec)
@@ -161,6 +182,29 @@ class DockerRunner(LocalRunner):
                 if ready is not None:
                     self._discard(ready[1])
 
+    def _engine_ready(self) -> bool:
+        """Whether to make containers now. An engine that does not answer is given
+        ``engine_grace`` seconds to come back (``dockerd`` restarted: its containers ended, and their
+        workers with them): workers are not started meanwhile, so their units do not fail
+        for want of it. After that they start, and their units fail saying to start it.
+        Back, it first has the containers it could not remove then removed."""
+        try:
+            self.docker.api.get(f"{self.docker.api.base_url}/_ping", timeout=PING_TIMEOUT).raise_for_status()
+        except Exception as exc:
+            now = time.monotonic()
+            if self._down_since is None:
+                self._down_since = now
+                print(f"docker runner: the Docker engine does not answer ({_short(exc)}); waiting up to "
+                      f"{self.engine_grace:g} s for it before starting workers", file=sys.stderr, flush=True)
+            return now - self._down_since > self.engine_grace
+        if self._down_since is not None:
+            print("docker runner: the Docker engine answers again", file=sys.stderr, flush=True)
+            self._down_since = None
+        if self._sweep:
+            self._sweep = False
+            self.remove_orphans()
+        return True
+
     def close(self, timeout: float = 5.0) -> None:
         super().close(timeout)
         self.remove_orphans()
@@ -170,10 +214,14 @@ class DockerRunner(LocalRunner):
         with self._lock:
             mine = {w.extra.container.id for ws in self._workers.values() for w in ws.values()
                     if isinstance(w.extra, _Box) and w.extra.container is not None and w.alive()}
+            # and those made for workers about to start (a sweep runs from ensure)
+            mine |= {box.container.id for _args, box in self._ready.values()
+                     if isinstance(box, _Box) and box.container is not None}
         n = 0
         try:
             found = self.docker.containers.list(all=True, filters={"label": f"pachy.daemon={self.label}"})
-        except Exception as exc:
+        except Exception as exc:  # (the engine away, or a container gone between listing and inspecting)
+            self._sweep = True  # try again from the next ensure
             print(f"docker runner: cannot list containers to remove orphans: {_short(exc)}", file=sys.stderr)
             return 0
         for c in found:
@@ -183,6 +231,7 @@ class DockerRunner(LocalRunner):
                 c.remove(force=True)
                 n += 1
             except Exception as exc:
+                self._sweep = True
                 print(f"docker runner: cannot remove orphaned container {c.name}: {_short(exc)}", file=sys.stderr)
             wid = (c.labels or {}).get("pachy.worker", "")
             if wid and "/" not in wid and not wid.startswith("."):
@@ -193,7 +242,8 @@ class DockerRunner(LocalRunner):
                         shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
-            print(f"docker runner: removed {n} container(s) left by a previous daemon", file=sys.stderr, flush=True)
+            print(f"docker runner: removed {n} container(s) of no live worker (left by a killed daemon "
+                  "or an engine restart)", file=sys.stderr, flush=True)
         return n
 
     # -- containers -------------------------------------------------------------
@@ -287,6 +337,9 @@ class DockerRunner(LocalRunner):
         labels = {"pachy.daemon": self.label, "pachy.pipeline": pipeline, "pachy.worker": wid,
                   "pachy.spec": spec.digest}
         self.docker.images.get(spec.image)  # ImageNotFound before anything is made
+        # A container of this name is the one an earlier worker of this id left when the engine
+        # could not be asked to remove it (it was restarting): ours, dead, in the way.
+        _remove_named(self.docker, name)
 
         def run(**extra: object):
             return self.docker.containers.run(
@@ -295,6 +348,9 @@ class DockerRunner(LocalRunner):
                             AGENT_CTL],
                 user="0:0",  # the agent; user code runs as transform.user or the image's USER
                 name=name, labels=labels, mounts=mounts, detach=True, stdin_open=False,
+                # The agent (pid 1, no handler) ignores SIGTERM: `docker stop`, and dockerd's own
+                # shutdown, would wait 10 s for nothing before killing it. It has nothing to save.
+                stop_signal="SIGKILL",
                 environment={}, **kwargs, **extra,
             )
 
@@ -381,8 +437,8 @@ class DockerRunner(LocalRunner):
         """Remove a worker's container, its scratch mounts and its control directory."""
         if not isinstance(box, _Box):
             return
-        if box.container is not None:
-            _remove(box.container)
+        if box.container is not None and not _remove(box.container):
+            self._sweep = True  # the engine is away (restarting?): remove it when it answers again
         for d in box.shared:
             _unmount(d)
         for d in box.shared:
@@ -425,12 +481,15 @@ def _share(d: str) -> bool:
     return True
 
 
-def _remove(container) -> None:
+def _remove(container) -> bool:
+    """Remove ``container``; False if it may still be there."""
     try:
         container.remove(force=True)
     except Exception as exc:
         if "No such container" not in str(exc) and "is already in progress" not in str(exc):
             print(f"docker runner: cannot remove container {container.name}: {_short(exc)}", file=sys.stderr)
+            return False
+    return True
 
 
 def _remove_named(client, name: str) -> None:
