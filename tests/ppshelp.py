@@ -223,6 +223,21 @@ def pfs(repo: str, glob: str = "/*", **extra) -> dict:
     return {"pfs": {"repo": repo, "glob": glob} | extra}
 
 
+def lazy_bytes(c: Client, pipeline: str) -> list[int]:
+    """Per unit, the bytes its lazy inputs cost (the worker's log line "lazy inputs (...): N bytes read")."""
+    lines = [line.message for line in c.get_logs(pipeline=pipeline) if not line.user]
+    return [int(m.group(1)) for line in lines if (m := re.search(r"lazy inputs .*: (\d+) bytes read", line))]
+
+
+def sparse_file(path: Path, size: int, offset: int, marker: bytes) -> Path:
+    """``size`` bytes of zeros with ``marker`` written at ``offset`` (sparse: cheap to make)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(offset)
+        f.write(marker)
+    return path
+
+
 def table_rows(res: Result) -> list[list[str]]:
     """A table's rows split on runs of 2+ spaces (cells such as '1 second ago' hold single spaces)."""
     return [re.split(r" {2,}", line.strip()) for line in res.lines]

@@ -25,6 +25,7 @@ import pytest
 from pachctl.client import Client
 from tests.conftest import wait_for
 from tests.images import BUSYBOX_IMAGE, NOSHELL_IMAGE
+from tests.mounting import requires_fuse
 from tests.ppshelp import (
     Pachy,
     commit_files,
@@ -32,9 +33,12 @@ from tests.ppshelp import (
     flush,
     flush_ok,
     jobs,
+    lazy_bytes,
     outputs,
+    pachy_daemon,
     pfs,
     processes,
+    sparse_file,
 )
 
 pytestmark = pytest.mark.docker
@@ -46,14 +50,10 @@ FRUITS = ("apple", "banana", "orange")
 
 @pytest.fixture(scope="module")
 def px(docker_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pachy]:
-    p = Pachy(tmp_path_factory.mktemp("docker"), PACHY_RUNNER="docker")
-    p.engine = docker_engine
-    p.start()
-    try:
+    with pachy_daemon(tmp_path_factory.mktemp("docker"), PACHY_RUNNER="docker") as p:
+        p.engine = docker_engine
         yield p
-    finally:
-        p.stop()
-        assert not _containers(docker_engine, p), "the daemon left containers behind"
+    assert not _containers(docker_engine, p), "the daemon left containers behind"
 
 
 @pytest.fixture
@@ -192,6 +192,28 @@ def test_memory_limit_exceeded_fails_with_the_reason(c: Client) -> None:
     ], resource_limits={"memory": "32Mi"}, datum_tries=1))
     flush(c, "hog", head)
     assert _reason(c, "hogger").endswith("killed: out of memory (resource_limits.memory is 32Mi)")
+
+
+@requires_fuse
+def test_a_lazy_input_is_read_partially_in_the_container(px: Pachy, c: Client) -> None:
+    import os
+
+    mib = 1 << 20
+    marker = os.urandom(mib)
+    c.create_repo("huge")
+    big = sparse_file(px.work / "huge.bin", 256 * mib, 200 * mib, marker)
+    c.put_file("huge", "master", "/huge.bin", big, new_commit=True)
+    (created,) = c.create_pipeline(_spec("partial", "huge", ["sh"], stdin=[
+        f"dd if=/pfs/huge/huge.bin of=/pfs/out/piece bs={mib} skip=200 count=1 2>/dev/null",
+        "stat -L -c %s /pfs/huge/huge.bin > /pfs/out/size",
+    ]) | {"input": pfs("huge", "/", lazy=True)})
+    assert not [n for n in created.notes or [] if "lazy" in n.path], created.notes  # live under docker
+    flush_ok(c, "huge", "master")
+    out = outputs(c, "partial")
+    assert out["piece"] == marker
+    assert out["size"].strip() == str(256 * mib).encode()
+    (got,) = lazy_bytes(c, "partial")
+    assert mib <= got <= 2 * mib, got
 
 
 # -- images -------------------------------------------------------------------------------
