@@ -367,3 +367,47 @@ def test_an_updated_spec_gets_new_containers(px: Pachy, c: Client) -> None:
     new = {ctr.id: ctr.labels["pachy.spec"] for ctr in _containers(px.engine, px)
            if ctr.labels["pachy.pipeline"] == "updater"}
     assert len(new) == 1 and not set(new) & set(old) and set(new.values()) != set(old.values())
+
+
+# -- create-time notes per runner ----------------------------------------------------------
+
+
+def test_create_time_notes_for_an_image_spec_follow_the_runner_that_runs_it(docker_engine, tmp_path: Path) -> None:
+    """The real runners' capabilities behind the scheduler's notes: under auto, Docker runs
+    the image with its limits, port mapping and lazy inputs (no note); under --runner local
+    the image is inert (and the port is not mapped)."""
+    from pfsfuse.mount import fuse_unavailable
+    from pfsfuse.objstore import LocalStore
+    from pfsfuse.pfs import PFS
+    from pps.runners import cgroups
+    from pps.runners.auto import AutoRunner, build_runner
+    from pps.scheduler import Scheduler
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    port = free_port()
+    spec = _spec("noted", "notes", ["sh"], stdin=["true"]) | {
+        "input": pfs("notes", "/*", lazy=True), "resource_limits": {"memory": "64Mi", "cpu": 0.5},
+        "service": {"internal_port": 8080, "external_port": port},
+    }
+    inert = {"transform.image", "resource_limits", "service.external_port", "input.pfs.lazy"}
+    store = PFS(str(home), LocalStore(str(home / "objects")))
+    store.create_repo("notes")
+    try:
+        # local: the image is inert and there is no port mapping (its cgroups act where they can)
+        no_fuse = {"input.pfs.lazy"} if fuse_unavailable() else set()
+        no_cgroups = {"resource_limits"} if cgroups.available() else set()
+        for choice, expected in (("auto", no_fuse),
+                                 ("local", {"transform.image", "service.external_port"} | no_fuse | no_cgroups)):
+            runner = build_runner(choice, f"unix:{tmp_path}/none.sock", str(home / choice))
+            assert isinstance(runner, AutoRunner) == (choice == "auto")
+            s = Scheduler(store, str(home / choice), runner=runner, max_workers=4)
+            try:
+                (row,) = s.create_pipelines(json.dumps(spec | {"pipeline": {"name": f"noted-{choice}"}}))
+                paths = {n["path"] for n in row.notes}
+                assert paths & inert == expected, (choice, row.notes)
+            finally:
+                s.close()
+                runner.close()
+    finally:
+        store.close()

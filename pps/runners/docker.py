@@ -30,12 +30,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
-from pfsfuse.mount import fuse_unavailable
+from pfsfuse.mount import detach_under, make_shared
 from pps.runners.base import OnExit, WorkerSpec
 from pps.runners.local import LocalRunner, _terminate, _Worker
 from pps.spec import Capabilities
@@ -46,6 +46,8 @@ _AGENT_SH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path
                          "shim", "agent", "agent.sh")
 BUSYBOX_PATHS = ("/usr/bin/busybox", "/bin/busybox")
 RECHECK = 5.0  # a worker that could not get its container tries again after this long
+NO_PROPAGATION = ("the FUSE view cannot reach the container: the worker's scratch is no shared mount "
+                  "(the daemon must run as root for that)")
 START_DOCKERD = ("start it: systemctl start docker (or run dockerd & as root), then check with docker info")
 
 
@@ -127,11 +129,14 @@ class DockerRunner(LocalRunner):
     # -- the interface --------------------------------------------------------
 
     def capabilities(self, spec: WorkerSpec) -> Capabilities:
+        caps = super().capabilities(spec)
         if not spec.image:
-            return super().capabilities(spec)  # such a pipeline runs as under the local runner
-        fuse = fuse_unavailable()
-        return Capabilities(runner="docker", cpu_memory_limits=True, port_mapping=True, lazy_inputs=fuse is None,
-                            lazy_inputs_why=f"no FUSE on this machine ({fuse})" if fuse else "")
+            return caps  # such a pipeline runs as under the local runner
+        # The container carries the limits and the port mapping; lazy inputs need FUSE here,
+        # and root to share the worker's scratch (where the view is mounted) with the container.
+        lazy_why = caps.lazy_inputs_why or ("" if os.geteuid() == 0 else NO_PROPAGATION)
+        return replace(caps, runner="docker", cpu_memory_limits=True, cpu_memory_why="", port_mapping=True,
+                       lazy_inputs=not lazy_why, lazy_inputs_why=lazy_why)
 
     def owns(self, spec: WorkerSpec) -> bool:
         return bool(spec.image)
@@ -189,7 +194,7 @@ class DockerRunner(LocalRunner):
                 # and what its worker left on the host: the shared scratch mounts, its control directory
                 for d in self._scratch_dirs(wid):
                     if d is not None:
-                        _unmount(d)
+                        detach_under(d)
                         shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
@@ -249,6 +254,10 @@ class DockerRunner(LocalRunner):
                 _reset_dir(d)
                 if _share(d):
                     box.shared.append(d)
+            if scratch not in box.shared:
+                # The worker's FUSE view is mounted under its scratch after the container started:
+                # without a shared mount the container would see an empty directory there.
+                args += ["--no-lazy", NO_PROPAGATION]
             box.container = self._create(pipeline, wid, spec, ctl, dirs, box.shared)
             image = box.container.image
             cfg = image.attrs.get("Config") or {}
@@ -378,31 +387,15 @@ class DockerRunner(LocalRunner):
         if box.container is not None:
             _remove(box.container)
         for d in box.shared:
-            _unmount(d)
+            detach_under(d)
         for d in box.shared:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(box.ctl, ignore_errors=True)
 
 
-def _mounted(d: str) -> bool:
-    """Whether something is mounted at ``d`` (a bind of a directory onto itself included,
-    which os.path.ismount cannot tell: same device, same parent)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == d for line in f)
-    except (OSError, IndexError):
-        return False
-
-
-def _unmount(d: str) -> None:
-    for _ in range(8):  # a mount may be stacked on another
-        if not _mounted(d) or subprocess.run(["umount", "-l", d], capture_output=True).returncode != 0:
-            return
-
-
 def _reset_dir(d: str) -> None:
     """An empty directory ``d`` (0700), made before the container binds it."""
-    _unmount(d)
+    detach_under(d)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d, mode=0o700)
 
@@ -412,10 +405,11 @@ def _share(d: str) -> bool:
     (lazy inputs' FUSE views) propagate into the container (which binds it rslave)."""
     if os.geteuid() != 0:
         return False
-    made = subprocess.run(["mount", "--bind", d, d], capture_output=True)
-    if made.returncode != 0:
+    try:
+        make_shared(d)
+    except OSError as exc:
+        print(f"docker runner: lazy inputs cannot reach the container: {exc}", file=sys.stderr)
         return False
-    subprocess.run(["mount", "--make-shared", d], capture_output=True)
     return True
 
 
