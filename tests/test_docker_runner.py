@@ -326,8 +326,11 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
     env = dict(os.environ, PACHY_RUNNER="docker", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
     res = subprocess.run([sys.executable, "-m", "mountd", "--home", str(tmp_path / "home")], env=env,
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0
-    assert "no Docker engine answers at unix://" in res.stderr and "systemctl start docker" in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert f"error: the docker runner cannot start: no Docker engine answers at unix://{tmp_path}/no-docker.sock " \
+           "(no socket there); start it: systemctl start docker" in res.stderr, res.stderr
+    assert res.stderr.rstrip().endswith("or run pipelines on this host: --runner local"), res.stderr
+    assert not (tmp_path / "home" / "mountd.sock").exists()
 
 
 def test_incremental_skipping_across_two_container_workers(px: Pachy, c: Client) -> None:

@@ -86,7 +86,20 @@ def connect(base_url: str | None = None):
         return client
     except Exception as exc:  # docker.errors.DockerException, requests' connection errors
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise DockerUnavailable(f"no Docker engine answers at {where} ({_short(exc)}); {START_DOCKERD}") from None
+        raise DockerUnavailable(f"no Docker engine answers at {where} ({_why_unanswered(exc)}); {START_DOCKERD}") \
+            from None
+
+
+def _why_unanswered(exc: BaseException) -> str:
+    """The engine's client wraps the cause in layers of requests/urllib3 text: name it plainly."""
+    text = str(exc)
+    if "FileNotFoundError" in text or "No such file" in text:
+        return "no socket there"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied: run the daemon as root, or as a member of the docker group"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    return _short(exc)
 
 
 def _short(exc: BaseException) -> str:
