@@ -195,13 +195,20 @@ class ContainerExecutor:
 
     def _traversable(self, binds: Sequence[sandbox.Bind]) -> None:
         """User code reaches its files through symlinks: it needs to traverse the
-        (0700) directories above them, from the scratch root down (not to list them)."""
-        for b in binds:
+        (0700) directories above them, from the scratch root down (not to list them).
+        That is the binds' sources, and where the unit's /pfs links lead (a lazy input:
+        the worker's FUSE view under its scratch, while the unit's directory may be on
+        the fast scratch)."""
+        sources = [b.source for b in binds]
+        pfs = next((b.source for b in binds if b.target == sandbox.PFS), None)
+        if pfs is not None:
+            sources += [os.readlink(e.path) for e in os.scandir(pfs) if e.is_symlink()]
+        for source in sources:
             for root in self.roots:
-                if not b.source.startswith(root + os.sep):
+                if not source.startswith(root + os.sep):
                     continue
                 path = root
-                for part in os.path.relpath(b.source, root).split(os.sep)[:-1]:
+                for part in os.path.relpath(source, root).split(os.sep)[:-1]:
                     st = os.stat(path)
                     if st.st_mode & 0o011 != 0o011:
                         os.chmod(path, (st.st_mode & 0o7777) | 0o011)

@@ -32,6 +32,7 @@ from tests.ppshelp import (
     delete_all_pipelines,
     flush,
     flush_ok,
+    http_get,
     jobs,
     lazy_bytes,
     outputs,
@@ -203,17 +204,22 @@ def test_a_lazy_input_is_read_partially_in_the_container(px: Pachy, c: Client) -
     c.create_repo("huge")
     big = sparse_file(px.work / "huge.bin", 256 * mib, 200 * mib, marker)
     c.put_file("huge", "master", "/huge.bin", big, new_commit=True)
-    (created,) = c.create_pipeline(_spec("partial", "huge", ["sh"], stdin=[
-        f"dd if=/pfs/huge/huge.bin of=/pfs/out/piece bs={mib} skip=200 count=1 2>/dev/null",
-        "stat -L -c %s /pfs/huge/huge.bin > /pfs/out/size",
-    ]) | {"input": pfs("huge", "/", lazy=True)})
-    assert not [n for n in created.notes or [] if "lazy" in n.path], created.notes  # live under docker
+    script = [f"dd if=/pfs/huge/huge.bin of=/pfs/out/piece bs={mib} skip=200 count=1 2>/dev/null",
+              "stat -L -c %s /pfs/huge/huge.bin > /pfs/out/size"]
+    created = c.create_pipeline([
+        _spec("partial", "huge", ["sh"], stdin=script) | {"input": pfs("huge", "/", lazy=True)},
+        # as the image's user "fruit": the view is reachable by user code that is not root
+        _spec("partial-fruit", "huge", ["sh"], stdin=script, transform={"user": "fruit"}) | {
+            "input": pfs("huge", "/", lazy=True)},
+    ])
+    assert not [n for p in created for n in p.notes or [] if "lazy" in n.path]  # live under docker
     flush_ok(c, "huge", "master")
-    out = outputs(c, "partial")
-    assert out["piece"] == marker
-    assert out["size"].strip() == str(256 * mib).encode()
-    (got,) = lazy_bytes(c, "partial")
-    assert mib <= got <= 2 * mib, got
+    for name in ("partial", "partial-fruit"):
+        out = outputs(c, name)
+        assert out["piece"] == marker, name
+        assert out["size"].strip() == str(256 * mib).encode()
+        (got,) = lazy_bytes(c, name)
+        assert mib <= got <= 2 * mib, (name, got)
 
 
 # -- images -------------------------------------------------------------------------------
@@ -274,19 +280,6 @@ def test_a_restarted_daemon_removes_the_orphans_of_a_killed_one(docker_engine, t
 # -- long-running: a service's port, a spout's stream ---------------------------------------
 
 
-def _get(port: int, path: str) -> bytes | None:
-    """The body of GET http://127.0.0.1:port/path, or None while nothing (right) answers."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
-            return resp.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException):
-        return None  # (IncompleteRead: the old service was stopped mid-answer by a restart)
-
-
 def test_a_service_is_published_at_its_external_port(c: Client) -> None:
     from tests.conftest import free_port
 
@@ -298,9 +291,9 @@ def test_a_service_is_published_at_its_external_port(c: Client) -> None:
         "transform": {"image": BUSYBOX_IMAGE, "cmd": ["httpd", "-f", "-p", "8080", "-h", "/pfs/site"]},
         "service": {"internal_port": 8080, "external_port": port},
     })
-    wait_for(lambda: _get(port, "index.txt") == b"version one\n", 30, "the service to answer on its external port")
+    wait_for(lambda: http_get(port, "index.txt") == b"version one\n", 30, "the service to answer on its external port")
     commit_files(c, "site", {"index.txt": b"version two\n"})
-    wait_for(lambda: _get(port, "index.txt") == b"version two\n", 30, "the service to restart on the new commit")
+    wait_for(lambda: http_get(port, "index.txt") == b"version two\n", 30, "the service to restart on the new commit")
 
 
 def test_a_spout_writes_its_streams_from_the_container(c: Client) -> None:
