@@ -26,7 +26,7 @@ from hypercorn.trio import serve
 from mountd.app import build_app
 from mountd.home import secure_home
 from mountd.mounts import MountManager
-from pfsfuse.errors import PfsError
+from pfsfuse.errors import InvalidArgument, PfsError
 from pfsfuse.objstore import open_store
 from pfsfuse.pfs import PFS
 from pps.runners.auto import CHOICES, build_runner
@@ -75,11 +75,13 @@ def _token(home: str, given: str | None) -> str:
 
 
 def runner_choice(flag: str | None) -> str:
-    """Flag, then environment, then config file, then ``auto`` (as pachctl reads its settings)."""
+    """Flag, then environment, then config file, then ``auto`` (as pachctl reads its settings).
+    A value from the environment or the file that names no runner is refused there, naming
+    where it came from (the flag's choices are argparse's)."""
     if flag:
         return flag
     if os.environ.get("PACHY_RUNNER", "").strip():
-        return os.environ["PACHY_RUNNER"].strip()
+        return _known_runner(os.environ["PACHY_RUNNER"].strip(), "PACHY_RUNNER", "set it to one of them or unset it")
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
     path = os.path.join(base, "pachy", "config.toml")
     try:
@@ -89,7 +91,13 @@ def runner_choice(flag: str | None) -> str:
         value = None
     except tomllib.TOMLDecodeError as exc:
         raise PfsError(f"cannot read {path}: {exc}") from None
-    return str(value) if value else "auto"
+    return _known_runner(str(value), f"'runner' of {path}", "fix or remove that line") if value else "auto"
+
+
+def _known_runner(value: str, where: str, fix: str) -> str:
+    if value.lower() not in CHOICES:
+        raise InvalidArgument(f"unknown runner '{value}' in {where} (expected one of {', '.join(CHOICES)}); {fix}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

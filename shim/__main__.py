@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executor", choices=("local", "container"), default="local",
                         help="where user code runs: here in a sandbox, or in a container through its agent (--ctl)")
     parser.add_argument("--ctl", default=None, help="the container's control directory (--executor container)")
+    parser.add_argument("--no-lazy", default=None, metavar="REASON",
+                        help="copy lazy inputs (the runner says why its units could not see the FUSE view)")
     parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         # In a container /pfs is a symlink the agent follows, so a lazy input is a symlink into
         # the FUSE view under the scratch (which the container sees through mount propagation).
         worker.lazy_links = args.executor == "container"
+        worker.no_lazy = args.no_lazy
         return worker.run()
     finally:
         link.close()

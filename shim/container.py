@@ -36,7 +36,7 @@ import signal
 import time
 from collections.abc import Sequence
 
-from shim import sandbox
+from shim import oom, sandbox
 from shim.execute import EXIT_GRACE, Identity, Lines, Log, Run, StartError, exit_reason
 from shim.task import TaskError
 
@@ -52,29 +52,6 @@ AGENT_SAYS = "pachy-agent: "  # a line of run.sh's own on stderr: the reason for
 def quote(s: str) -> str:
     """``s`` as one word of sh: single quotes, each ' written as '\\''."""
     return "'" + s.replace("'", "'\\''") + "'"
-
-
-def memory_text(n: int) -> str:
-    """Bytes as the spec writes them (64Mi), for messages."""
-    for unit, size in (("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)):
-        if n >= size and n % size == 0:
-            return f"{n // size}{unit}"
-    return str(n)
-
-
-def read_oom_kills(path: str) -> int:
-    """The ``oom_kill`` counter of a cgroup v1 ``memory.oom_control`` file; -1 if unreadable."""
-    if not path:
-        return -1
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return -1
 
 
 def _key(target: str) -> str:
@@ -105,7 +82,10 @@ class ContainerExecutor:
         self.image_user: str = info.get("user") or ""
         self.default_cwd: str = info.get("working_dir") or "/"
         self.memory: int = int(info.get("memory") or 0)
-        self.oom_control: str = info.get("oom_control") or ""
+        # The container's memory cgroup, found from its first process: did the kernel's
+        # OOM killer end a unit? (None where the kernel does not say.)
+        cgroup = oom.own_memory_cgroup(str(info["pid"])) if info.get("pid") else None
+        self.oom = oom.OomWatch(cgroup, self.memory or None) if cgroup else None
         self.roots = [os.path.abspath(r) for r in roots]
         self.error: str = info.get("error") or ""  # the runner could not start the container: say why per unit
         self.cmd = os.open(os.path.join(ctl, "cmd"), os.O_RDWR | os.O_CLOEXEC)
@@ -215,13 +195,20 @@ class ContainerExecutor:
 
     def _traversable(self, binds: Sequence[sandbox.Bind]) -> None:
         """User code reaches its files through symlinks: it needs to traverse the
-        (0700) directories above them, from the scratch root down (not to list them)."""
-        for b in binds:
+        (0700) directories above them, from the scratch root down (not to list them).
+        That is the binds' sources, and where the unit's /pfs links lead (a lazy input:
+        the worker's FUSE view under its scratch, while the unit's directory may be on
+        the fast scratch)."""
+        sources = [b.source for b in binds]
+        pfs = next((b.source for b in binds if b.target == sandbox.PFS), None)
+        if pfs is not None:
+            sources += [os.readlink(e.path) for e in os.scandir(pfs) if e.is_symlink()]
+        for source in sources:
             for root in self.roots:
-                if not b.source.startswith(root + os.sep):
+                if not source.startswith(root + os.sep):
                     continue
                 path = root
-                for part in os.path.relpath(b.source, root).split(os.sep)[:-1]:
+                for part in os.path.relpath(source, root).split(os.sep)[:-1]:
                     st = os.stat(path)
                     if st.st_mode & 0o011 != 0o011:
                         os.chmod(path, (st.st_mode & 0o7777) | 0o011)
@@ -323,8 +310,7 @@ class ContainerChild:
         self.exited_at: float | None = None
         self.rc: int | None = None
         self.pgid: int | None = None
-        self.oom_before = read_oom_kills(ex.oom_control)
-        self.oom = False
+        self.oom_before = ex.oom.count() if ex.oom is not None else None
         self.fds = (out, err)
         self.out, self.err = Lines(log), Lines(log)
         self.sel = selectors.DefaultSelector()
@@ -398,8 +384,6 @@ class ContainerChild:
                     pass  # the agent killed its writers before saying "done": what is left is buffered
             self.out.close()
             self.err.close()
-            after = read_oom_kills(self.ex.oom_control)
-            self.oom = self.oom_before >= 0 and after > self.oom_before
         finally:
             self.sel.close()
             for fd in self.fds:
@@ -411,11 +395,8 @@ class ContainerChild:
     def failure(self, rc: int) -> str:
         """Why a status ``rc`` failed the unit, in the terms of the image and the spec."""
         why = exit_reason(rc)
-        if self.oom:
-            limit = f" (resource_limits.memory is {memory_text(self.ex.memory)})" if self.ex.memory else ""
-            if rc == -signal.SIGKILL:
-                return f"killed: out of memory{limit}"
-            return f"{why}, after one of its processes was killed: out of memory{limit}"
+        if self.ex.oom is not None and (said := self.ex.oom.explain(self.oom_before, rc, why)) != why:
+            return said  # out of memory: that is the reason, whatever it printed
         err = self.err.last
         if err.startswith(AGENT_SAYS):
             return err[len(AGENT_SAYS):]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import itertools
 import os
 import stat
@@ -36,7 +35,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +43,9 @@ import pyfuse3
 import trio
 
 from pfsfuse.mount import detach_under, fuse_unavailable, make_shared
+from pfsfuse.mount.common import (
+    errno_boundary,  # only FUSEError reaches pyfuse3; the daemon's errors as errnos
+)
 from shim.materialize import LAZY_CURRENT as CURRENT
 from shim.materialize import Piece
 from shim.task import FileSpec
@@ -169,22 +171,6 @@ def build_view(files: Iterable[FileSpec], dirs: Iterable[tuple[str, str]], count
 # -- the file system -----------------------------------------------------------------
 
 
-def _boundary(fn: Callable) -> Callable:
-    """Only FUSEError crosses into pyfuse3 (anything else would end the mount)."""
-
-    @functools.wraps(fn)
-    async def handler(self, *args):
-        try:
-            return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:
-            _say(f"{fn.__name__} failed: {exc!r}")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return handler
-
-
 @dataclass
 class _Handle:
     node: Node
@@ -240,31 +226,31 @@ class LazyOps(pyfuse3.Operations):
         a.attr_timeout = a.entry_timeout = timeout
         return a
 
-    @_boundary
+    @errno_boundary
     async def lookup(self, parent_inode, name, ctx=None):
         child = self._node(parent_inode).children.get(bytes(name))
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._attr(self._node(child))
 
-    @_boundary
+    @errno_boundary
     async def getattr(self, inode, ctx=None):
         return self._attr(self._node(inode))
 
-    @_boundary
+    @errno_boundary
     async def readlink(self, inode, ctx=None):
         node = self._node(inode)
         if node.kind != stat.S_IFLNK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.target
 
-    @_boundary
+    @errno_boundary
     async def opendir(self, inode, ctx=None):
         if self._node(inode).kind != stat.S_IFDIR:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         return inode
 
-    @_boundary
+    @errno_boundary
     async def readdir(self, fh, start_id, token):
         node = self.table.nodes.get(fh)
         if node is None:
@@ -281,7 +267,7 @@ class LazyOps(pyfuse3.Operations):
     async def releasedir(self, fh):
         return None
 
-    @_boundary
+    @errno_boundary
     async def open(self, inode, flags, ctx=None):
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
@@ -299,7 +285,7 @@ class LazyOps(pyfuse3.Operations):
     async def forget(self, inode_list):
         return None  # nodes live as long as their table, not as long as the kernel's lookups
 
-    @_boundary
+    @errno_boundary
     async def statfs(self, ctx=None):
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = self.block
@@ -308,7 +294,7 @@ class LazyOps(pyfuse3.Operations):
 
     # -- reading --
 
-    @_boundary
+    @errno_boundary
     async def read(self, fh, off, size):
         h = self._handles.get(fh)
         if h is None:

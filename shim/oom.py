@@ -9,8 +9,10 @@ is 64Mi)") instead of a bare "killed by SIGKILL".
 The local runner's worker shares its cgroup with its user code (one cgroup
 per worker, as a container); :func:`user_code_adj` starts user code with a
 higher ``oom_score_adj`` than the worker's, so the kernel picks the user's
-process rather than the worker, which then reports the failure. The Docker runner watches a container's cgroup with an
-:class:`OomWatch` of that directory.
+process rather than the worker, which then reports the failure. Under the Docker
+runner, the shim's container executor (``shim/container.py``) watches its
+container's cgroup with an :class:`OomWatch`, found by :func:`own_memory_cgroup`
+from the container's first process.
 
 Standard library only.
 """

@@ -83,7 +83,9 @@ class Worker:
         self.stopping = False
         self._shielded = False
         self.lazy: LazyMount | None = None  # made by the first task with a lazy input
-        self._no_lazy: str | None = None  # why FUSE is unavailable here (lazy inputs are copied)
+        # Why lazy inputs are copied on this worker (no FUSE here, or, set by its runner, its
+        # units could not see the view); None: they are served by the view.
+        self.no_lazy: str | None = None
         # A runner whose units see their directory without binds (an agent in a container
         # links /pfs to it) sets this: lazy inputs are then symlinks into the mount.
         self.lazy_links = False
@@ -289,7 +291,7 @@ class Worker:
         inputs copied, with a note) when there is none or FUSE is unavailable here."""
         if not any(f.lazy for u in task.units for f in u.files):
             return None
-        if self.lazy is None and self._no_lazy is None:
+        if self.lazy is None and self.no_lazy is None:
             from shim.lazyfs import LazyMount, LazyUnavailable
 
             # User code of a root worker runs as another uid (shim.execute.anonymous_identity).
@@ -298,7 +300,7 @@ class Worker:
             try:
                 mount.start()
             except LazyUnavailable as exc:
-                self._no_lazy = str(exc)
+                self.no_lazy = str(exc)
                 self._say(f"lazy inputs will be copied: {exc}")
             else:
                 self.lazy = mount
@@ -307,7 +309,7 @@ class Worker:
                 sandbox.renew()
         if self.lazy is None or not self.lazy.alive:
             self.logs.add(task.job_id, None, f"input.pfs.lazy: no FUSE view on this worker "
-                          f"({self._no_lazy or 'its FUSE loop stopped'}); the lazy inputs were copied", False)
+                          f"({self.no_lazy or 'its FUSE loop stopped'}); the lazy inputs were copied", False)
             return None
         return Lazy(self.lazy.path, links=self.lazy_links)
 

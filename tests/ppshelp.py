@@ -223,6 +223,35 @@ def pfs(repo: str, glob: str = "/*", **extra) -> dict:
     return {"pfs": {"repo": repo, "glob": glob} | extra}
 
 
+def http_get(port: int, path: str) -> bytes | None:
+    """The body of GET http://127.0.0.1:port/path, or None while nothing (right) answers
+    (a service's worker starting, or restarting on a new commit)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
+            return resp.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException):
+        return None  # (IncompleteRead: the old service was stopped mid-answer by a restart)
+
+
+def lazy_bytes(c: Client, pipeline: str) -> list[int]:
+    """Per unit, the bytes its lazy inputs cost (the worker's log line "lazy inputs (...): N bytes read")."""
+    lines = [line.message for line in c.get_logs(pipeline=pipeline) if not line.user]
+    return [int(m.group(1)) for line in lines if (m := re.search(r"lazy inputs .*: (\d+) bytes read", line))]
+
+
+def sparse_file(path: Path, size: int, offset: int, marker: bytes) -> Path:
+    """``size`` bytes of zeros with ``marker`` written at ``offset`` (sparse: cheap to make)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(offset)
+        f.write(marker)
+    return path
+
+
 def table_rows(res: Result) -> list[list[str]]:
     """A table's rows split on runs of 2+ spaces (cells such as '1 second ago' hold single spaces)."""
     return [re.split(r" {2,}", line.strip()) for line in res.lines]

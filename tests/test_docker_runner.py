@@ -26,16 +26,21 @@ import pytest
 from pachctl.client import Client
 from tests.conftest import wait_for
 from tests.images import BUSYBOX_IMAGE, NOSHELL_IMAGE
+from tests.mounting import requires_fuse
 from tests.ppshelp import (
     Pachy,
     commit_files,
     delete_all_pipelines,
     flush,
     flush_ok,
+    http_get,
     jobs,
+    lazy_bytes,
     outputs,
+    pachy_daemon,
     pfs,
     processes,
+    sparse_file,
 )
 
 pytestmark = pytest.mark.docker
@@ -47,14 +52,10 @@ FRUITS = ("apple", "banana", "orange")
 
 @pytest.fixture(scope="module")
 def px(docker_engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pachy]:
-    p = Pachy(tmp_path_factory.mktemp("docker"), PACHY_RUNNER="docker")
-    p.engine = docker_engine
-    p.start()
-    try:
+    with pachy_daemon(tmp_path_factory.mktemp("docker"), PACHY_RUNNER="docker") as p:
+        p.engine = docker_engine
         yield p
-    finally:
-        p.stop()
-        assert not _containers(docker_engine, p), "the daemon left containers behind"
+    assert not _containers(docker_engine, p), "the daemon left containers behind"
 
 
 @pytest.fixture
@@ -195,6 +196,33 @@ def test_memory_limit_exceeded_fails_with_the_reason(c: Client) -> None:
     assert _reason(c, "hogger").endswith("killed: out of memory (resource_limits.memory is 32Mi)")
 
 
+@requires_fuse
+def test_a_lazy_input_is_read_partially_in_the_container(px: Pachy, c: Client) -> None:
+    import os
+
+    mib = 1 << 20
+    marker = os.urandom(mib)
+    c.create_repo("huge")
+    big = sparse_file(px.work / "huge.bin", 256 * mib, 200 * mib, marker)
+    c.put_file("huge", "master", "/huge.bin", big, new_commit=True)
+    script = [f"dd if=/pfs/huge/huge.bin of=/pfs/out/piece bs={mib} skip=200 count=1 2>/dev/null",
+              "stat -L -c %s /pfs/huge/huge.bin > /pfs/out/size"]
+    created = c.create_pipeline([
+        _spec("partial", "huge", ["sh"], stdin=script) | {"input": pfs("huge", "/", lazy=True)},
+        # as the image's user "fruit": the view is reachable by user code that is not root
+        _spec("partial-fruit", "huge", ["sh"], stdin=script, transform={"user": "fruit"}) | {
+            "input": pfs("huge", "/", lazy=True)},
+    ])
+    assert not [n for p in created for n in p.notes or [] if "lazy" in n.path]  # live under docker
+    flush_ok(c, "huge", "master")
+    for name in ("partial", "partial-fruit"):
+        out = outputs(c, name)
+        assert out["piece"] == marker, name
+        assert out["size"].strip() == str(256 * mib).encode()
+        (got,) = lazy_bytes(c, name)
+        assert mib <= got <= 2 * mib, (name, got)
+
+
 # -- images -------------------------------------------------------------------------------
 
 
@@ -226,19 +254,6 @@ def test_a_missing_image_says_what_to_do(c: Client) -> None:
 # -- long-running: a service's port, a spout's stream ---------------------------------------
 
 
-def _get(port: int, path: str) -> bytes | None:
-    """The body of GET http://127.0.0.1:port/path, or None while nothing (right) answers."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
-            return resp.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException):
-        return None  # (IncompleteRead: the old service was stopped mid-answer by a restart)
-
-
 def test_a_service_is_published_at_its_external_port(c: Client) -> None:
     from tests.conftest import free_port
 
@@ -250,9 +265,9 @@ def test_a_service_is_published_at_its_external_port(c: Client) -> None:
         "transform": {"image": BUSYBOX_IMAGE, "cmd": ["httpd", "-f", "-p", "8080", "-h", "/pfs/site"]},
         "service": {"internal_port": 8080, "external_port": port},
     })
-    wait_for(lambda: _get(port, "index.txt") == b"version one\n", 30, "the service to answer on its external port")
+    wait_for(lambda: http_get(port, "index.txt") == b"version one\n", 30, "the service to answer on its external port")
     commit_files(c, "site", {"index.txt": b"version two\n"})
-    wait_for(lambda: _get(port, "index.txt") == b"version two\n", 30, "the service to restart on the new commit")
+    wait_for(lambda: http_get(port, "index.txt") == b"version two\n", 30, "the service to restart on the new commit")
 
 
 def test_a_spout_writes_its_streams_from_the_container(c: Client) -> None:
@@ -278,8 +293,11 @@ def test_no_engine_says_how_to_start_one(tmp_path: Path) -> None:
     env = dict(os.environ, PACHY_RUNNER="docker", DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock")
     res = subprocess.run([sys.executable, "-m", "mountd", "--home", str(tmp_path / "home")], env=env,
                          capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0
-    assert "no Docker engine answers at unix://" in res.stderr and "systemctl start docker" in res.stderr, res.stderr
+    assert res.returncode == 1, res.stderr
+    assert f"error: the docker runner cannot start: no Docker engine answers at unix://{tmp_path}/no-docker.sock " \
+           "(no socket there); start it: systemctl start docker" in res.stderr, res.stderr
+    assert res.stderr.rstrip().endswith("or run pipelines on this host: --runner local"), res.stderr
+    assert not (tmp_path / "home" / "mountd.sock").exists()
 
 
 def test_incremental_skipping_across_two_container_workers(px: Pachy, c: Client) -> None:
@@ -319,3 +337,47 @@ def test_an_updated_spec_gets_new_containers(px: Pachy, c: Client) -> None:
     new = {ctr.id: ctr.labels["pachy.spec"] for ctr in _containers(px.engine, px)
            if ctr.labels["pachy.pipeline"] == "updater"}
     assert len(new) == 1 and not set(new) & set(old) and set(new.values()) != set(old.values())
+
+
+# -- create-time notes per runner ----------------------------------------------------------
+
+
+def test_create_time_notes_for_an_image_spec_follow_the_runner_that_runs_it(docker_engine, tmp_path: Path) -> None:
+    """The real runners' capabilities behind the scheduler's notes: under auto, Docker runs
+    the image with its limits, port mapping and lazy inputs (no note); under --runner local
+    the image is inert (and the port is not mapped)."""
+    from pfsfuse.mount import fuse_unavailable
+    from pfsfuse.objstore import LocalStore
+    from pfsfuse.pfs import PFS
+    from pps.runners import cgroups
+    from pps.runners.auto import AutoRunner, build_runner
+    from pps.scheduler import Scheduler
+    from tests.conftest import free_port
+
+    home = tmp_path / "home"
+    port = free_port()
+    spec = _spec("noted", "notes", ["sh"], stdin=["true"]) | {
+        "input": pfs("notes", "/*", lazy=True), "resource_limits": {"memory": "64Mi", "cpu": 0.5},
+        "service": {"internal_port": 8080, "external_port": port},
+    }
+    inert = {"transform.image", "resource_limits", "service.external_port", "input.pfs.lazy"}
+    store = PFS(str(home), LocalStore(str(home / "objects")))
+    store.create_repo("notes")
+    try:
+        # local: the image is inert and there is no port mapping (its cgroups act where they can)
+        no_fuse = {"input.pfs.lazy"} if fuse_unavailable() else set()
+        no_cgroups = {"resource_limits"} if cgroups.available() else set()
+        for choice, expected in (("auto", no_fuse),
+                                 ("local", {"transform.image", "service.external_port"} | no_fuse | no_cgroups)):
+            runner = build_runner(choice, f"unix:{tmp_path}/none.sock", str(home / choice))
+            assert isinstance(runner, AutoRunner) == (choice == "auto")
+            s = Scheduler(store, str(home / choice), runner=runner, max_workers=4)
+            try:
+                (row,) = s.create_pipelines(json.dumps(spec | {"pipeline": {"name": f"noted-{choice}"}}))
+                paths = {n["path"] for n in row.notes}
+                assert paths & inert == expected, (choice, row.notes)
+            finally:
+                s.close()
+                runner.close()
+    finally:
+        store.close()

@@ -9,7 +9,6 @@ the daemon ...").
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -23,10 +22,12 @@ from tests.ppshelp import (
     Pachy,
     commit_files,
     flush_ok,
+    lazy_bytes,
     outputs,
     pachy_fixtures,
     pfs,
     processes,
+    sparse_file,
     spec,
     wait_jobs,
 )
@@ -40,12 +41,6 @@ MIB = 1 << 20
 OFFSET = 600 * MIB + 12345  # not block aligned on purpose
 
 
-def lazy_bytes(c: Client, pipeline: str) -> list[int]:
-    """Per unit, the bytes its lazy inputs cost (the worker's log line)."""
-    lines = [line.message for line in c.get_logs(pipeline=pipeline) if not line.user]
-    return [int(m.group(1)) for line in lines if (m := re.search(r"lazy inputs .*: (\d+) bytes read", line))]
-
-
 def lazy_mounts(px: Pachy) -> list[str]:
     """The workers' FUSE views under the daemon's home (live or dead)."""
     return [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
@@ -53,13 +48,8 @@ def lazy_mounts(px: Pachy) -> list[str]:
 
 
 def big_sparse_file(px: Pachy, marker: bytes) -> Path:
-    """1 GiB of zeros with ``marker`` written at OFFSET (a sparse file: cheap to make)."""
-    path = px.work / "big.bin"
-    with open(path, "wb") as f:
-        f.truncate(GIB)
-        f.seek(OFFSET)
-        f.write(marker)
-    return path
+    """1 GiB of zeros with ``marker`` written at OFFSET."""
+    return sparse_file(px.work / "big.bin", GIB, OFFSET, marker)
 
 
 def test_a_datum_reading_1_mib_of_a_1_gib_lazy_input_reads_at_most_2_mib(px: Pachy, c: Client) -> None:

@@ -9,30 +9,19 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import socket
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
 
 from pachctl.client import Client, errors
 from tests.conftest import free_port, wait_for
+from tests.ppshelp import http_get
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="workers need root (mount namespaces)")
 DEADLINE = 30.0
-
-
-def _get(port: int, path: str) -> bytes | None:
-    """The body of GET http://127.0.0.1:port/path, or None while nothing (right) answers."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/{path}", timeout=2) as resp:
-            return resp.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, http.client.HTTPException):
-        return None  # (IncompleteRead: the old service was stopped mid-answer by a restart)
 
 
 def _port_closed(port: int) -> bool:
@@ -76,12 +65,12 @@ def test_service_serves_its_input_restarts_on_new_data_and_stops(client: Client)
         "service": {"internal_port": port},
     })
     try:
-        _wait(c, "web", lambda: _get(port, "index.txt") == b"version one\n", "the service to serve the input's head")
-        assert _get(port, "other.txt") == b"other\n"
+        _wait(c, "web", lambda: http_get(port, "index.txt") == b"version one\n", "the service to serve the input's head")
+        assert http_get(port, "other.txt") == b"other\n"
 
         _commit(c, "site", {"index.txt": b"version two\n"})
-        _wait(c, "web", lambda: _get(port, "index.txt") == b"version two\n", "the service to restart on the new commit")
-        assert _get(port, "other.txt") == b"other\n"  # the head: every file, not only the changed one
+        _wait(c, "web", lambda: http_get(port, "index.txt") == b"version two\n", "the service to restart on the new commit")
+        assert http_get(port, "other.txt") == b"other\n"  # the head: every file, not only the changed one
 
         user = _wait(c, "web", lambda: [x for x in c.get_logs(pipeline="web") if x.user and "GET /index.txt" in x.message],
                      "the service's access log in the pipeline's logs")

@@ -108,12 +108,20 @@ def test_build_runner_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_mountd_refuses_a_runner_it_cannot_use(tmp_path: Path) -> None:
-    for env, args, expected in (({}, ["--runner", "kubernetes"], "not available yet"),
-                                ({"PACHY_RUNNER": "mesos"}, [], "unknown runner 'mesos'")):
+    cfg = tmp_path / "cfg"
+    (cfg / "pachy").mkdir(parents=True)
+    (cfg / "pachy" / "config.toml").write_text('runner = "yarn"\n')
+    for env, args, code, expected in (
+        ({}, ["--runner", "kubernetes"], 1, "error: the kubernetes runner is not available yet; use --runner auto"),
+        ({"PACHY_RUNNER": "mesos"}, [], 2, "error: unknown runner 'mesos' in PACHY_RUNNER (expected one of auto, "
+                                           "local, docker, kubernetes, none); set it to one of them or unset it"),
+        ({"XDG_CONFIG_HOME": str(cfg)}, [], 2, f"error: unknown runner 'yarn' in 'runner' of {cfg}/pachy/config.toml"),
+        ({}, ["--runner", "bogus"], 2, "argument --runner: invalid choice: 'bogus'"),
+    ):
         proc = subprocess.run([sys.executable, "-m", "mountd", "--home", str(tmp_path / "h"), *args],
                               capture_output=True, text=True, timeout=60,
                               env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ROOT, "HOME": str(tmp_path), **env})
-        assert proc.returncode != 0 and expected in proc.stderr, proc.stderr
+        assert proc.returncode == code and expected in proc.stderr, (proc.returncode, proc.stderr)
         assert not (tmp_path / "h" / "mountd.sock").exists()
 
 
@@ -128,6 +136,10 @@ def test_runner_choice_flag_then_env_then_config_file(tmp_path: Path, monkeypatc
     monkeypatch.setenv("PACHY_RUNNER", "none")
     assert runner_choice(None) == "none"
     assert runner_choice("docker") == "docker"
+    monkeypatch.setenv("PACHY_RUNNER", "bogus")
+    with pytest.raises(InvalidArgument, match="unknown runner 'bogus' in PACHY_RUNNER"):
+        runner_choice(None)
+    assert runner_choice("local") == "local"  # the flag wins over a broken environment
 
 
 def test_a_daemon_with_runner_none_plans_jobs_and_starts_no_worker(tmp_path: Path, start_daemon) -> None:

@@ -13,43 +13,22 @@ import pytest
 from pfsfuse.objstore import LocalStore
 from pfsfuse.pfs import PFS
 from pps import wire
-from pps.runners.base import WorkerSpec
+from pps.runners.base import NullRunner, WorkerSpec
 from pps.scheduler import Scheduler
 from pps.spec import Capabilities
 
 
 @dataclass
-class RecordingRunner:
-    """Starts nothing; remembers every ensure (the scheduler's worker requests)."""
+class RecordingRunner(NullRunner):
+    """Starts nothing; answers with ``caps`` and remembers every ensure (the scheduler's
+    worker requests)."""
 
-    caps: Capabilities = field(default_factory=Capabilities)
     name: str = "recording"
     ensured: list[tuple[str, WorkerSpec, int]] = field(default_factory=list)
-
-    def capabilities(self, spec: WorkerSpec) -> Capabilities:
-        return self.caps
-
-    def owns(self, spec: WorkerSpec) -> bool:
-        return True
 
     def ensure(self, pipeline: str, spec: WorkerSpec, workers: int) -> list[str]:
         self.ensured.append((pipeline, spec, workers))
         return []
-
-    def stop(self, pipeline: str, timeout: float = 5.0) -> None:
-        pass
-
-    def cancel(self, pipeline: str, worker_id: str) -> bool:
-        return False
-
-    def running(self, pipeline: str) -> int:
-        return 0
-
-    def authenticate(self, credential: str) -> tuple[str, str] | None:
-        return None
-
-    def close(self, timeout: float = 5.0) -> None:
-        pass
 
 
 SPEC = {
@@ -125,7 +104,7 @@ def test_a_commit_becomes_a_job_its_tasks_and_worker_requests(pfs: PFS, tmp_path
 
 def test_create_time_notes_follow_the_runners_capabilities(pfs: PFS, tmp_path: Path) -> None:
     caps = Capabilities(runner="docker", cpu_memory_limits=True, lazy_inputs=True, port_mapping=True)
-    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(caps), max_workers=4)
+    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(caps=caps), max_workers=4)
     (row,) = s.create_pipelines(json.dumps(SPEC))
     assert {n["path"] for n in row.notes} & {"transform.image", "resource_limits", "input.pfs.lazy"} == set()
     s.close()
@@ -145,7 +124,7 @@ def test_a_scheduler_without_a_runner_queues_and_waits(pfs: PFS, tmp_path: Path)
 
 def test_a_runner_says_why_a_field_is_inert(pfs: PFS, tmp_path: Path) -> None:
     caps = Capabilities(cpu_memory_why="no memory controller", lazy_inputs_why="no FUSE on this machine (no /dev/fuse)")
-    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(caps), max_workers=4)
+    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(caps=caps), max_workers=4)
     (row,) = s.create_pipelines(json.dumps(SPEC))
     reasons = {n["path"]: n["reason"] for n in row.notes}
     assert reasons["resource_limits"] == "the local runner cannot cap cpu or memory here: no memory controller"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -21,6 +20,7 @@ from shim.lazyfs import CACHE_BYTES, LazyMount
 from shim.materialize import Lazy, materialize
 from shim.task import Task
 from shim.worker import EXIT_OK, Worker
+from tests.images import BUSYBOX_IMAGE
 from tests.mounting import requires_fuse
 from tests.test_shim import FakeReader, in_thread, task_dict, unit_dict
 from tests.test_shim_worker import FakeLink, decode_result
@@ -174,30 +174,8 @@ def test_without_fuse_lazy_inputs_are_copied_with_a_note(tmp_path, monkeypatch) 
     assert any("no FUSE view on this worker (/dev/fuse is missing (test))" in n for n in notes), notes
 
 
-def _docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        return False
-
-
-IMAGE = "pachy-test-lazy/busybox:1"
-
-
-def _busybox_image(tmp_path) -> None:
-    """A 2 MB image of Debian's busybox-static alone (no registry here)."""
-    root = tmp_path / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for tool in ("sh", "cat", "ls", "sleep"):
-        (root / "bin" / tool).symlink_to("busybox")
-    tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True).stdout
-    subprocess.run(["docker", "import", "-", IMAGE], input=tar, capture_output=True, check=True, timeout=60)
-
-
-@pytest.mark.skipif(not os.path.exists("/bin/busybox") or not _docker_answers(),
-                    reason="needs a running dockerd and busybox-static")
-def test_links_layout_reaches_a_container_started_before_the_mount(tmp_path) -> None:
+@pytest.mark.docker
+def test_links_layout_reaches_a_container_started_before_the_mount(docker_engine, tmp_path) -> None:
     """The Docker runner's shape: the worker's scratch bound into the container (rslave),
     the unit's pfs dir seen without binds; the FUSE view made after the container started."""
     scratch = tmp_path / "scratch"
@@ -207,8 +185,7 @@ def test_links_layout_reaches_a_container_started_before_the_mount(tmp_path) -> 
     reader = FakeReader({("r", "c"): {"/x": b"through the container\n"}})
     m = LazyMount(reader, str(scratch), allow_other=True)
     try:
-        _busybox_image(tmp_path)
-        subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{scratch}:{scratch}:rslave", IMAGE,
+        subprocess.run(["docker", "run", "-d", "--name", name, "-v", f"{scratch}:{scratch}:rslave", BUSYBOX_IMAGE,
                         "sleep", "600"], capture_output=True, check=True, timeout=60)
         m.start()
         raw = task_dict(["true"], [lazy_unit("u1", {"/x": "/x"})])
@@ -221,6 +198,5 @@ def test_links_layout_reaches_a_container_started_before_the_mount(tmp_path) -> 
         dirs.remove()
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
-        subprocess.run(["docker", "rmi", "-f", IMAGE], capture_output=True, timeout=60)
         m.close()
         detach_under(str(scratch))

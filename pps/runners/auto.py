@@ -111,7 +111,8 @@ def _docker(address: str, home: str, token: str | None, on_exit: OnExit | None) 
     except PfsError:
         raise
     except Exception as exc:  # noqa: BLE001 - the engine's client raises many kinds; all mean "no Docker"
-        raise PfsError(f"the docker runner cannot start: {exc} (or run pipelines here: --runner local)") from None
+        raise PfsError(f"the docker runner cannot start: {exc}; or run pipelines on this host: --runner local") \
+            from None
 
 
 def build_runner(choice: str, address: str, home: str, *, token: str | None = None,

@@ -30,12 +30,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
-from pfsfuse.mount import fuse_unavailable
+from pfsfuse.mount import detach_under, make_shared
 from pps.runners.base import OnExit, WorkerSpec
 from pps.runners.local import LocalRunner, _terminate, _Worker
 from pps.spec import Capabilities
@@ -49,6 +49,8 @@ RECHECK = 5.0  # a worker that could not get its container tries again after thi
 ENGINE_GRACE = 30.0  # an engine gone this long is dead, not restarting: workers start (and fail units saying so)
 ENGINE_GRACE_ENV = "PACHY_DOCKER_ENGINE_GRACE"  # seconds, instead of ENGINE_GRACE (tests use 1)
 PING_TIMEOUT = 2.0
+NO_PROPAGATION = ("the FUSE view cannot reach the container: the worker's scratch is no shared mount "
+                  "(the daemon must run as root for that)")
 START_DOCKERD = ("start it: systemctl start docker (or run dockerd & as root), then check with docker info")
 
 
@@ -87,7 +89,20 @@ def connect(base_url: str | None = None):
         return client
     except Exception as exc:  # docker.errors.DockerException, requests' connection errors
         where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-        raise DockerUnavailable(f"no Docker engine answers at {where} ({_short(exc)}); {START_DOCKERD}") from None
+        raise DockerUnavailable(f"no Docker engine answers at {where} ({_why_unanswered(exc)}); {START_DOCKERD}") \
+            from None
+
+
+def _why_unanswered(exc: BaseException) -> str:
+    """The engine's client wraps the cause in layers of requests/urllib3 text: name it plainly."""
+    text = str(exc)
+    if "FileNotFoundError" in text or "No such file" in text:
+        return "no socket there"
+    if "Permission denied" in text or "PermissionError" in text:
+        return "permission denied: run the daemon as root, or as a member of the docker group"
+    if "Connection refused" in text or "ConnectionRefused" in text:
+        return "connection refused"
+    return _short(exc)
 
 
 def _seconds(text: str | None, default: float) -> float:
@@ -143,11 +158,14 @@ class DockerRunner(LocalRunner):
     # -- the interface --------------------------------------------------------
 
     def capabilities(self, spec: WorkerSpec) -> Capabilities:
+        caps = super().capabilities(spec)
         if not spec.image:
-            return super().capabilities(spec)  # such a pipeline runs as under the local runner
-        fuse = fuse_unavailable()
-        return Capabilities(runner="docker", cpu_memory_limits=True, port_mapping=True, lazy_inputs=fuse is None,
-                            lazy_inputs_why=f"no FUSE on this machine ({fuse})" if fuse else "")
+            return caps  # such a pipeline runs as under the local runner
+        # The container carries the limits and the port mapping; lazy inputs need FUSE here,
+        # and root to share the worker's scratch (where the view is mounted) with the container.
+        lazy_why = caps.lazy_inputs_why or ("" if os.geteuid() == 0 else NO_PROPAGATION)
+        return replace(caps, runner="docker", cpu_memory_limits=True, cpu_memory_why="", port_mapping=True,
+                       lazy_inputs=not lazy_why, lazy_inputs_why=lazy_why)
 
     def owns(self, spec: WorkerSpec) -> bool:
         return bool(spec.image)
@@ -238,7 +256,7 @@ class DockerRunner(LocalRunner):
                 # and what its worker left on the host: the shared scratch mounts, its control directory
                 for d in self._scratch_dirs(wid):
                     if d is not None:
-                        _unmount(d)
+                        detach_under(d)
                         shutil.rmtree(d, ignore_errors=True)
                 shutil.rmtree(os.path.join(self.root, wid), ignore_errors=True)
         if n:
@@ -299,12 +317,16 @@ class DockerRunner(LocalRunner):
                 _reset_dir(d)
                 if _share(d):
                     box.shared.append(d)
+            if scratch not in box.shared:
+                # The worker's FUSE view is mounted under its scratch after the container started:
+                # without a shared mount the container would see an empty directory there.
+                args += ["--no-lazy", NO_PROPAGATION]
             box.container = self._create(pipeline, wid, spec, ctl, dirs, box.shared)
             image = box.container.image
             cfg = image.attrs.get("Config") or {}
             info |= {"env": cfg.get("Env") or [], "user": cfg.get("User") or "",
                      "working_dir": cfg.get("WorkingDir") or "",
-                     "container": box.container.id, "oom_control": self._oom_control(box.container)}
+                     "container": box.container.id, "pid": self._pid(box.container)}
         except Exception as exc:
             box.error = self._explain(spec, exc)
             print(f"docker runner: {wid}: {box.error}", file=sys.stderr, flush=True)
@@ -368,20 +390,14 @@ class DockerRunner(LocalRunner):
             raise
 
     @staticmethod
-    def _oom_control(container) -> str:
-        """The container's cgroup v1 memory.oom_control (its oom_kill counter), or ""."""
+    def _pid(container) -> int:
+        """The container's first process on the host (the shim finds its memory cgroup
+        from it, for OOM reasons: shim/oom.py), or 0."""
         try:
             container.reload()
-            pid = container.attrs["State"]["Pid"]
-            with open(f"/proc/{pid}/cgroup") as f:
-                for line in f:
-                    _, controllers, path = line.rstrip("\n").split(":", 2)
-                    if "memory" in controllers.split(","):
-                        candidate = f"/sys/fs/cgroup/memory{path}/memory.oom_control"
-                        return candidate if os.path.exists(candidate) else ""
-        except (OSError, KeyError, ValueError):
-            pass
-        return ""
+            return int(container.attrs["State"]["Pid"] or 0)
+        except Exception:  # the engine's errors, an odd answer: no OOM reasons for this worker, nothing worse
+            return 0
 
     def _explain(self, spec: WorkerSpec, exc: BaseException) -> str:
         import docker.errors
@@ -440,31 +456,15 @@ class DockerRunner(LocalRunner):
         if box.container is not None and not _remove(box.container):
             self._sweep = True  # the engine is away (restarting?): remove it when it answers again
         for d in box.shared:
-            _unmount(d)
+            detach_under(d)
         for d in box.shared:
             shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(box.ctl, ignore_errors=True)
 
 
-def _mounted(d: str) -> bool:
-    """Whether something is mounted at ``d`` (a bind of a directory onto itself included,
-    which os.path.ismount cannot tell: same device, same parent)."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            return any(line.split()[4] == d for line in f)
-    except (OSError, IndexError):
-        return False
-
-
-def _unmount(d: str) -> None:
-    for _ in range(8):  # a mount may be stacked on another
-        if not _mounted(d) or subprocess.run(["umount", "-l", d], capture_output=True).returncode != 0:
-            return
-
-
 def _reset_dir(d: str) -> None:
     """An empty directory ``d`` (0700), made before the container binds it."""
-    _unmount(d)
+    detach_under(d)
     shutil.rmtree(d, ignore_errors=True)
     os.makedirs(d, mode=0o700)
 
@@ -474,10 +474,11 @@ def _share(d: str) -> bool:
     (lazy inputs' FUSE views) propagate into the container (which binds it rslave)."""
     if os.geteuid() != 0:
         return False
-    made = subprocess.run(["mount", "--bind", d, d], capture_output=True)
-    if made.returncode != 0:
+    try:
+        make_shared(d)
+    except OSError as exc:
+        print(f"docker runner: lazy inputs cannot reach the container: {exc}", file=sys.stderr)
         return False
-    subprocess.run(["mount", "--make-shared", d], capture_output=True)
     return True
 
 

@@ -177,6 +177,9 @@ class LocalRunner:
     def _exited(self, w: _Worker) -> None:
         """After the worker's process ended, before anyone waiting for it hears it."""
 
+    def _discard(self, extra: object) -> None:
+        """Undo what ``_prepare`` made (``extra``) for a worker that did not start."""
+
     # -- processes ------------------------------------------------------------
 
     def _start(self, pipeline: str, wid: str, spec: WorkerSpec) -> _Worker:
@@ -202,29 +205,34 @@ class LocalRunner:
             "--scratch", os.path.join(self.home, "scratch", wid),
             "--credential-fd", str(read_end),
         ]  # fmt: skip
+        extra: object = None
         try:
-            args, extra = self._prepare(pipeline, wid, spec)
-            cmd += args
-            log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
             try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    env=env,
-                    cwd="/",
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(read_end,),
-                    preexec_fn=functools.partial(_before_exec, os.getpid(), join),
-                )
+                args, extra = self._prepare(pipeline, wid, spec)
+                cmd += args
+                log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+                try:
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=log,
+                        env=env,
+                        cwd="/",
+                        start_new_session=True,
+                        close_fds=True,
+                        pass_fds=(read_end,),
+                        preexec_fn=functools.partial(_before_exec, os.getpid(), join),
+                    )
+                finally:
+                    os.close(log)
             except BaseException:
+                # No worker: nothing else would remove its cgroup, or what _prepare made for it.
                 if cgroup is not None:
                     cgroup.remove()
+                self._discard(extra)
                 raise
             finally:
-                os.close(log)
                 for fd in join:
                     os.close(fd)
             os.close(read_end)
