@@ -19,7 +19,7 @@ SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-
 # (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
 DOCKER_PACKAGES=(busybox-static)
 # The stats example's image is built from a Debian rootfs (examples/stats/build.sh, tested).
-TEST_PACKAGES=(mmdebstrap cgroupfs-mount)
+TEST_PACKAGES=(mmdebstrap cgroupfs-mount iproute2)
 # An engine already installed (docker-ce from Docker's repository, say) is used as it is:
 # docker.io would conflict with it.
 command -v dockerd >/dev/null 2>&1 || DOCKER_PACKAGES+=(docker.io)

@@ -4,9 +4,9 @@
 Both run against a private Docker engine this module starts (``private_engine``):
 the shared one at /var/run/docker.sock serves other tests and must never be
 stopped. The private one has its own socket, data root, exec root (so its own
-containerd) and pidfile, a containerd namespace of its own, and no networking
-(``--bridge=none --iptables=false ...``: nothing that could clash with the shared
-engine's bridge or iptables rules; these pipelines need no network). mountd is
+containerd) and pidfile, a containerd namespace of its own, and a bridge of its own
+with ``--iptables=false ...``: nothing that could clash with the shared engine's
+bridge (``--bridge=none`` would delete ``docker0``) or iptables rules. mountd is
 pointed at it with ``DOCKER_HOST`` (the runner connects with ``docker.from_env()``).
 
 An engine that stays away (past ``PACHY_DOCKER_ENGINE_GRACE``) fails the job saying
@@ -62,6 +62,9 @@ class Engine:
         self.url = f"unix://{self.sock}"
         self.log = root / "dockerd.log"
         self.proc: subprocess.Popen | None = None
+        # A bridge of its own: with --bridge=none dockerd deletes the host's docker0 at start,
+        # which the shared engine's containers need (seen: "could not find bridge docker0").
+        self.bridge = f"pachyt{os.getpid() % 100000}"
 
     def start(self):
         """Start dockerd and wait (with a deadline) until it answers; its client."""
@@ -69,10 +72,14 @@ class Engine:
 
         dockerd = shutil.which("dockerd")
         assert dockerd, "no dockerd on this machine (installers/install.sh --test installs docker.io)"
+        if not Path(f"/sys/class/net/{self.bridge}").exists():
+            subprocess.run(["ip", "link", "add", "name", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", "10.203.7.1/24", "dev", self.bridge], check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         argv = [dockerd, "--host", self.url, "--data-root", str(self.root / "data"),
                 "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
                 "--containerd-namespace", "pachy-test", "--containerd-plugins-namespace", "pachy-test-plugins",
-                "--bridge=none", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--ip-forward=false"]
+                f"--bridge={self.bridge}", "--iptables=false", "--ip6tables=false", "--ip-masq=false", "--ip-forward=false"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
@@ -122,7 +129,8 @@ class Engine:
         return out
 
     def clean(self) -> None:
-        """Nothing left: processes, mounts (overlays of its containers, its netns), files."""
+        """Nothing left: processes, mounts (overlays of its containers, its netns), its bridge, files."""
+        subprocess.run(["ip", "link", "del", self.bridge], check=False, capture_output=True)
         for pid in self.leftovers():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -146,6 +154,7 @@ def engine(docker_engine) -> Iterator[Engine]:
 
     # short: containerd's sockets live under the exec root (a unix socket path has 108 bytes)
     e = Engine(Path(tempfile.mkdtemp(prefix="pachy-test-dockerd-")))
+    had_docker0 = Path("/sys/class/net/docker0").exists()
     try:
         client = e.start()
         ensure_images(client)
@@ -154,6 +163,8 @@ def engine(docker_engine) -> Iterator[Engine]:
     finally:
         e.stop()
         e.clean()
+    # the shared engine's containers need its bridge: the private engine must not take it away
+    assert Path("/sys/class/net/docker0").exists() or not had_docker0, "the private dockerd deleted docker0"
 
 
 @dataclass(frozen=True)
