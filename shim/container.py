@@ -207,15 +207,13 @@ class ContainerExecutor:
             for root in self.roots:
                 if not source.startswith(root + os.sep):
                     continue
+                # root itself and each directory below it, down to the source's parent
                 path = root
-                for part in os.path.relpath(source, root).split(os.sep)[:-1]:
+                for part in ["", *os.path.relpath(source, root).split(os.sep)[:-1]]:
+                    path = os.path.join(path, part) if part else path
                     st = os.stat(path)
                     if st.st_mode & 0o011 != 0o011:
                         os.chmod(path, (st.st_mode & 0o7777) | 0o011)
-                    path = os.path.join(path, part)
-                st = os.stat(path)
-                if st.st_mode & 0o011 != 0o011:
-                    os.chmod(path, (st.st_mode & 0o7777) | 0o011)
 
     def _script(self, run: Run, binds: Sequence[sandbox.Bind]) -> str:
         """The unit's run.sh, for busybox sh as root in the container."""

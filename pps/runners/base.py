@@ -12,6 +12,7 @@ Pure: no I/O here, so the scheduler's tests build specs without a runner.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -123,7 +124,7 @@ class WorkerSpec:
             long_running=bool(spec.service or spec.spout),
         )
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """A short hash of everything here: workers started from another digest are stale."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
