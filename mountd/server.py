@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduler = Scheduler(pfs, home)
         address = args.listen or f"unix:{socket_path(home)}"
         scheduler.runner = build_runner(runner_choice(args.runner), address, home, token=token,
-                                        on_exit=scheduler.worker_exited)
+                                        on_exit=scheduler.worker_exited, on_trouble=scheduler.worker_trouble)
         app = build_app(pfs, token, mounts, scheduler)
     except PfsError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -95,7 +95,8 @@ def test_build_runner_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     local = build_runner("local", address, home)
     assert isinstance(local, LocalRunner)
     local.close()
-    with pytest.raises(PfsError, match="kubernetes runner is not available yet"):
+    monkeypatch.setitem(sys.modules, "kube.runner", None)  # a build without the kubernetes runner
+    with pytest.raises(PfsError, match="kubernetes runner is not available in this build"):
         build_runner("kubernetes", address, home)
     with pytest.raises(InvalidArgument, match="unknown runner 'mesos'"):
         build_runner("mesos", address, home)
@@ -112,7 +113,7 @@ def test_mountd_refuses_a_runner_it_cannot_use(tmp_path: Path) -> None:
     (cfg / "pachy").mkdir(parents=True)
     (cfg / "pachy" / "config.toml").write_text('runner = "yarn"\n')
     for env, args, code, expected in (
-        ({}, ["--runner", "kubernetes"], 1, "error: the kubernetes runner is not available yet; use --runner auto"),
+        ({}, ["--runner", "mesos"], 2, "argument --runner: invalid choice: 'mesos'"),
         ({"PACHY_RUNNER": "mesos"}, [], 2, "error: unknown runner 'mesos' in PACHY_RUNNER (expected one of auto, "
                                            "local, docker, kubernetes, none); set it to one of them or unset it"),
         ({"XDG_CONFIG_HOME": str(cfg)}, [], 2, f"error: unknown runner 'yarn' in 'runner' of {cfg}/pachy/config.toml"),

@@ -16,7 +16,7 @@ import logging
 import threading
 
 from pfsfuse.errors import InvalidArgument, PfsError
-from pps.runners.base import NullRunner, OnExit, Runner, WorkerSpec
+from pps.runners.base import NullRunner, OnExit, OnTrouble, Runner, WorkerSpec
 from pps.runners.local import LocalRunner
 from pps.spec import Capabilities
 
@@ -115,8 +115,21 @@ def _docker(address: str, home: str, token: str | None, on_exit: OnExit | None) 
             from None
 
 
+def _kubernetes(address: str, home: str, token: str | None, on_exit: OnExit | None,
+                on_trouble: OnTrouble | None) -> Runner:
+    """The Kubernetes runner (kube/runner.py), or PfsError saying why there is none. Loaded by
+    name: kube/ builds on pps's specs and runner protocol, and pps never imports it statically."""
+    try:
+        module = importlib.import_module("kube.runner")
+    except ImportError as exc:
+        raise PfsError(f"the kubernetes runner is not available in this build ({exc}); "
+                       "use --runner local, docker or auto") from None
+    return module.KubernetesRunner.from_environment(address, home, token=token, on_exit=on_exit,
+                                                    on_trouble=on_trouble)
+
+
 def build_runner(choice: str, address: str, home: str, *, token: str | None = None,
-                 on_exit: OnExit | None = None) -> Runner:
+                 on_exit: OnExit | None = None, on_trouble: OnTrouble | None = None) -> Runner:
     """The runner ``choice`` names (see CHOICES), talking to the daemon at ``address``."""
     choice = (choice or "auto").strip().lower()
     if choice not in CHOICES:
@@ -124,7 +137,7 @@ def build_runner(choice: str, address: str, home: str, *, token: str | None = No
     if choice == "none":
         return NullRunner()
     if choice == "kubernetes":
-        raise PfsError("the kubernetes runner is not available yet; use --runner auto, local or docker")
+        return _kubernetes(address, home, token, on_exit, on_trouble)
     if choice == "docker":
         return _docker(address, home, token, on_exit)
     local = LocalRunner(address, home, token=token, on_exit=on_exit)

@@ -22,6 +22,9 @@ from typing import Protocol, runtime_checkable
 from pps.spec import Capabilities, PipelineSpec, ResourceSpec
 
 OnExit = Callable[[str, str, int], None]  # (pipeline, worker id, exit code)
+# (pipeline, why its workers cannot start or keep running; "" once they can): for what no
+# worker can report itself (an image that cannot be pulled, no node to run on, RBAC forbids).
+OnTrouble = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         self._specs: dict[tuple[str, int, float], PipelineSpec] = {}
         self._starting: set[str] = set()  # pipelines whose long-running task is being started
         self._waiting_for_workers: set[str] = set()  # busy, but the worker budget is in use elsewhere
+        self._trouble: dict[str, str] = {}  # pipeline -> why its runner cannot keep its workers up
         self._ensuring = threading.Lock()  # workers started for a pipeline vs. the pipeline deleted
         self._thread: threading.Thread | None = None
         self._stopping_workers: threading.Thread | None = None

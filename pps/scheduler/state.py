@@ -67,6 +67,7 @@ class Base:
     _lock: threading.RLock
     _runs: dict[str, list[list[jp.LeafCommit]]]  # run-pipeline requests, per pipeline
     _crashes: dict[str, list[float]]
+    _trouble: dict[str, str]
     _services: dict[str, tuple[str, str]]  # pipeline -> (generation, task id) of its long-running task
     _specs: dict[tuple[str, int, float], PipelineSpec]
     _starting: set[str]  # pipelines whose next job is being planned

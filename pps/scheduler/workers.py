@@ -76,6 +76,11 @@ class Workers(Base):
                 self._show_worker_state(row, wants[row.name])
 
     def _show_worker_state(self, row: PipelineRow, want: int) -> None:
+        trouble = self._trouble.get(row.name, "")
+        if trouble and want and not row.stopped:
+            if (row.state, row.reason) != ("crashing", trouble):
+                self.store.set_pipeline_state(row.name, "crashing", trouble)
+            return
         crashing = len(self._crashes.get(row.name, [])) >= CRASH_LIMIT
         state = "paused" if row.stopped else "standby" if want == 0 else "running"
         if row.stopped and row.state == "paused":
@@ -91,6 +96,29 @@ class Workers(Base):
         self.queue.release_worker(worker)
         self._crashes.setdefault(pipeline, []).append(time.monotonic())
         self.logs.note(pipeline, None, f"worker {worker} exited with code {code}")
+        self.notify()
+
+    def worker_trouble(self, pipeline: str, message: str) -> None:
+        """The runner's on_trouble: why ``pipeline``'s workers cannot start or keep running
+        (an image that cannot be pulled, no node to schedule them on, RBAC forbids, ...), or
+        "" once they can. The pipeline shows it as 'crashing' with that reason, and the log of
+        its job (or of the pipeline) says it once."""
+        message = message.strip()
+        with self._lock:
+            before = self._trouble.get(pipeline, "")
+            if message:
+                self._trouble[pipeline] = message
+            else:
+                self._trouble.pop(pipeline, None)
+            job = self.active.get(pipeline)
+        if message == before:
+            return
+        job_id = job.row.id if job is not None else None
+        self.logs.note(pipeline, job_id, f"workers: {message}" if message else "workers: running again")
+        if not message:
+            row = self.store.find_pipeline(pipeline)
+            if row is not None and row.state == "crashing" and row.reason == before:
+                self.store.set_pipeline_state(pipeline, "running", "")
         self.notify()
 
     def _kill_workers(self, pipeline: str) -> None:
