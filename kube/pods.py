@@ -307,9 +307,8 @@ def worker_objects(spec: WorkerSpec, replicas: int, key: str, settings: PodSetti
         data["token"] = _b64(token)
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
               "metadata": _meta(name, settings, labels, spec.pipeline), "data": data}
-    template_meta: dict[str, Any] = {"labels": {**dict(spec.labels), **labels, "pachy.spec": spec.digest}}
-    if spec.annotations:
-        template_meta["annotations"] = dict(spec.annotations)
+    template_meta: dict[str, Any] = {"labels": {**dict(spec.labels), **labels, "pachy.spec": spec.digest},
+                                     "annotations": {**dict(spec.annotations), "pachy.pipeline": spec.pipeline}}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

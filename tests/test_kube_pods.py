@@ -143,7 +143,7 @@ def test_secrets_resources_and_scheduling() -> None:
                                   "tolerationSeconds": 30}]
     assert tp["imagePullSecrets"] == [{"name": "regcred"}]
     meta = t[1]["spec"]["template"]["metadata"]
-    assert meta["labels"]["team"] == "data" and meta["annotations"] == {"owner": "me@example.com"}
+    assert meta["labels"]["team"] == "data" and meta["annotations"] == {"owner": "me@example.com", "pachy.pipeline": "t"}
 
 
 def test_services() -> None:
