@@ -378,3 +378,27 @@ def test_trouble_shows_in_list_pipeline(fake: FakeKubeAPI, tmp_path: Path, monke
     finally:
         s.close()
         pfs.close()
+
+
+def test_a_watch_too_old_starts_over_from_a_list(fake: FakeKubeAPI, runner: tuple[KubernetesRunner, Heard]) -> None:
+    """A watch resumed from a resource version the server no longer keeps (410 Gone) lists
+    again: what happened meanwhile (a pod gone) is not missed."""
+    from kube.podwatch import PodWatch
+
+    r, heard = runner
+    r.ensure("edges", SPEC, 2)
+    fake.run_controllers()
+    heard.wait(lambda: r.running("edges") == 2)
+    second = Heard()
+    late = PodWatch(r, on_exit=second.on_exit, on_change=lambda _p: second.poke())
+    gone = pods(fake)[0]["metadata"]["name"]
+    late._pods = {n: v for n, v in r.watch._pods.items()}  # what it knew when it lost track
+    fake.delete_object("pods", NS, gone)
+    with fake._cond:
+        del fake._events[:-1]  # the server's history no longer reaches back to "1"
+    thread = threading.Thread(target=late._run, args=("1",), daemon=True)
+    thread.start()
+    try:
+        second.wait(lambda: late.ready("edges", 1) == 1 and ("edges", gone, -1) in second.exits)
+    finally:
+        late.stop()
