@@ -82,7 +82,11 @@ class KubernetesRunner:
         self._secrets_applied: dict[str, str] = {}  # mountd secret name -> hash of the data applied
         self._adopt()
         self.watch = PodWatch(self, on_exit=on_exit, on_change=self._pods_changed)
-        self.watch.start()
+        try:
+            self.watch.start()
+        except Exception as exc:  # noqa: BLE001 - as for _adopt: said at start
+            raise PfsError(f"the kubernetes runner cannot start: "
+                           f"{explain(exc, 'list', 'pods', settings.namespace)}") from None
 
     # -- construction -------------------------------------------------------------
 

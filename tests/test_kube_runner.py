@@ -301,6 +301,10 @@ def test_bad_configuration_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.
         with pytest.raises(PfsError, match="RBAC forbids mountd to list deployments in namespace 'default'"):
             KubernetesRunner.from_environment("x:650", str(tmp_path / "home"))
         api.allow_all()
+        api.forbid("list", "pods")  # the pod watch
+        with pytest.raises(PfsError, match="RBAC forbids mountd to list pods in namespace 'default'"):
+            KubernetesRunner.from_environment("x:650", str(tmp_path / "home"))
+        api.allow_all()
         monkeypatch.setenv("PACHY_KUBE_LAZY", "yes")
         with pytest.raises(PfsError, match="PACHY_KUBE_LAZY='yes': expected 'privileged'"):
             KubernetesRunner.from_environment("x:650", str(tmp_path / "home"))
