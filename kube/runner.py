@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ log = logging.getLogger("kube.runner")
 
 TIMEOUT = (5.0, 30.0)  # (connect, read) seconds for every API call: never a hang
 MAX_WORKERS = 1000  # the cluster's budget unless PACHY_MAX_WORKERS says otherwise (the scheduler reads it)
+RESYNC = 30.0  # seconds between checks that a Deployment is still as this runner left it
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 ROLE_HINT = "grant it to mountd's service account in the Role 'pachy' (pachctl deploy makes it)"
 SecretSource = Callable[[str], dict[str, str]]
@@ -55,6 +57,7 @@ class _Deployed:
     digest: str
     replicas: int
     key: str
+    checked: float = 0.0  # when the Deployment was last seen to be as recorded (time.monotonic)
 
 
 class KubernetesRunner:
@@ -143,7 +146,8 @@ class KubernetesRunner:
             have = self._deployed.get(pipeline)
             if have is None or have.version < version:
                 self._deployed[pipeline] = _Deployed(version, labels.get("pachy.spec", ""), d.spec.replicas or 0,
-                                                     credentials.version_key(self.secret, pipeline, version))
+                                                     credentials.version_key(self.secret, pipeline, version),
+                                                     time.monotonic())
         if self._deployed:
             log.info("kubernetes runner: adopted the workers of %s", ", ".join(sorted(self._deployed)))
 
@@ -170,11 +174,13 @@ class KubernetesRunner:
             self._sync_secrets(spec)
             with self._lock:
                 have = self._deployed.get(pipeline)
+            if have is not None and time.monotonic() - have.checked > RESYNC:
+                have = self._resync(pipeline, have)
             if have is None or have.version != spec.version or have.digest != spec.digest:
                 key = credentials.version_key(self.secret, pipeline, spec.version)
                 self._apply(pipeline, spec, workers, key)
                 with self._lock:
-                    self._deployed[pipeline] = _Deployed(spec.version, spec.digest, workers, key)
+                    self._deployed[pipeline] = _Deployed(spec.version, spec.digest, workers, key, time.monotonic())
                 stopped += self._delete_others(pipeline, spec.version)
             elif have.replicas != workers:
                 stopped += self._scale(pipeline, spec, have.replicas, workers)
@@ -265,6 +271,21 @@ class KubernetesRunner:
                 if obj["spec"]["clusterIP"] is None:
                     del obj["spec"]["clusterIP"]
             _call("update", resource, replace, name, ns, obj)
+
+    def _resync(self, pipeline: str, have: _Deployed) -> _Deployed | None:
+        """Check now and then that the Deployment is still as this runner left it (someone may
+        have deleted or scaled it: ``kubectl``); None if it is gone (made again)."""
+        found = _call("get", "deployments", self.apps.read_namespaced_deployment, object_name(pipeline, have.version),
+                      self.settings.namespace, missing_ok=True)
+        with self._lock:
+            if found is None:
+                log.warning("kubernetes runner: the Deployment of %s is gone; making it again", pipeline)
+                self._deployed.pop(pipeline, None)
+                return None
+            have.replicas = found.spec.replicas or 0
+            have.digest = (found.metadata.labels or {}).get("pachy.spec", "")
+            have.checked = time.monotonic()
+            return have
 
     def _scale(self, pipeline: str, spec: WorkerSpec, before: int, workers: int) -> list[str]:
         """Change replicas; shrinking, first mark the pods to go (not ready ones, then the newest)

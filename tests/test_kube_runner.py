@@ -406,3 +406,27 @@ def test_a_watch_too_old_starts_over_from_a_list(fake: FakeKubeAPI, runner: tupl
         second.wait(lambda: late.ready("edges", 1) == 1 and ("edges", gone, -1) in second.exits)
     finally:
         late.stop()
+
+
+def test_a_deployment_deleted_behind_its_back_is_made_again(fake: FakeKubeAPI, runner: tuple[KubernetesRunner, Heard],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import kube.runner
+
+    r, _heard = runner
+    r.ensure("edges", SPEC, 2)
+    monkeypatch.setattr(kube.runner, "RESYNC", 0.0)  # check on every ensure, not every 30 s
+    fake.delete_object("deployments", NS, "pipeline-edges-v1")  # kubectl delete deployment
+    r.ensure("edges", SPEC, 2)
+    assert fake.get("deployments", NS, "pipeline-edges-v1")["spec"]["replicas"] == 2
+    fake.put_object("deployments", {**fake.get("deployments", NS, "pipeline-edges-v1"),
+                                    "spec": {**fake.get("deployments", NS, "pipeline-edges-v1")["spec"], "replicas": 5}})
+    r.ensure("edges", SPEC, 2)  # kubectl scale: put back
+    assert fake.get("deployments", NS, "pipeline-edges-v1")["spec"]["replicas"] == 2
+
+
+def test_a_cluster_gone_away_is_said(fake: FakeKubeAPI, runner: tuple[KubernetesRunner, Heard]) -> None:
+    r, heard = runner
+    fake.close()
+    assert r.ensure("edges", SPEC, 1) == []
+    assert (heard.trouble() or "").startswith("the Kubernetes API server does not answer ("), heard.trouble()
+    assert "kubectl get pods" in heard.trouble()
