@@ -47,6 +47,16 @@ RESYNC = 30.0  # seconds between checks that a Deployment is still as this runne
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 ROLE_HINT = "grant it to mountd's service account in the Role 'pachy' (pachctl deploy makes it)"
 SecretSource = Callable[[str], dict[str, str]]
+# What the runner asks of the API (pachctl deploy's Role must grant it): (API group, resource) -> verbs.
+RBAC_NEEDS: dict[tuple[str, str], set[str]] = {
+    ("apps", "deployments"): {"get", "list", "create", "update", "patch", "delete"},
+    ("", "pods"): {"list", "watch"},
+    ("", "secrets"): {"get", "list", "create", "update", "delete"},
+    ("", "services"): {"get", "list", "create", "update", "delete"},
+}
+# Used when granted, done without otherwise: marking the pods a scale-down should remove first
+# (patch), and cancel (delete).
+RBAC_WANTS: dict[tuple[str, str], set[str]] = {("", "pods"): {"patch", "delete"}}
 
 
 @dataclass
@@ -262,7 +272,7 @@ class KubernetesRunner:
             if kind == "Deployment" and labels.get("pachy.spec") == spec.digest:
                 # Adopted as it is (a restarted mountd): only its replicas may need to change.
                 if (current.get("spec") or {}).get("replicas") != workers:
-                    _call("patch", "deployments/scale", self.apps.patch_namespaced_deployment_scale, name, ns,
+                    _call("patch", "deployments", self.apps.patch_namespaced_deployment, name, ns,
                           {"spec": {"replicas": workers}})
                 continue
             obj["metadata"]["resourceVersion"] = current["metadata"].get("resourceVersion")
@@ -295,9 +305,14 @@ class KubernetesRunner:
         if workers < before:
             victims = self.watch.choose_victims(pipeline, spec.version, before - workers)
             for pod in victims:
-                _call("patch", "pods", self.core.patch_namespaced_pod, pod, ns,
-                      {"metadata": {"annotations": {DELETION_COST: "-1000"}}}, missing_ok=True)
-        _call("patch", "deployments/scale", self.apps.patch_namespaced_deployment_scale, name, ns,
+                try:
+                    _call("patch", "pods", self.core.patch_namespaced_pod, pod, ns,
+                          {"metadata": {"annotations": {DELETION_COST: "-1000"}}}, missing_ok=True)
+                except Exception as exc:  # noqa: BLE001 - a hint only: the ReplicaSet then picks by itself
+                    log.warning("kubernetes runner: cannot mark pod %s to go first: %s", pod,
+                                explain(exc, "patch", "pods", ns))
+        # (the Deployment itself, not its scale subresource: one RBAC rule fewer)
+        _call("patch", "deployments", self.apps.patch_namespaced_deployment, name, ns,
               {"spec": {"replicas": workers}})
         return victims
 

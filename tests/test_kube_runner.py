@@ -430,3 +430,17 @@ def test_a_cluster_gone_away_is_said(fake: FakeKubeAPI, runner: tuple[Kubernetes
     assert r.ensure("edges", SPEC, 1) == []
     assert (heard.trouble() or "").startswith("the Kubernetes API server does not answer ("), heard.trouble()
     assert "kubectl get pods" in heard.trouble()
+
+
+def test_the_deployed_role_grants_what_the_runner_needs() -> None:
+    """pachctl deploy's Role (kube/deploy.py) against what the runner asks of the API."""
+    deploy = pytest.importorskip("kube.deploy")
+    from kube.runner import RBAC_NEEDS
+
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in deploy.RUNNER_RULES:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+    missing = {k: v - granted.get(k, set()) for k, v in RBAC_NEEDS.items() if v - granted.get(k, set())}
+    assert missing == {}
