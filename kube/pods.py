@@ -240,8 +240,10 @@ def _pod(spec: WorkerSpec, settings: PodSettings, name: str, token: bool) -> dic
             {"name": "pachy-worker", "mountPath": KEY_DIR, "readOnly": True},
         ],
     }
+    # Root, whatever the pachy image's USER: the control directory's FIFOs and the key are root's.
+    shim["securityContext"] = {"runAsUser": 0, "runAsGroup": 0}
     if lazy:
-        shim["securityContext"] = {"privileged": True}  # FUSE, and mounts that reach the user container
+        shim["securityContext"]["privileged"] = True  # FUSE, and mounts that reach the user container
     sidecar = _resources(spec.sidecar_requests, spec.sidecar_limits, gpu=False)
     if sidecar:
         shim["resources"] = sidecar
@@ -249,6 +251,7 @@ def _pod(spec: WorkerSpec, settings: PodSettings, name: str, token: bool) -> dic
         "name": "init",
         "image": settings.image,
         "command": [f"{AGENT_SOURCE}/busybox", "sh", "-c", _init_script(spec)],
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0},
         "volumeMounts": [{"name": "pachy-bin", "mountPath": AGENT_BIN},
                          {"name": "pachy-ctl", "mountPath": AGENT_CTL}],
     }
