@@ -199,6 +199,9 @@ class KubernetesRunner:
         except PatchError as exc:
             self._api_troubled(pipeline, f"pod_spec/pod_patch cannot apply to the worker pod: {exc}")
             return stopped
+        except PfsError as exc:
+            self._api_troubled(pipeline, exc.message)
+            return stopped
         except Exception as exc:  # noqa: BLE001 - the API's errors: said, tried again next tick
             verb, resource = getattr(exc, "pachy_what", ("update", "objects"))
             self._api_troubled(pipeline, explain(exc, verb, resource, self.settings.namespace))
@@ -269,6 +272,10 @@ class KubernetesRunner:
                 continue
             current = self.api.sanitize_for_serialization(current)
             labels = (current.get("metadata") or {}).get("labels") or {}
+            if labels.get("pachy.daemon") != self.settings.daemon:
+                raise PfsError(f"{kind} {name} in namespace '{ns}' is not this mountd's (another pachd's, "
+                               f"pachy.daemon={labels.get('pachy.daemon', 'none')}); run each pachd in a namespace "
+                               "of its own, or delete that pipeline there")
             if kind == "Deployment" and labels.get("pachy.spec") == spec.digest:
                 # Adopted as it is (a restarted mountd): only its replicas may need to change.
                 if (current.get("spec") or {}).get("replicas") != workers:

@@ -444,3 +444,14 @@ def test_the_deployed_role_grants_what_the_runner_needs() -> None:
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     missing = {k: v - granted.get(k, set()) for k, v in RBAC_NEEDS.items() if v - granted.get(k, set())}
     assert missing == {}
+
+
+def test_another_mountds_objects_are_not_taken(fake: FakeKubeAPI, runner: tuple[KubernetesRunner, Heard]) -> None:
+    r, heard = runner
+    theirs = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": {},
+              "metadata": {"name": "pipeline-edges-v1", "namespace": NS, "labels": {"pachy.daemon": "0123abcd"}}}
+    fake.put_object("secrets", theirs)
+    assert r.ensure("edges", SPEC, 1) == []
+    assert "Secret pipeline-edges-v1 in namespace 'pachy-test' is not this mountd's" in heard.trouble()
+    assert fake.get("secrets", NS, "pipeline-edges-v1")["metadata"]["labels"] == {"pachy.daemon": "0123abcd"}
+    assert fake.get("deployments", NS, "pipeline-edges-v1") is None
