@@ -17,7 +17,7 @@ image) records the image's environment and working directory (no Kubernetes
 API tells us an image's config) and execs the agent with an empty
 environment; container ``shim`` (the pachy image) is the worker, dialing
 mountd and running units through the agent (``--executor container``). The
-worker key (the Secret) is mounted only in ``shim``. ``pod_spec`` (JSON
+worker key (the Secret) reaches only ``shim`` (``PACHY_WORKER_KEY``). ``pod_spec`` (JSON
 merge patch) then ``pod_patch`` (JSON Patch) are applied last, as
 Pachyderm does.
 """
@@ -38,8 +38,6 @@ AGENT_SOURCE = "/usr/lib/pachy/agent"  # in the pachy image: busybox (static) an
 AGENT_BIN = "/.pachy/bin"
 AGENT_CTL = "/.pachy/ctl"
 SCRATCH = "/pachy/scratch"
-KEY_DIR = "/var/run/pachy/worker"  # the worker key, in the shim container only
-KEY_FILE = KEY_DIR + "/key"
 IMAGE_ENV = "image-env"  # written by the user container at start: its environment, NUL-separated
 IMAGE_CWD = "image-cwd"  # and its working directory (the image's WORKDIR)
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -189,7 +187,8 @@ def _secret_volumes(spec: WorkerSpec) -> tuple[list[dict], list[dict], list[dict
         if s.env_var:
             env.append({"name": s.env_var, "valueFrom": {"secretKeyRef": {"name": secret_name(s.name), "key": s.key}}})
         if s.mount_path and not (s.mount_path == "/pfs" or s.mount_path.startswith("/pfs/")):
-            volumes.append({"name": f"secret-{i}", "secret": {"secretName": secret_name(s.name)}})
+            # ("optional" said: podman 4.3's kube play dereferences it unchecked)
+            volumes.append({"name": f"secret-{i}", "secret": {"secretName": secret_name(s.name), "optional": False}})
             mounts.append({"name": f"secret-{i}", "mountPath": s.mount_path, "readOnly": True})
     return volumes, mounts, env
 
@@ -220,12 +219,17 @@ def _pod(spec: WorkerSpec, settings: PodSettings, name: str, token: bool) -> dic
     if spec.ports:
         user["ports"] = [{"name": f"port-{i}", "containerPort": p.internal, "protocol": "TCP"}
                          for i, p in enumerate(spec.ports)]
-    args = ["-m", "shim", "--pipeline", spec.pipeline, "--worker", "$(POD_NAME)", "--address", settings.address,
-            "--key-file", KEY_FILE, "--executor", "container", "--ctl", AGENT_CTL, "--scratch", SCRATCH,
-            "--fast-scratch", "none"]
+    # No $(VAR) in the arguments: podman's kube play does not expand them; the environment carries them.
+    args = ["-m", "shim", "--pipeline", spec.pipeline, "--address", settings.address,
+            "--executor", "container", "--ctl", AGENT_CTL, "--scratch", SCRATCH, "--fast-scratch", "none"]
     if not lazy:
         args += ["--no-lazy", NO_LAZY]
-    shim_env: list[dict[str, Any]] = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    # The worker id is the pod's name; the version's key reaches the shim only (the shim drops it
+    # from its environment at start; the user container is another process namespace).
+    shim_env: list[dict[str, Any]] = [
+        {"name": "PACHY_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "PACHY_WORKER_KEY", "valueFrom": {"secretKeyRef": {"name": name, "key": "key"}}},
+    ]
     if token:
         shim_env.append({"name": "PACHY_TOKEN", "valueFrom": {"secretKeyRef": {"name": name, "key": "token"}}})
     shim: dict[str, Any] = {
@@ -237,7 +241,6 @@ def _pod(spec: WorkerSpec, settings: PodSettings, name: str, token: bool) -> dic
         "volumeMounts": [
             {"name": "pachy-ctl", "mountPath": AGENT_CTL},
             {**scratch, "mountPropagation": "Bidirectional"} if lazy else dict(scratch),
-            {"name": "pachy-worker", "mountPath": KEY_DIR, "readOnly": True},
         ],
     }
     # Root, whatever the pachy image's USER: the control directory's FIFOs and the key are root's.
@@ -264,7 +267,6 @@ def _pod(spec: WorkerSpec, settings: PodSettings, name: str, token: bool) -> dic
             {"name": "pachy-bin", "emptyDir": {}},
             {"name": "pachy-ctl", "emptyDir": {}},
             {"name": "pachy-scratch", "emptyDir": {}},
-            {"name": "pachy-worker", "secret": {"secretName": name, "defaultMode": 0o400}},
             *secret_vols,
         ],
         "restartPolicy": "Always",

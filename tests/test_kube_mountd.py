@@ -1,7 +1,7 @@
 """A real mountd (``--runner kubernetes``) against the FAKE Kubernetes API server
 (tests/kubefake.py), with real shim processes standing in for the pods' sidecars: each
 presents the credential it derives from the version key in the pod's Secret, as the
-sidecar does (``--key-file``). Its user code runs here (the local executor), since no
+sidecar does (``PACHY_WORKER_KEY`` and ``PACHY_WORKER_ID``, as the pod's env gives them). Its user code runs here (the local executor), since no
 kubelet runs the user container; podman's ``kube play`` runs the pods themselves
 elsewhere (installers/).
 
@@ -48,18 +48,17 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubeAP
 
 
 def sidecar(tmp_path: Path, home: Path, fake: FakeKubeAPI, pod: str, version: int = 1) -> subprocess.Popen:
-    """What the pod's shim container runs, here: ``python -m shim --key-file`` with the key
-    from the pod's Secret (the local executor: no kubelet runs the user container)."""
+    """What the pod's shim container runs, here: ``python -m shim`` with the pod's name and the
+    key from the pod's Secret in its environment, as the pod gives them (the local executor: no
+    kubelet runs the user container)."""
     secret = fake.get("secrets", NS, f"pipeline-copy-v{version}")
     assert secret is not None
-    keys = tmp_path / f"key-{pod}"
-    keys.write_bytes(base64.b64decode(secret["data"]["key"]))
-    keys.chmod(0o600)
     log = open(tmp_path / f"{pod}.log", "ab")  # noqa: SIM115 - the child keeps it
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PACHY_")} | {"PYTHONPATH": ROOT}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PACHY_")} | {
+        "PYTHONPATH": ROOT, "PACHY_WORKER_ID": pod, "PACHY_WORKER_KEY": base64.b64decode(secret["data"]["key"]).decode()}
     try:
-        return subprocess.Popen([sys.executable, "-m", "shim", "--pipeline", "copy", "--worker", pod, "--address",
-                                 f"unix:{socket_path(str(home))}", "--key-file", str(keys),
+        return subprocess.Popen([sys.executable, "-m", "shim", "--pipeline", "copy", "--address",
+                                 f"unix:{socket_path(str(home))}",
                                  "--scratch", str(tmp_path / "scratch" / pod), "--fast-scratch", "none"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env)
     finally:

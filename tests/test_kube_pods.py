@@ -13,7 +13,6 @@ import pytest
 from kube import credentials
 from kube.patches import PatchError, json_patch, merge_patch
 from kube.pods import (
-    KEY_FILE,
     NAME_LIMIT,
     PodSettings,
     object_name,
@@ -108,12 +107,14 @@ def test_the_pod_layout_follows_the_contract() -> None:
     assert user["securityContext"]["runAsUser"] == 0
     assert shim["command"] == ["python3"] and shim["args"][:2] == ["-m", "shim"]
     args = shim["args"]
-    assert args[args.index("--worker") + 1] == "$(POD_NAME)" and args[args.index("--key-file") + 1] == KEY_FILE
+    assert "--worker" not in args and not any("$(" in a for a in args)  # podman's kube play expands none
     assert args[args.index("--address") + 1] == SETTINGS.address
-    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in shim["env"]
-    # the worker key: mounted in the shim only; the same paths for ctl and scratch in both
+    assert {"name": "PACHY_WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in shim["env"]
+    assert {"name": "PACHY_WORKER_KEY", "valueFrom": {"secretKeyRef": {"name": "pipeline-edges-v1", "key": "key"}}} \
+        in shim["env"]
+    # the worker key: in the shim only; the same paths for ctl and scratch in both
     mounts = {c["name"]: {m["name"]: m["mountPath"] for m in c["volumeMounts"]} for c in (user, shim)}
-    assert "pachy-worker" in mounts["shim"] and "pachy-worker" not in mounts["user"]
+    assert "PACHY_WORKER_KEY" not in json.dumps(user) and "pipeline-edges-v1" not in json.dumps(user)
     assert mounts["user"]["pachy-ctl"] == mounts["shim"]["pachy-ctl"] == "/.pachy/ctl"
     assert mounts["user"]["pachy-scratch"] == mounts["shim"]["pachy-scratch"] == "/pachy/scratch"
     assert "PACHY_TOKEN" not in json.dumps(user) and pod["automountServiceAccountToken"] is False
