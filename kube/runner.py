@@ -43,6 +43,7 @@ log = logging.getLogger("kube.runner")
 
 TIMEOUT = (5.0, 30.0)  # (connect, read) seconds for every API call: never a hang
 MAX_WORKERS = 1000  # the cluster's budget unless PACHY_MAX_WORKERS says otherwise (the scheduler reads it)
+AWAY_PAUSE = 5.0  # seconds without API calls after one got no answer (a scheduler tick must not wait on each)
 RESYNC = 30.0  # seconds between checks that a Deployment is still as this runner left it
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 ROLE_HINT = "grant it to mountd's service account in the Role 'pachy' (pachctl deploy makes it)"
@@ -93,6 +94,8 @@ class KubernetesRunner:
         self._api_trouble: dict[str, str] = {}  # pipeline -> why the API refused what ensure asked
         self._told: dict[str, str] = {}  # pipeline -> the trouble last reported
         self._secrets_applied: dict[str, str] = {}  # mountd secret name -> hash of the data applied
+        self._away_until = 0.0  # the API server did not answer: no calls before then
+        self._away_why = ""
         self._adopt()
         self.watch = PodWatch(self, on_exit=on_exit, on_change=self._pods_changed)
         try:
@@ -180,6 +183,10 @@ class KubernetesRunner:
             return []
         workers = max(0, workers)
         stopped: list[str] = []
+        if time.monotonic() < self._away_until:
+            # The API server did not answer a moment ago: said for this pipeline too; asked again later.
+            self._api_troubled(pipeline, self._away_why)
+            return stopped
         try:
             self._sync_secrets(spec)
             with self._lock:
@@ -203,8 +210,14 @@ class KubernetesRunner:
             self._api_troubled(pipeline, exc.message)
             return stopped
         except Exception as exc:  # noqa: BLE001 - the API's errors: said, tried again next tick
+            from kubernetes.client.exceptions import ApiException
+
             verb, resource = getattr(exc, "pachy_what", ("update", "objects"))
             self._api_troubled(pipeline, explain(exc, verb, resource, self.settings.namespace))
+            if not isinstance(exc, ApiException):
+                # No answer at all: every pipeline's calls would wait out their timeouts each tick.
+                self._away_until = time.monotonic() + AWAY_PAUSE
+                self._away_why = explain(exc, verb, resource, self.settings.namespace)
             return stopped
         self._api_troubled(pipeline, "")
         return stopped
@@ -430,7 +443,8 @@ def explain(exc: BaseException, verb: str, resource: str, namespace: str) -> str
         return f"the Kubernetes API server refused to {verb} {resource}: {exc.status} {detail}"
     text = str(exc).strip().splitlines()
     return (f"the Kubernetes API server does not answer ({text[0][:200] if text else type(exc).__name__}); "
-            "check that the cluster is up (kubectl get pods) and that the kubeconfig points at it")
+            "check that the cluster is up (kubectl get pods) and that the kubeconfig points at it; the runner "
+            f"asks again every {AWAY_PAUSE:g} s")
 
 
 def connect():

@@ -430,6 +430,9 @@ def test_a_cluster_gone_away_is_said(fake: FakeKubeAPI, runner: tuple[Kubernetes
     assert r.ensure("edges", SPEC, 1) == []
     assert (heard.trouble() or "").startswith("the Kubernetes API server does not answer ("), heard.trouble()
     assert "kubectl get pods" in heard.trouble()
+    requests = len(fake.requests)
+    assert r.ensure("other", SPEC, 1) == []  # while it is away: said, without asking (waiting) again
+    assert heard.trouble("other") == heard.trouble("edges") and len(fake.requests) == requests
 
 
 def test_the_deployed_role_grants_what_the_runner_needs() -> None:
