@@ -269,3 +269,32 @@ def test_init_and_user_scripts_give_the_shim_the_image_config(tmp_path: Path) ->
         assert agent.wait(timeout=30) == 0
     finally:
         agent.kill()
+
+
+# -- what pod statuses mean ------------------------------------------------------------
+
+def test_pod_statuses_read_in_the_specs_terms() -> None:
+    from kube.podstatus import read_pod
+
+    pod = {"metadata": {"name": "p", "labels": {"pachy.version": "3"}, "annotations": {"pachy.pipeline": "edges"}},
+           "spec": {"containers": [{"name": "user", "image": "x:1", "resources": {"limits": {"memory": "64Mi"}}},
+                                   {"name": "shim", "image": "pachy:1"}]}}
+    running = {"conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [
+        {"name": "user", "restartCount": 1, "state": {"running": {}},
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "containerID": "c1"}}}]}
+    r = read_pod({**pod, "status": running})
+    assert (r.pipeline, r.version, r.ready, r.trouble) == ("edges", 3, True, "")  # an OOM kill long past
+    assert [(e.container, e.code) for e in r.ended] == [("user", 137)]
+    now = {"containerStatuses": [{"name": "user", "restartCount": 0,
+                                  "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "containerID": "c1"}}}]}
+    r2 = read_pod({**pod, "status": now})
+    assert r2.ended[0].key == r.ended[0].key  # the same run, seen terminated then as lastState: once
+    assert r2.trouble == ("container 'user' of pod p was killed for using more memory than its limit "
+                          "(OOMKilled, limit 64Mi); raise resource_limits.memory")
+    crash = {"containerStatuses": [{"name": "shim", "restartCount": 4, "state": {"waiting": {
+        "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}
+    assert "raise sidecar_resource_limits.memory" in read_pod({**pod, "status": crash}).trouble
+    bad = {"containerStatuses": [{"name": "user", "state": {"waiting": {"reason": "InvalidImageName",
+                                                                        "message": "bad name"}}}]}
+    assert read_pod({**pod, "status": bad}).trouble.startswith("image 'x:1' cannot be pulled (InvalidImageName): bad")
+    assert read_pod({"metadata": {"name": "q"}}).pipeline == ""  # not a worker of ours
