@@ -96,6 +96,7 @@ class KubernetesRunner:
         self._secrets_applied: dict[str, str] = {}  # mountd secret name -> hash of the data applied
         self._away_until = 0.0  # the API server did not answer: no calls before then
         self._away_why = ""
+        self._undeleted: set[str] = set()  # pipelines stopped whose objects could not all be deleted yet
         self._adopt()
         self.watch = PodWatch(self, on_exit=on_exit, on_change=self._pods_changed)
         try:
@@ -187,6 +188,12 @@ class KubernetesRunner:
             # The API server did not answer a moment ago: said for this pipeline too; asked again later.
             self._api_troubled(pipeline, self._away_why)
             return stopped
+        with self._lock:
+            # (wanted again: its objects are made anew, and its other versions' deleted, below)
+            self._undeleted.discard(pipeline)
+            left = sorted(self._undeleted)
+        for gone in left:
+            self._delete_pipeline(gone)
         try:
             self._sync_secrets(spec)
             with self._lock:
@@ -226,12 +233,23 @@ class KubernetesRunner:
         with self._lock:
             self._deployed.pop(pipeline, None)
         self.watch.forget(pipeline)
+        self._delete_pipeline(pipeline)
+        self._api_troubled(pipeline, "")
+
+    def _delete_pipeline(self, pipeline: str) -> bool:
+        """Delete every object of ``pipeline``; one that cannot be deleted now (the API server
+        away, RBAC) is tried again on later calls to ``ensure``, so none is left behind."""
         try:
             self._delete_where(selector(self.settings, pipeline))
         except Exception as exc:  # noqa: BLE001
-            log.warning("kubernetes runner: cannot delete the workers of %s: %s", pipeline,
+            log.warning("kubernetes runner: cannot delete the workers of %s (tried again later): %s", pipeline,
                         explain(exc, "delete", "deployments", self.settings.namespace))
-        self._api_troubled(pipeline, "")
+            with self._lock:
+                self._undeleted.add(pipeline)
+            return False
+        with self._lock:
+            self._undeleted.discard(pipeline)
+        return True
 
     def cancel(self, pipeline: str, worker_id: str) -> bool:
         if self.watch.pipeline_of(worker_id) != pipeline:

@@ -458,3 +458,16 @@ def test_another_mountds_objects_are_not_taken(fake: FakeKubeAPI, runner: tuple[
     assert "Secret pipeline-edges-v1 in namespace 'pachy-test' is not this mountd's" in heard.trouble()
     assert fake.get("secrets", NS, "pipeline-edges-v1")["metadata"]["labels"] == {"pachy.daemon": "0123abcd"}
     assert fake.get("deployments", NS, "pipeline-edges-v1") is None
+
+
+def test_objects_that_could_not_be_deleted_are_deleted_later(fake: FakeKubeAPI,
+                                                             runner: tuple[KubernetesRunner, Heard]) -> None:
+    r, _heard = runner
+    r.ensure("edges", SPEC, 1)
+    fake.forbid("delete", "deployments")
+    r.stop("edges")  # delete-pipeline while RBAC forbids it
+    assert fake.get("deployments", NS, "pipeline-edges-v1") is not None
+    fake.allow_all()
+    r.ensure("other", WorkerSpec("other", 1, image="busybox"), 1)  # the next tick
+    assert fake.get("deployments", NS, "pipeline-edges-v1") is None and fake.get("secrets", NS, "pipeline-edges-v1") \
+        is None
