@@ -5,7 +5,9 @@ from the environment and config file exactly as for ``pachctl``
 (``PACHY_ADDRESS``, ``PACHY_TOKEN``, ...). The worker's credential (and the
 token) come best through ``--credential-fd N``: a pipe holding
 ``{"credential": ..., "token": ...}``, read and closed at start; else from
-``PACHY_WORKER_CREDENTIAL``, removed from the environment once read. User
+``PACHY_WORKER_CREDENTIAL``, removed from the environment once read; or, on
+Kubernetes, derived from the pipeline version's key (``PACHY_WORKER_KEY``, removed
+from the environment once read, or ``--key-file``). User
 code never sees either (pps/WORKERS.md, "Isolation"). Exit codes: 0 stopped (signal,
 or the pipeline is gone), 2 cannot work here (no /pfs mount point, no
 mount namespaces, bad token), 3 gave up on an unreachable daemon.
@@ -14,6 +16,8 @@ mount namespaces, bad token), 3 gave up on an unreachable daemon.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -24,11 +28,16 @@ from shim import sandbox
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shim", description="A pachy pipeline worker.")
     parser.add_argument("--pipeline", required=True)
-    parser.add_argument("--worker", required=True, help="this worker's id, unique within the pipeline")
+    parser.add_argument("--worker", default=os.environ.get("PACHY_WORKER_ID"),
+                        help="this worker's id, unique within the pipeline (default: $PACHY_WORKER_ID, e.g. a pod's "
+                             "name from the downward API)")
     parser.add_argument("--address", default=None, help="unix:/path/to/mountd.sock or host:port")
     parser.add_argument("--token", default=None)
     parser.add_argument("--credential-fd", type=int, default=None,
                         help="read this worker's credential (and the daemon's token) from this descriptor")
+    parser.add_argument("--key-file", default=None,
+                        help="derive this worker's credential from the pipeline version's key in this file "
+                             "(or $PACHY_WORKER_KEY: the Kubernetes runner's Secret, in the shim's container only)")
     parser.add_argument("--scratch", default=None, help="where units' inputs are laid out (default <home>/scratch/<worker>)")
     parser.add_argument("--fast-scratch", default=None,
                         help="a tmpfs directory for tasks of small inputs (default /dev/shm/pachy-<worker> when "
@@ -40,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy lazy inputs (the runner says why its units could not see the FUSE view)")
     parser.add_argument("--wait", type=float, default=20.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not args.worker:
+        parser.error("--worker is required (or PACHY_WORKER_ID in the environment)")
 
     # Files the shim lays out for user code are readable by it (it may run as
     # another uid); what must stay private is made 0700 explicitly.
@@ -101,13 +112,26 @@ def main(argv: list[str] | None = None) -> int:
 def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """(worker credential, token): from ``--credential-fd``, else the environment."""
     credential = os.environ.pop("PACHY_WORKER_CREDENTIAL", None)
+    key = os.environ.pop("PACHY_WORKER_KEY", None)
     token = args.token
+    if args.key_file:
+        with open(args.key_file) as f:
+            key = f.read()
+    if key:
+        credential = derive_credential(key.strip(), args.pipeline, args.worker)
     if args.credential_fd is not None:
         with os.fdopen(args.credential_fd, "rb") as f:
             given = json.loads(f.read(1 << 16) or b"{}")
         credential = given.get("credential") or credential
         token = token or given.get("token")
     return credential, token
+
+
+def derive_credential(key: str, pipeline: str, worker: str) -> str:
+    """A Kubernetes worker's credential: its pod name vouched for by the pipeline version's key
+    (kube/credentials.py checks it; the two must agree)."""
+    mac = hmac.new(key.encode(), f"{pipeline}:{worker}".encode(), hashlib.sha256).hexdigest()
+    return f"k1:{pipeline}:{worker}:{mac}"
 
 
 def _default_fast(worker: str) -> str | None:

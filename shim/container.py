@@ -46,7 +46,8 @@ BUSYBOX = AGENT_BIN + "/busybox"
 START_WAIT = 10.0  # how long a unit may take to be started by the agent (it forks once)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _NOT_FOUND = re.compile(r"(/[^:]*): not found$")  # busybox sh's exec: "...run.sh: exec: line 8: /bin/x: not found"
-AGENT_SAYS = "pachy-agent: "  # a line of run.sh's own on stderr: the reason for its exit
+AGENT_SAYS = "pachy-agent: "
+_SHELL_VARS = {"PWD", "OLDPWD", "SHLVL", "_"}  # the recording shell's own, not the image's  # a line of run.sh's own on stderr: the reason for its exit
 
 
 def quote(s: str) -> str:
@@ -70,6 +71,31 @@ def _repoint(link: str, to: str) -> None:
     os.replace(tmp, link)
 
 
+def _image_config(ctl: str, env_file: str, cwd_file: str) -> dict[str, object]:
+    """What the container itself recorded of its image at start (Kubernetes: no API tells
+    an image's config): its environment (NUL-separated) and working directory. Waits for
+    them, without a deadline: the image may still be being pulled (the runner reports
+    trouble meanwhile). The image's USER is not known this way: transform.user, else root."""
+    path, pause, waited = os.path.join(ctl, env_file), 0.05, 0.0
+    while not os.path.exists(path):
+        if waited >= 30.0 and waited - pause < 30.0:
+            print(f"waiting for the user container to start (no {path} yet)", flush=True)
+        time.sleep(pause)
+        waited += pause
+        pause = min(1.0, pause * 2)
+    with open(path, "rb") as f:
+        env = [kv for kv in f.read().decode(errors="replace").split("\0")
+               if kv and kv.partition("=")[0] not in _SHELL_VARS]
+    cwd = "/"
+    if cwd_file:
+        try:
+            with open(os.path.join(ctl, cwd_file)) as f:
+                cwd = f.read().strip() or "/"
+        except OSError:
+            pass
+    return {"env": env, "working_dir": cwd}
+
+
 class ContainerExecutor:
     """``shim.execute.Executor`` for a worker whose user code runs in a container."""
 
@@ -78,6 +104,8 @@ class ContainerExecutor:
         with open(os.path.join(ctl, "image.json")) as f:
             info = json.load(f)
         self.image: str = info.get("image", "")
+        if info.get("env_file"):
+            info |= _image_config(ctl, info["env_file"], info.get("cwd_file") or "")
         self.image_env = dict(kv.partition("=")[::2] for kv in info.get("env") or [])
         self.image_user: str = info.get("user") or ""
         self.default_cwd: str = info.get("working_dir") or "/"
@@ -225,7 +253,9 @@ class ContainerExecutor:
         for target in self._link(binds):
             # made once per container: the shim re-points ctl/links/* on the host for each unit
             link = f"{AGENT_CTL}/links/{_key(target)}"
-            lines.append(f"[ -L {quote(target)} ] || {{ {{ [ -d {quote(target)} ] && rmdir {quote(target)}; "
+            # (a target the pod mounted itself, a Kubernetes Secret volume, is left as it is)
+            lines.append(f"[ -L {quote(target)} ] || {BUSYBOX} grep -qF {quote(f' {target} ')} /proc/self/mountinfo || "
+                         f"{{ {{ [ -d {quote(target)} ] && rmdir {quote(target)}; "
                          f"mkdir -p {quote(posixpath.dirname(target))}; ln -sfn {quote(link)} {quote(target)}; }} || "
                          f"{{ {say}{quote(f'cannot make {target} in the container')} >&2; exit 125; }}; }}")
         lines.append(

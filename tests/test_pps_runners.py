@@ -95,6 +95,11 @@ def test_build_runner_choices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     local = build_runner("local", address, home)
     assert isinstance(local, LocalRunner)
     local.close()
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config there
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(PfsError, match="the kubernetes runner cannot start: no cluster configured .*KUBECONFIG"):
+        build_runner("kubernetes", address, home)
     monkeypatch.setitem(sys.modules, "kube.runner", None)  # a build without the kubernetes runner
     with pytest.raises(PfsError, match="kubernetes runner is not available in this build"):
         build_runner("kubernetes", address, home)
@@ -118,6 +123,8 @@ def test_mountd_refuses_a_runner_it_cannot_use(tmp_path: Path) -> None:
                                            "local, docker, kubernetes, none); set it to one of them or unset it"),
         ({"XDG_CONFIG_HOME": str(cfg)}, [], 2, f"error: unknown runner 'yarn' in 'runner' of {cfg}/pachy/config.toml"),
         ({}, ["--runner", "bogus"], 2, "argument --runner: invalid choice: 'bogus'"),
+        ({}, ["--runner", "kubernetes"], 1, "error: the kubernetes runner cannot start: no cluster configured (no "
+                                            f"kubeconfig at {tmp_path}/.kube/config, KUBECONFIG unset, and not in a pod)"),
     ):
         proc = subprocess.run([sys.executable, "-m", "mountd", "--home", str(tmp_path / "h"), *args],
                               capture_output=True, text=True, timeout=60,

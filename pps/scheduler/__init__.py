@@ -58,6 +58,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         self.runner: Runner = runner if runner is not None else NullRunner()
         # One budget of worker processes for all pipelines: parallelism asks, the budget decides.
         self.max_workers = max_workers if max_workers is not None else default_max_workers()
+        self._budget_given = max_workers is not None  # else a runner with a budget of its own sets it (start)
         self._wake = threading.Event()
         self._changed = threading.Condition()
         self._lock = threading.RLock()
@@ -76,6 +77,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         pfs.on_finish.append(lambda _info: self.notify())
 
     def start(self) -> None:
+        self._use_runner()
         self._recover()
         self._thread = threading.Thread(target=self._loop, name="pps-scheduler", daemon=True)
         self._thread.start()

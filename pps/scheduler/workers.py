@@ -126,6 +126,17 @@ class Workers(Base):
                 self.store.set_pipeline_state(pipeline, "running", "")
         self.notify()
 
+    def _use_runner(self) -> None:
+        """What the runner brings: a worker budget of its own (a cluster's is not this machine's;
+        ``PACHY_MAX_WORKERS``, or a budget the caller gave, still wins), and a wish to read
+        mountd's secrets (the Kubernetes runner makes them Kubernetes Secrets)."""
+        budget = getattr(self.runner, "max_workers", None)
+        if budget and not getattr(self, "_budget_given", False) and not os.environ.get("PACHY_MAX_WORKERS", "").strip():
+            self.max_workers = int(budget)
+        use = getattr(self.runner, "use_secret_store", None)
+        if callable(use):
+            use(self.store.get_secret)
+
     def _kill_workers(self, pipeline: str) -> None:
         self.runner.stop(pipeline)
 
