@@ -127,6 +127,8 @@ def wait_ready(cluster: Cluster, timeout: float, progress: Progress, poll: float
             progress(f"{deploy.PACHD} is ready")
             return
         state = pod_state(cluster, pod)
+        if ((sts.get("status") or {}).get("readyReplicas") or 0) >= (sts.get("spec") or {}).get("replicas", 1):
+            state = f"the update is rolling out ({state})"  # the old pod is ready, the new spec not yet
         if state != last:
             progress(f"waiting for {deploy.PACHD}: {state}")
             last = state

@@ -125,7 +125,7 @@ class Cluster:
         """Delete; False when it was not there. Dependents (a StatefulSet's pods,
         a Deployment's ReplicaSets) go with it, in the background."""
         try:
-            self.request("DELETE", kind, name, body={"propagationPolicy": "Background"})
+            self.request("DELETE", kind, name, query={"propagationPolicy": "Background"})
         except NotFound:
             return False
         return True
