@@ -60,11 +60,15 @@ def apply(cluster: Cluster, objs: list[dict[str, Any]], progress: Progress) -> N
         body["metadata"]["resourceVersion"] = existing["metadata"].get("resourceVersion")
         if kind == "Service":
             # Allocated by the cluster and immutable: an update must carry them.
-            for key in ("clusterIP", "clusterIPs"):
+            for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
                 if key in (existing.get("spec") or {}):
                     body["spec"][key] = existing["spec"][key]
         cluster.request("PUT", kind, name, body=body)
         progress(f"{kubectl_name(obj)} configured")
+    if not any(o["kind"] == "Secret" and o["metadata"]["name"] == deploy.STORAGE_SECRET for o in objs) \
+            and cluster.delete("Secret", deploy.STORAGE_SECRET):
+        # Moved from an S3 target to `local`: no credentials left lying around.
+        progress(f"secret/{deploy.STORAGE_SECRET} deleted (this target needs no storage credentials)")
 
 
 def _check_claim(obj: dict[str, Any], existing: dict[str, Any], progress: Progress) -> None:

@@ -68,9 +68,8 @@ def _serve(cluster: Cluster, pod: str, conn: socket.socket, say: Callable[[str],
         pf.close()
 
 
-def port_forward(cluster: Cluster, port: int, address: str, say: Callable[[str], None]) -> None:
-    """Listen on ``address:port`` and forward each connection to pachd; blocks."""
-    pod = pachd_pod(cluster)
+def listen(address: str, port: int) -> socket.socket:
+    """The local listening socket, or an error naming --port."""
     listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -80,10 +79,26 @@ def port_forward(cluster: Cluster, port: int, address: str, say: Callable[[str],
         raise InvalidArgument(f"--port: cannot listen on {address}:{port}: {exc.strerror}; "
                               "choose another with --port") from None
     listener.listen(64)
+    return listener
+
+
+def forward(cluster: Cluster, pod: str, listener: socket.socket, say: Callable[[str], None]) -> None:
+    """Carry each connection accepted on ``listener`` to ``pod``'s API port, until
+    the listener is shut down."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # shut down: stop
+            return
+        threading.Thread(target=_serve, args=(cluster, pod, conn, say), daemon=True).start()
+
+
+def port_forward(cluster: Cluster, port: int, address: str, say: Callable[[str], None]) -> None:
+    """Listen on ``address:port`` and forward each connection to pachd; blocks."""
+    pod = pachd_pod(cluster)
+    listener = listen(address, port)
     say(f"Forwarding from {address}:{port} -> {pod}:{deploy.API_PORT} (namespace {cluster.namespace})")
     try:
-        while True:
-            conn, _ = listener.accept()
-            threading.Thread(target=_serve, args=(cluster, pod, conn, say), daemon=True).start()
+        forward(cluster, pod, listener, say)
     finally:
         listener.close()

@@ -12,6 +12,7 @@ import base64
 import json
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -320,6 +321,9 @@ def test_s3_deploy_applies_the_storage_secret(env, fake, kubeconfig):
     assert "statefulset.apps/pachd created" in res.err
     data = fake.get("secrets", NS, "pachy-storage")["data"]
     assert base64.b64decode(data["AWS_REGION"]) == b"us-west-2"
+    # Moving to `local` leaves no credentials behind.
+    res = run(env, "deploy", "local", "--kubeconfig", str(kubeconfig), "--no-wait")
+    assert fake.get("secrets", NS, "pachy-storage") is None and "secret/pachy-storage deleted" in res.err
 
 
 def test_rbac_forbidden_names_verb_resource_and_namespace(env, fake, kubeconfig):
@@ -390,3 +394,66 @@ def test_manifests_in_process_are_valid():
     opts = kd.DeployOptions(namespace=NS, s3=kd.S3Options("bucket", region="eu-west-1"), memory_limit="2Gi")
     objs = kd.manifests(opts, token="t")
     assert validate(objs) == [] and validate([json.loads(kd.to_json(objs))]) == []
+
+
+def test_port_forward_local_half_reaches_mountd(env, fake, kubeconfig, tmp_path, start_daemon, monkeypatch):
+    """The local half of port-forward for real: a listening port, a connection per
+    client, bytes pumped both ways, pachctl answered by a real mountd. The API server's
+    websocket (kubernetes.stream.portforward) is replaced by a plain TCP connection to
+    that mountd, since the fake has no streaming protocols."""
+    import socket
+
+    import kubernetes.stream
+
+    from kube import portforward as pf
+    from kube.cluster import connect
+    from pachctl.client import Client
+    from tests.conftest import free_port
+
+    port = free_port()
+    start_daemon(tmp_path / "pachd-home", "--listen", f"127.0.0.1:{port}", "--token", "tok", "--runner", "none",
+                 client=Client(f"127.0.0.1:{port}", token="tok", autostart=False, timeout=60))
+    fake.put_object("pods", {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pachd-0", "namespace": NS},
+                             "spec": {}, "status": {"phase": "Running"}})
+
+    class Tunnel:  # what portforward() returns: one socket per forwarded port
+        def __init__(self) -> None:
+            self.sock = socket.create_connection(("127.0.0.1", port))
+
+        def socket(self, number: int) -> socket.socket:
+            assert number == 650
+            return self.sock
+
+        def close(self) -> None:
+            self.sock.close()
+
+    calls = []
+
+    def fake_portforward(method, name, namespace, ports):
+        calls.append((name, namespace, ports))
+        return Tunnel()
+
+    monkeypatch.setattr(kubernetes.stream, "portforward", fake_portforward)
+    cluster = connect(str(kubeconfig))
+    assert pf.pachd_pod(cluster) == "pachd-0"
+    listener = pf.listen("127.0.0.1", 0)
+    local = listener.getsockname()[1]
+    thread = threading.Thread(target=pf.forward, args=(cluster, "pachd-0", listener, print), daemon=True)
+    thread.start()
+    try:
+        e = {**env, "ADDRESS": f"127.0.0.1:{local}", "PACHY_TOKEN": "tok", "PACHY_NO_AUTOSTART": "1"}
+        assert "pachd" in run(e, "version").text
+        run(e, "create-repo", "forwarded")
+        assert "forwarded" in run(e, "list-repo").text
+    finally:
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert calls and all(c == ("pachd-0", NS, "650") for c in calls)
+    # The port is taken: the error names --port.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        with pytest.raises(Exception, match="--port: cannot listen"):
+            pf.listen("127.0.0.1", busy.getsockname()[1])
