@@ -107,7 +107,8 @@ def build_options(args: argparse.Namespace):
         args.access_key, args.secret_key = args.account, args.account_key
         o.s3 = _s3(args, args.container, "CONTAINER")
     if storage_name:
-        _say(f"note: STORAGE_NAME '{storage_name}' is not used: the metadata lives on the "
+        label = "VOLUME_URI" if target == "microsoft" else "STORAGE_NAME"
+        _say(f"note: {label} '{storage_name}' is not used: the metadata lives on the "
              "PersistentVolumeClaim pachd-metadata, provisioned by the cluster's StorageClass "
              "(--storage-class); to reuse an existing disk, make a PersistentVolume for it that "
              "this claim binds to")
@@ -258,30 +259,37 @@ def register(sub) -> None:
     _s3_flags(t)
 
     t = add(targets, "amazon", "Objects in an AWS S3 bucket.", deploy)
+    t.usage = "pachctl deploy amazon BUCKET ID KEY TOKEN REGION [STORAGE_NAME] [STORAGE_SIZE] [flags]"
     _common(t, sub=True)
     t.add_argument("bucket_name", metavar="BUCKET")
     t.add_argument("aws_id", metavar="ID", help="AWS access key id")
     t.add_argument("aws_key", metavar="KEY", help="AWS secret access key")
     t.add_argument("aws_token", metavar="TOKEN", help="AWS session token ('' for none)")
     t.add_argument("aws_region", metavar="REGION")
-    t.add_argument("storage", nargs="*", metavar="[STORAGE_NAME] STORAGE_SIZE",
-                   help="size of the metadata volume in GiB (the seed's EBS volume name is accepted and unused)")
+    t.add_argument("storage", nargs="*", default=[], metavar="STORAGE",
+                   help="[STORAGE_NAME] STORAGE_SIZE: the metadata volume's size in GiB (the seed's EBS "
+                        "volume name is accepted and unused)")
     t.add_argument("--endpoint", metavar="URL", help="an S3 endpoint other than AWS's")
 
     t = add(targets, "google", "Objects in a GCS bucket, through its S3 interoperability API (HMAC keys).", deploy)
+    t.usage = "pachctl deploy google BUCKET [STORAGE_NAME] [STORAGE_SIZE] --access-key ID --secret-key KEY [flags]"
     _common(t, sub=True)
     t.add_argument("bucket_name", metavar="BUCKET")
-    t.add_argument("storage", nargs="*", metavar="[STORAGE_NAME] STORAGE_SIZE",
-                   help="size of the metadata volume in GiB (the seed's disk name is accepted and unused)")
+    t.add_argument("storage", nargs="*", default=[], metavar="STORAGE",
+                   help="[STORAGE_NAME] STORAGE_SIZE: the metadata volume's size in GiB (the seed's disk "
+                        "name is accepted and unused)")
     _s3_flags(t)
 
     t = add(targets, "microsoft", "Objects in an Azure Blob container, through an S3 gateway (--endpoint).", deploy)
+    t.usage = ("pachctl deploy microsoft CONTAINER STORAGE_NAME KEY [VOLUME_URI] [STORAGE_SIZE] --endpoint URL "
+               "[flags]")
     _common(t, sub=True)
     t.add_argument("container", metavar="CONTAINER")
     t.add_argument("account", metavar="STORAGE_NAME", help="the storage account name")
     t.add_argument("account_key", metavar="KEY", help="the storage account key")
-    t.add_argument("storage", nargs="*", metavar="[VOLUME_URI] STORAGE_SIZE",
-                   help="size of the metadata volume in GiB (the seed's VHD URI is accepted and unused)")
+    t.add_argument("storage", nargs="*", default=[], metavar="STORAGE",
+                   help="[VOLUME_URI] STORAGE_SIZE: the metadata volume's size in GiB (the seed's VHD URI "
+                        "is accepted and unused)")
     _s3_flags(t, keys=False)
 
     p = add(sub, "undeploy", "Delete pachy's objects and pipeline workers from the cluster "
