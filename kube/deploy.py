@@ -28,20 +28,19 @@ API_PORT = 650
 NODE_PORT = 30650
 HEALTH_PATH = "/healthz"  # mountd's route that answers without a token
 
-# What mountd's Kubernetes runner does with the API, and nothing else: it
-# creates a Deployment, a Secret (the worker key) and for service pipelines a
-# Service per pipeline version, watches the workers' pods (and their events,
-# to say why one cannot start), reads their logs for `pachctl logs`, and
-# deletes all of it when a pipeline is updated or deleted. Pipeline secrets
-# (`pachctl create secret`) are Kubernetes Secrets too. Namespaced (a Role):
-# pachy never needs to touch anything outside its namespace.
-_MANAGE = ["create", "get", "list", "watch", "patch", "update", "delete"]
+# What mountd's Kubernetes runner does with the API (kube/runner.py's
+# RBAC_NEEDS and RBAC_WANTS), and nothing else: one Deployment, Secret (the
+# worker key) and, for service pipelines, Service per pipeline version, made,
+# scaled, replaced on update and deleted; pipeline secrets as Secrets; a watch
+# on the workers' pods (a dead or stuck worker), which it may also mark for a
+# scale-down (patch: pod-deletion-cost) and delete (cancel). No events, no
+# logs (workers send theirs to mountd), nothing cluster-wide: a Role, in
+# pachy's namespace only.
 RUNNER_RULES: list[dict[str, Any]] = [
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _MANAGE},
-    {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": _MANAGE},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apps"], "resources": ["deployments"],
+     "verbs": ["get", "list", "create", "update", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets", "services"], "verbs": ["get", "list", "create", "update", "delete"]},
 ]
 
 
