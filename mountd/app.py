@@ -190,7 +190,8 @@ class TokenAuth:
     """Bearer-token check as plain ASGI (a per-request wrapper costs nothing on
     the body stream, unlike an ``@app.middleware`` one)."""
 
-    PUBLIC = ("/openapi.json", "/docs")
+    # /healthz: Kubernetes probes carry no token.
+    PUBLIC = ("/openapi.json", "/docs", "/healthz")
 
     def __init__(self, app, token: str):
         self.app = app
@@ -367,6 +368,11 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     app.openapi = openapi
 
     # -- general ------------------------------------------------------------
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz():
+        """Liveness and readiness for Kubernetes probes: the daemon serves requests."""
+        return {"ok": True}
 
     @app.get("/v1/version", response_model=models.Version)
     async def version():

@@ -1,4 +1,4 @@
-"""version, daemon, deploy local, fsck, gc, delete-all."""
+"""version, daemon, fsck, gc, delete-all (deploy is cmd_deploy: Kubernetes)."""
 
 from __future__ import annotations
 
@@ -151,14 +151,6 @@ def register(sub) -> None:
                             "dockerd answers, the rest here), local, docker, kubernetes, none; or $PACHY_RUNNER, "
                             "or 'runner' in the config file")
         p.add_argument("--stop", action="store_true", help="stop the running daemon")
-    p = add(sub, "deploy", "Run pachy here: 'pachctl deploy local' runs the daemon in the foreground.", daemon)
-    p.add_argument("target", choices=["local"])
-    p.add_argument("--home")
-    p.add_argument("--listen", metavar="HOST:PORT")
-    p.add_argument("--token")
-    p.add_argument("--store")
-    p.add_argument("--runner", choices=RUNNERS)
-    p.set_defaults(stop=False)
     p = add(sub, "fsck", "Verify that every referenced object exists and hashes right.", fsck)
     json_flag(p)
     p = add(sub, "gc", "Free objects that nothing references any more.", gc)

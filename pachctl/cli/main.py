@@ -14,6 +14,7 @@ from mountd.models import errors
 from pachctl.cli import (
     cmd_admin,
     cmd_commit,
+    cmd_deploy,
     cmd_file,
     cmd_job,
     cmd_mount,
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy):
         module.register(sub)
     return p
 
