@@ -115,9 +115,12 @@ def pipeline_model(s: Scheduler, row: PipelineRow) -> pps_models.Pipeline:
     )
 
 
-def job_model(row: JobRow) -> pps_models.Job:
+def job_model(row: JobRow, trouble: str = "") -> pps_models.Job:
+    """``trouble``: why the pipeline's workers cannot start (the runner's on_trouble), shown as
+    the reason of a job that waits for them."""
+    reason = row.reason or (f"waiting for workers: {trouble}" if trouble and not row.done else "")
     return pps_models.Job(
-        id=row.id, pipeline=row.pipeline, pipeline_version=row.version, state=row.state, reason=row.reason,
+        id=row.id, pipeline=row.pipeline, pipeline_version=row.version, state=row.state, reason=reason,
         created=row.created, started=row.started, finished=row.finished,
         input_commits=[pps_models.InputCommit(**i) for i in row.inputs],
         output_commit=pps_models.OutputCommit(repo=row.output_repo, branch=row.output_branch,
@@ -293,20 +296,21 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
                 repo, _, ref = output.partition("@")
                 cid = pfs.inspect_commit(repo, ref or "master").id
                 rows = [r for r in rows if r.output_commit == cid]
-            return [job_model(r) for r in rows]
+            return [job_model(r, s.trouble_of(r.pipeline)) for r in rows]
 
         return await run(jobs)
 
     @app.get("/v1/jobs/{job_id}", response_model=pps_models.Job, responses=failures(*LOOKUP))
     async def inspect_job(job_id: str, wait: bool = False, timeout: float | None = None):
         if not wait:
-            return job_model(await run(s.store.get_job, job_id))
+            row = await run(s.store.get_job, job_id)
+            return job_model(row, s.trouble_of(row.pipeline))
         row = await run(s.store.get_job, job_id)
         deadline = None if timeout is None else trio.current_time() + timeout
         while not row.done and (deadline is None or trio.current_time() < deadline):
             await trio.to_thread.run_sync(s.wait_changed, 0.5, abandon_on_cancel=True, limiter=poll_limiter)
             row = await run(s.store.get_job, job_id)
-        return job_model(row)
+        return job_model(row, s.trouble_of(row.pipeline))
 
     @app.delete("/v1/jobs/{job_id}", response_model=pps_models.Job, responses=failures(*CHANGE))
     async def stop_job(job_id: str):

@@ -130,3 +130,30 @@ def test_a_runner_says_why_a_field_is_inert(pfs: PFS, tmp_path: Path) -> None:
     assert reasons["resource_limits"] == "the local runner cannot cap cpu or memory here: no memory controller"
     assert reasons["input.pfs.lazy"].startswith("no FUSE on this machine (no /dev/fuse): inputs are copied")
     s.close()
+
+
+def test_runner_trouble_shows_on_the_pipeline_and_its_waiting_job(pfs: PFS, tmp_path: Path) -> None:
+    """What no worker can report (its pod cannot even start) reaches list-pipeline, the job's
+    reason and the logs, and goes away once the runner says the workers run again."""
+    from mountd.pps_api import job_model
+
+    s = Scheduler(pfs, str(tmp_path / "home"), runner=RecordingRunner(), max_workers=4)
+    s.create_pipelines(json.dumps(SPEC))
+    commit(pfs, {"a": b"aaa"})
+    s.tick()
+    job = s.store.latest_job("wc")
+    assert job is not None and job.state == "running"
+    why = "image 'busybox' cannot be pulled: ErrImagePull; push it to a registry the cluster can reach"
+    s.worker_trouble("wc", why)
+    s.tick()
+    row = s.store.find_pipeline("wc")
+    assert (row.state, row.reason) == ("crashing", why)
+    assert job_model(s.store.get_job(job.id), s.trouble_of("wc")).reason == f"waiting for workers: {why}"
+    s.worker_trouble("wc", why)  # said again (every watch event): logged once
+    s.worker_trouble("wc", "")
+    s.tick()
+    row = s.store.find_pipeline("wc")
+    assert row.state == "running" and row.reason == ""
+    assert job_model(s.store.get_job(job.id), s.trouble_of("wc")).reason == ""
+    said = [line["message"] for line in s.logs.read(lambda: [job.id]) if line["message"].startswith("workers:")]
+    assert said == [f"workers: {why}", "workers: running again"]

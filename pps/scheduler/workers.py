@@ -98,6 +98,11 @@ class Workers(Base):
         self.logs.note(pipeline, None, f"worker {worker} exited with code {code}")
         self.notify()
 
+    def trouble_of(self, pipeline: str) -> str:
+        """Why ``pipeline``'s workers cannot start or keep running, as its runner last said ("": none)."""
+        with self._lock:
+            return self._trouble.get(pipeline, "")
+
     def worker_trouble(self, pipeline: str, message: str) -> None:
         """The runner's on_trouble: why ``pipeline``'s workers cannot start or keep running
         (an image that cannot be pulled, no node to schedule them on, RBAC forbids, ...), or
