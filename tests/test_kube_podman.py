@@ -1,0 +1,156 @@
+"""The Kubernetes manifests executed for real by ``podman kube play`` (tests/podman.py says what is
+converted for podman 4.3 and why). The pachy image is built once per session
+(installers/build-image.sh, cached by a hash of the sources).
+
+- ``test_mountd_in_a_pod_answers_pachctl``: the deploy objects (``kube.deploy.manifests`` once it is
+  there, else the same objects built here, by the contract's names) run mountd in a pod of the pachy
+  image, its metadata on the claim's volume, its token from the ``pachy-token`` Secret, its port
+  published as the Service would; ``pachctl`` on the host, with ADDRESS and PACHY_TOKEN, creates a
+  repo, puts a file, lists and reads it back through that port. A wrong token is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port, wait_for
+from tests.podman import (
+    ROOT,
+    Kube,
+    ensure_busybox_image,
+    ensure_pachy_image,
+    kube_gateway,
+    require_podman,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.podman]
+
+
+@pytest.fixture(scope="session")
+def pachy_image() -> str:
+    require_podman()
+    ensure_busybox_image()
+    return ensure_pachy_image()
+
+
+@pytest.fixture
+def kube(tmp_path: Path, pachy_image: str) -> Iterator[Kube]:
+    k = Kube(tmp_path / "kube")
+    k.workdir.mkdir()
+    try:
+        yield k
+    finally:
+        print(k.logs())  # shown by pytest when the test failed
+        k.close()
+
+
+def deploy_objects(image: str, token: str) -> list[dict[str, Any]]:
+    """``pachctl deploy local``'s objects: kube.deploy's builder when present, else the
+    same objects (the contract's names) with ``--runner none``: mountd only."""
+    try:
+        from kube.deploy import DeployOptions, manifests
+    except ImportError:
+        pass
+    else:
+        return manifests(DeployOptions(image=image, token=token))
+    import base64
+
+    labels = {"app": "pachd", "suite": "pachy"}
+    home = "/var/lib/pachy"
+    container = {
+        "name": "pachd", "image": image, "imagePullPolicy": "IfNotPresent",
+        "command": ["python3", "-m", "mountd", "--home", home, "--listen", "0.0.0.0:650", "--runner", "none",
+                    "--store", f"{home}/objects"],
+        "env": [{"name": "PACHY_TOKEN", "valueFrom": {"secretKeyRef": {"name": "pachy-token", "key": "token"}}},
+                {"name": "PACHY_KUBE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "ports": [{"name": "api", "containerPort": 650, "protocol": "TCP"}],
+        "volumeMounts": [{"name": "metadata", "mountPath": home}],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "pachy"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pachy-token"}, "type": "Opaque",
+         "data": {"token": base64.b64encode(token.encode()).decode()}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "pachd-metadata"},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "pachd", "labels": labels},
+         "spec": {"replicas": 1, "serviceName": "pachd", "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels},
+                               "spec": {"containers": [container], "volumes": [
+                                   {"name": "metadata", "persistentVolumeClaim": {"claimName": "pachd-metadata"}}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pachd"},
+         "spec": {"type": "NodePort", "selector": labels,
+                  "ports": [{"name": "api", "port": 650, "targetPort": "api", "nodePort": 30650}]}},
+    ]
+
+
+def with_kubeconfig(objects: list[dict[str, Any]], kubeconfig: Path) -> list[dict[str, Any]]:
+    """mountd's runner pointed at a kubeconfig file (the fake API's, reached through podman's
+    gateway): a hostPath volume holding it, and KUBECONFIG."""
+    for obj in objects:
+        if obj["kind"] == "StatefulSet":
+            spec = obj["spec"]["template"]["spec"]
+            spec["volumes"].append({"name": "kubeconfig", "hostPath": {"path": str(kubeconfig.parent)}})
+            for c in spec["containers"]:
+                c.setdefault("env", []).append({"name": "KUBECONFIG", "value": "/etc/pachy-kube/config"})
+                c["volumeMounts"].append({"name": "kubeconfig", "mountPath": "/etc/pachy-kube", "readOnly": True})
+    return objects
+
+
+def pachctl(address: str, token: str, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "ADDRESS": address, "PACHY_TOKEN": token, "PACHY_NO_AUTOSTART": "1",
+           "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "pachctl.cli.main", *args], env=env, input=input,
+                          capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def mountd_pod(kube: Kube, pachy_image: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """mountd from the deploy objects in a pod; (ADDRESS, token) for pachctl on the host."""
+    from tests.kubefake import FakeKubeAPI
+
+    token = secrets.token_urlsafe(18)
+    port = free_port()
+    fake = FakeKubeAPI()
+    fake.start(host="0.0.0.0")  # the pod reaches the host through podman's gateway
+    try:
+        server_port = fake.url.rsplit(":", 1)[1]
+        cfg = tmp_path / "kubeconfig" / "config"
+        cfg.parent.mkdir()
+        cfg.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://{kube_gateway()}:{server_port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
+        }))
+        conv = kube.play(with_kubeconfig(deploy_objects(pachy_image, token), cfg), host_ports={"pachd": port})
+        (pod,) = [p for p in conv.pods if p.endswith("pachd-0")]
+        kube.wait_running(f"{pod}-pachd")
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: pachctl(address, token, "list-repo").returncode == 0 or
+                 kube.inspect(f"{pod}-pachd")["State"]["Status"] != "running", 60, "mountd in the pod to answer")
+        yield address, token
+    finally:
+        fake.close()
+
+
+def test_mountd_in_a_pod_answers_pachctl(mountd_pod: tuple[str, str]) -> None:
+    address, token = mountd_pod
+    assert pachctl(address, token, "list-repo").returncode == 0
+    made = pachctl(address, token, "create-repo", "images")
+    assert made.returncode == 0, made.stderr
+    put = pachctl(address, token, "put-file", "images", "master", "/hello.txt", "-c", input=b"hello from a pod\n")
+    assert put.returncode == 0, put.stderr
+    listed = pachctl(address, token, "list-file", "images", "master")
+    assert listed.returncode == 0 and b"hello.txt" in listed.stdout, listed.stdout + listed.stderr
+    got = pachctl(address, token, "get-file", "images", "master", "/hello.txt")
+    assert got.stdout == b"hello from a pod\n", got.stderr
+    refused = pachctl(address, "not-the-token", "list-repo")
+    assert refused.returncode != 0 and b"error" in refused.stderr.lower()
