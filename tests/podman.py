@@ -273,11 +273,12 @@ class Kube:
 
     def log_lines(self, container: str) -> list[tuple[float, str]]:
         """(unix time, line) of what ``container`` wrote, podman's own timestamps."""
+        proc = podman("logs", "-t", container, check=False)  # the container's stderr on podman's
         out = []
-        for line in podman("logs", "-t", container, check=False).stdout.splitlines():
+        for line in (proc.stdout + proc.stderr).splitlines():
             stamp, _, text = line.partition(" ")
             out.append((_unix(stamp), text))
-        return out
+        return sorted(out)
 
     def logs(self) -> str:
         parts = []
@@ -303,12 +304,13 @@ class Kube:
 def _unix(stamp: str) -> float:
     """podman's RFC 3339 timestamp (nanoseconds, a zone) as unix time."""
     import datetime
+    import re
 
-    date, _, rest = stamp.partition(".")
-    frac = "".join(ch for ch in rest if ch.isdigit())[:6]
-    zone = rest[len("".join(ch for ch in rest if ch.isdigit())):]
-    zone = "+00:00" if zone in ("Z", "") else zone
-    return datetime.datetime.fromisoformat(f"{date}.{frac or '0'}{zone}").timestamp()
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:?\d\d)?$", stamp)
+    if not m:
+        return 0.0
+    zone = "+00:00" if m.group(3) in (None, "Z") else m.group(3)
+    return datetime.datetime.fromisoformat(f"{m.group(1)}.{(m.group(2) or '0')[:6].ljust(6, '0')}{zone}").timestamp()
 
 
 @contextlib.contextmanager

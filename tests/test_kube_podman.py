@@ -154,3 +154,79 @@ def test_mountd_in_a_pod_answers_pachctl(mountd_pod: tuple[str, str]) -> None:
     assert got.stdout == b"hello from a pod\n", got.stderr
     refused = pachctl(address, "not-the-token", "list-repo")
     assert refused.returncode != 0 and b"error" in refused.stderr.lower()
+
+
+def worker_objects(pachy_image: str, user_image: str, address: str, token: str) -> list[dict[str, Any]]:
+    """A pipeline version's worker objects by the contract (HELPERS.md: Secret and Deployment
+    ``pipeline-<name>-v<N>``; init ``init`` copies the agent into ``pachy-bin``, ``user`` runs
+    it, ``shim`` dials mountd). kube.pods' builder replaces this once it is on main."""
+    import base64
+
+    name, agent, ctl = "pipeline-fruit-v1", "/usr/lib/pachy/agent", "/.pachy/ctl"
+    b = f"{agent}/busybox"
+    init = "; ".join([
+        "set -e", f"{b} cp {agent}/busybox {agent}/agent.sh /.pachy/bin/", f"{b} mkdir -p {ctl}/links",
+        f"for f in cmd events; do [ -p {ctl}/$f ] || {b} mkfifo -m 0600 {ctl}/$f; done",
+        f"echo '{json.dumps({'image': user_image})}' >{ctl}/image.json",
+    ])
+    labels = {"app": "pipeline", "pachy.pipeline": "fruit", "pachy.version": "1"}
+    mounts = [{"name": "pachy-ctl", "mountPath": ctl}, {"name": "pachy-scratch", "mountPath": "/pachy/scratch"}]
+    pod = {
+        "initContainers": [{"name": "init", "image": pachy_image, "command": [b, "sh", "-c", init],
+                            "volumeMounts": [{"name": "pachy-bin", "mountPath": "/.pachy/bin"},
+                                             {"name": "pachy-ctl", "mountPath": ctl}]}],
+        "containers": [
+            {"name": "user", "image": user_image,
+             "command": ["/.pachy/bin/busybox", "env", "-i", "/.pachy/bin/busybox", "sh", "/.pachy/bin/agent.sh", ctl],
+             "volumeMounts": [{"name": "pachy-bin", "mountPath": "/.pachy/bin", "readOnly": True}, *mounts]},
+            {"name": "shim", "image": pachy_image,
+             "command": ["python3", "-m", "shim", "--pipeline", "fruit", "--worker", "w0", "--address", address,
+                         "--executor", "container", "--ctl", ctl, "--scratch", "/pachy/scratch",
+                         "--fast-scratch", "none"],
+             "env": [{"name": "PACHY_WORKER_CREDENTIAL", "valueFrom": {"secretKeyRef": {"name": name, "key": "key"}}},
+                     {"name": "PACHY_TOKEN", "value": token}],
+             "volumeMounts": mounts},
+        ],
+        "volumes": [{"name": v, "emptyDir": {}} for v in ("pachy-bin", "pachy-ctl", "pachy-scratch")],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
+         "data": {"key": base64.b64encode(b"k1:not-vouched-for").decode()}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": pod}}},
+    ]
+
+
+COLD_START = 3.0  # seconds: a worker pod's init copy + shim ready (issue 11's figure)
+
+
+def test_worker_pod_cold_start_and_its_shim_dials_mountd(kube: Kube, mountd_pod: tuple[str, str],
+                                                         pachy_image: str) -> None:
+    """A worker pod (init copying the agent, the user container running it from the busybox
+    image, the shim sidecar) comes up and its shim reaches mountd through podman's gateway and the
+    published port, within COLD_START of `podman kube play` starting. No runner in this mountd
+    vouches for its credential, so mountd answers 401 and the shim says it was refused: the
+    request went all the way."""
+    import time
+
+    address, token = mountd_pod
+    port = address.rsplit(":", 1)[1]
+    objs = worker_objects(pachy_image, "pachy-test/busybox:1", f"{kube_gateway()}:{port}", token)
+    t0 = time.time()
+    conv = kube.play(objs)
+    played = time.time()
+    (pod,) = conv.pods
+
+    def serving() -> float | None:
+        return next((t for t, line in kube.log_lines(f"{pod}-shim") if "serving pipeline fruit" in line), None)
+
+    ready = wait_for(serving, 30, "the shim to start serving")
+    refused = wait_for(lambda: any("refused this worker" in line for _, line in kube.log_lines(f"{pod}-shim")),
+                       30, "mountd to answer the shim")
+    agent = kube.inspect(f"{pod}-user")
+    print(f"worker pod cold start: {ready - t0:.2f} s from podman kube play starting "
+          f"({played - t0:.2f} s in kube play: pod, init copy, containers started; shim ready "
+          f"{ready - played:.2f} s later); agent {agent['State']['Status']}")
+    assert refused
+    assert ready - t0 <= COLD_START, f"cold start {ready - t0:.2f} s > {COLD_START} s"
