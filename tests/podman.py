@@ -25,7 +25,8 @@ What is converted:
   ``metadata.name`` and a few others).
 - a ``secret`` volume without ``optional`` gets ``optional: false`` (podman
   4.3 dereferences it unchecked and panics).
-- ``hostPath`` volumes -> under the test's directory (never the host's /var).
+- ``hostPath`` volumes -> under the test's directory (never the host's /var),
+  but for those the test made there itself.
 - names podman keeps globally (pods, the volumes of claims and secrets, the
   secrets) get the ``Kube``'s prefix, so a test never meets, nor removes,
   another's ``pachd-metadata``.
@@ -140,7 +141,7 @@ def _fix_pod(spec: dict[str, Any], secrets: dict[str, dict[str, str]], namespace
             vol["secret"]["secretName"] = prefix + vol["secret"]["secretName"]
         if "persistentVolumeClaim" in vol:
             vol["persistentVolumeClaim"]["claimName"] = prefix + vol["persistentVolumeClaim"]["claimName"]
-        if "hostPath" in vol:
+        if "hostPath" in vol and not vol["hostPath"]["path"].startswith(f"{host_dir.parent.parent}/"):
             local = host_dir / vol["hostPath"]["path"].lstrip("/")
             local.mkdir(parents=True, exist_ok=True)
             vol["hostPath"] = {"path": str(local), "type": "Directory"}
