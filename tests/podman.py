@@ -27,6 +27,9 @@ What is converted:
   4.3 dereferences it unchecked and panics).
 - ``hostPath`` volumes -> under the test's directory (never the host's /var),
   but for those the test made there itself.
+- ``emptyDir`` volumes -> named ``<pod>-<volume>``: podman 4.3 makes an emptyDir a
+  named volume of the volume's own name, shared by every pod that names one alike
+  (two workers' ``pachy-bin`` would be one directory) and kept after the pod.
 - names podman keeps globally (pods, the volumes of claims and secrets, the
   secrets) get the ``Kube``'s prefix, so a test never meets, nor removes,
   another's ``pachd-metadata``.
@@ -116,7 +119,7 @@ def kube_gateway() -> str:
 class Converted:
     docs: list[dict[str, Any]] = field(default_factory=list)  # what podman kube play gets
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> decoded data
-    claims: list[str] = field(default_factory=list)  # podman volumes made for PVCs
+    claims: list[str] = field(default_factory=list)  # podman volumes made for PVCs and emptyDirs
     pods: list[str] = field(default_factory=list)  # the pods podman will run
 
 
@@ -132,10 +135,14 @@ def _templates(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fix_pod(spec: dict[str, Any], secrets: dict[str, dict[str, str]], namespace: str, host_dir: Path,
-             prefix: str) -> None:
+             prefix: str, pod: str, volumes: list[str]) -> None:
     if spec.get("initContainers") and spec.get("restartPolicy", "Always") == "Always":
         spec["restartPolicy"] = "OnFailure"
+    renamed = {}
     for vol in spec.get("volumes") or []:
+        if "emptyDir" in vol:
+            renamed[vol["name"]] = vol["name"] = f"{pod}-{vol['name']}"
+            volumes.append(vol["name"])
         if "secret" in vol:
             vol["secret"].setdefault("optional", False)
             vol["secret"]["secretName"] = prefix + vol["secret"]["secretName"]
@@ -146,6 +153,8 @@ def _fix_pod(spec: dict[str, Any], secrets: dict[str, dict[str, str]], namespace
             local.mkdir(parents=True, exist_ok=True)
             vol["hostPath"] = {"path": str(local), "type": "Directory"}
     for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for m in c.get("volumeMounts") or []:
+            m["name"] = renamed.get(m["name"], m["name"])
         env = []
         for e in c.get("env") or []:
             ref = (e.get("valueFrom") or {})
@@ -200,8 +209,8 @@ def for_podman(objects: list[dict[str, Any]], host_dir: Path, *, host_ports: dic
         if doc["kind"] == "PersistentVolumeClaim":
             continue
         holder = _templates(doc)
-        _fix_pod(holder["spec"], out.secrets, namespace, host_dir, prefix)
         out.pods.append(doc["metadata"]["name"] + ("-pod-0" if doc["kind"] == "Deployment" else ""))
+        _fix_pod(holder["spec"], out.secrets, namespace, host_dir, prefix, out.pods[-1], out.claims)
         labels = (holder.get("metadata") or {}).get("labels") or {}
         for svc in services:
             name = svc["metadata"]["name"]

@@ -6,7 +6,16 @@ converted for podman 4.3 and why). The pachy image is built once per session
   there, else the same objects built here, by the contract's names) run mountd in a pod of the pachy
   image, its metadata on the claim's volume, its token from the ``pachy-token`` Secret, its port
   published as the Service would; ``pachctl`` on the host, with ADDRESS and PACHY_TOKEN, creates a
-  repo, puts a file, lists and reads it back through that port. A wrong token is refused.
+  repo, puts a file, lists and reads it back through that port. A wrong token is refused. With
+  kube/deploy.py's objects mountd runs ``--runner kubernetes`` against the FAKE API
+  (tests/kubefake.py, served on 0.0.0.0 and reached through podman's kube network gateway; the
+  kubeconfig is a hostPath file).
+- ``test_worker_pod_cold_start_and_its_shim_dials_mountd``: a worker pod (kube.pods' builder when
+  present) comes up and its shim reaches mountd-in-a-pod within 3 s of ``podman kube play``
+  starting (measured ~0.9 s here); mountd refuses it, since no runner of its made it.
+- ``test_fruit_stand_through_mountd_in_a_pod_and_worker_pods``: the whole chain, mountd in a pod ->
+  its Kubernetes runner writes the Deployments into the fake API -> podman plays them -> the
+  shims authenticate and run the fruit stand in the busybox image; totals against awk's.
 """
 
 from __future__ import annotations
@@ -91,14 +100,17 @@ def deploy_objects(image: str, token: str) -> list[dict[str, Any]]:
     ]
 
 
-def with_kubeconfig(objects: list[dict[str, Any]], kubeconfig: Path) -> list[dict[str, Any]]:
+def with_kubeconfig(objects: list[dict[str, Any]], kubeconfig: Path, worker_address: str) -> list[dict[str, Any]]:
     """mountd's runner pointed at a kubeconfig file (the fake API's, reached through podman's
-    gateway): a hostPath volume holding it, and KUBECONFIG."""
+    gateway): a hostPath volume holding it, and KUBECONFIG; worker sidecars told to dial mountd
+    at ``worker_address`` (no cluster DNS under podman)."""
     for obj in objects:
         if obj["kind"] == "StatefulSet":
             spec = obj["spec"]["template"]["spec"]
             spec["volumes"].append({"name": "kubeconfig", "hostPath": {"path": str(kubeconfig.parent)}})
             for c in spec["containers"]:
+                c["env"] = [e for e in c.get("env", []) if e["name"] != "PACHY_KUBE_ADDRESS"]
+                c["env"].append({"name": "PACHY_KUBE_ADDRESS", "value": worker_address})
                 c.setdefault("env", []).append({"name": "KUBECONFIG", "value": "/etc/pachy-kube/config"})
                 c["volumeMounts"].append({"name": "kubeconfig", "mountPath": "/etc/pachy-kube", "readOnly": True})
     return objects
@@ -113,6 +125,10 @@ def pachctl(address: str, token: str, *args: str, input: bytes | None = None) ->
 
 @pytest.fixture
 def mountd_pod(kube: Kube, pachy_image: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    yield from _mountd_pod(kube, pachy_image, tmp_path, None)
+
+
+def _mountd_pod(kube: Kube, pachy_image: str, tmp_path: Path, hand: list | None) -> Iterator[tuple[str, str]]:
     """mountd from the deploy objects in a pod; (ADDRESS, token) for pachctl on the host."""
     from tests.kubefake import FakeKubeAPI
 
@@ -130,7 +146,10 @@ def mountd_pod(kube: Kube, pachy_image: str, tmp_path: Path) -> Iterator[tuple[s
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "default"}}],
         }))
-        conv = kube.play(with_kubeconfig(deploy_objects(pachy_image, token), cfg), host_ports={"pachd": port})
+        conv = kube.play(with_kubeconfig(deploy_objects(pachy_image, token), cfg, f"{kube_gateway()}:{port}"),
+                         host_ports={"pachd": port})
+        if hand is not None:
+            hand.append(fake)
         (pod,) = [p for p in conv.pods if p.endswith("pachd-0")]
         kube.wait_running(f"{pod}-pachd")
         address = f"127.0.0.1:{port}"
@@ -159,8 +178,18 @@ def test_mountd_in_a_pod_answers_pachctl(mountd_pod: tuple[str, str]) -> None:
 def worker_objects(pachy_image: str, user_image: str, address: str, token: str) -> list[dict[str, Any]]:
     """A pipeline version's worker objects by the contract (HELPERS.md: Secret and Deployment
     ``pipeline-<name>-v<N>``; init ``init`` copies the agent into ``pachy-bin``, ``user`` runs
-    it, ``shim`` dials mountd). kube.pods' builder replaces this once it is on main."""
+    it, ``shim`` dials mountd): kube.pods' builder when present, else the same objects built here."""
     import base64
+
+    try:
+        from kube.pods import PodSettings
+        from kube.pods import worker_objects as build
+        from pps.runners.base import WorkerSpec
+    except ImportError:
+        pass
+    else:
+        spec = WorkerSpec(pipeline="fruit", image=user_image, cmd=("sh",))
+        return build(spec, 1, "0" * 64, PodSettings("default", pachy_image, address, "pachy-test"), token=token)
 
     name, agent, ctl = "pipeline-fruit-v1", "/usr/lib/pachy/agent", "/.pachy/ctl"
     b = f"{agent}/busybox"
@@ -230,3 +259,61 @@ def test_worker_pod_cold_start_and_its_shim_dials_mountd(kube: Kube, mountd_pod:
           f"{ready - played:.2f} s later); agent {agent['State']['Status']}")
     assert refused
     assert ready - t0 <= COLD_START, f"cold start {ready - t0:.2f} s > {COLD_START} s"
+
+
+def _plain(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object read back from the API as it was written (no uid, status, ...)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k in ("name", "labels", "annotations")}
+    return {k: v for k, v in obj.items() if k not in ("status", "metadata")} | {"metadata": meta}
+
+
+def test_fruit_stand_through_mountd_in_a_pod_and_worker_pods(kube: Kube, pachy_image: str, tmp_path: Path) -> None:
+    """The whole chain: mountd in a pod (the deploy objects) runs ``--runner kubernetes`` against the
+    FAKE API; creating the fruit stand makes its runner write each pipeline's Secret and Deployment
+    there; the test reads them back and plays them in podman (standing in for the kubelet); the shim
+    sidecars authenticate to mountd with the credential derived from the Secret's key and run the
+    units in the busybox image; the totals are awk's."""
+    import random
+
+    pytest.importorskip("kube.runner", reason="the Kubernetes runner (kube/runner.py) is not in this checkout")
+    pytest.importorskip("kube.deploy", reason="pachctl deploy's objects (kube/deploy.py) are not in this checkout")
+    hand: list = []
+    gen = _mountd_pod(kube, pachy_image, tmp_path, hand)
+    address, token = next(gen)
+    try:
+        rng = random.Random(11)
+        sales = b"".join(f"{rng.choice(('apple', 'banana', 'orange'))}\t{rng.randint(1, 99)}\n".encode()
+                         for _ in range(200))
+        (tmp_path / "sales").write_bytes(sales)
+        assert pachctl(address, token, "create-repo", "data").returncode == 0
+        put = pachctl(address, token, "put-file", "data", "master", "sales", "-c", "-f", str(tmp_path / "sales"))
+        assert put.returncode == 0, put.stderr
+        specs, text, pos = [], (ROOT / "examples" / "fruit_stand" / "pipeline.json").read_text(), 0
+        dec = json.JSONDecoder()
+        while pos < len(text.rstrip()):
+            obj, pos = dec.raw_decode(text, pos)
+            obj["transform"]["image"] = "pachy-test/busybox:1"
+            specs.append(obj)
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+        (tmp_path / "fruit.json").write_text("\n".join(json.dumps(s) for s in specs))
+        made = pachctl(address, token, "create-pipeline", "-f", str(tmp_path / "fruit.json"))
+        assert made.returncode == 0, made.stderr
+        fake = hand[0]
+        names = {"pipeline-filter-v1", "pipeline-sum-v1"}
+        wait_for(lambda: names <= {d["metadata"]["name"] for d in fake.list("deployments", "default")}, 60,
+                 "the runner's Deployments in the fake API")
+        objs = [_plain(o) for o in fake.list("secrets", "default") + fake.list("deployments", "default")
+                if o["metadata"]["name"] in names]
+        kube.play(objs)
+        want = subprocess.run(["awk", "-F", "\t", '{s[$1] += $2} END {for (f in s) print f "\\t" s[f]}'],
+                              input=sales, capture_output=True, check=True).stdout.decode()
+        totals = dict(line.split("\t") for line in want.splitlines())
+
+        def done() -> bool:
+            got = {f: pachctl(address, token, "get-file", "sum", "master", f).stdout for f in totals}
+            return all(got[f] == f"{n}\n".encode() for f, n in totals.items())
+
+        wait_for(done, 120, f"the sum pipeline's totals {totals}")
+    finally:
+        gen.close()
