@@ -180,16 +180,18 @@ def worker_objects(pachy_image: str, user_image: str, address: str, token: str) 
     ``pipeline-<name>-v<N>``; init ``init`` copies the agent into ``pachy-bin``, ``user`` runs
     it, ``shim`` dials mountd): kube.pods' builder when present, else the same objects built here."""
     import base64
+    import importlib
+
+    from pps.runners.base import WorkerSpec
 
     try:
-        from kube.pods import PodSettings
-        from kube.pods import worker_objects as build
-        from pps.runners.base import WorkerSpec
+        pods = importlib.import_module("kube.pods")
     except ImportError:
         pass
     else:
         spec = WorkerSpec(pipeline="fruit", image=user_image, cmd=("sh",))
-        return build(spec, 1, "0" * 64, PodSettings("default", pachy_image, address, "pachy-test"), token=token)
+        settings = pods.PodSettings("default", pachy_image, address, "pachy-test")
+        return pods.worker_objects(spec, 1, "0" * 64, settings, token=token)
 
     name, agent, ctl = "pipeline-fruit-v1", "/usr/lib/pachy/agent", "/.pachy/ctl"
     b = f"{agent}/busybox"
