@@ -157,6 +157,7 @@ def _mountd_pod(kube: Kube, pachy_image: str, tmp_path: Path, hand: list | None)
                  kube.inspect(f"{pod}-pachd")["State"]["Status"] != "running", 60, "mountd in the pod to answer")
         yield address, token
     finally:
+        print(kube.logs())  # shown by pytest when the test failed
         kube.close()  # the pods first: mountd's runner would complain of the fake API gone
         fake.close()
 
