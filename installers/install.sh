@@ -20,6 +20,14 @@ SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-
 DOCKER_PACKAGES=(busybox-static)
 # The stats example's image is built from a Debian rootfs (examples/stats/build.sh, tested).
 TEST_PACKAGES=(mmdebstrap cgroupfs-mount iproute2)
+# The Kubernetes tests run the generated manifests for real under podman's Kubernetes YAML
+# engine (tests/test_kube_podman.py: `podman kube play`), with runc as its runtime (crun is
+# not needed) and catatonit as the pods' init; the pachy image is built by
+# installers/build-image.sh (mmdebstrap, above). uidmap and slirp4netns are what podman
+# needs besides on a fresh bookworm; netavark/aardvark-dns give pods their bridge network,
+# iptables its port forwarding (hostPort).
+KUBE_TEST_PACKAGES=(podman runc catatonit conmon containernetworking-plugins netavark
+                    aardvark-dns iptables uidmap slirp4netns fuse-overlayfs)
 # An engine already installed (docker-ce from Docker's repository, say) is used as it is:
 # docker.io would conflict with it.
 command -v dockerd >/dev/null 2>&1 || DOCKER_PACKAGES+=(docker.io)
@@ -30,7 +38,7 @@ for arg in "$@"; do
     case "$arg" in
         --test)
             extras="test"
-            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}" "${TEST_PACKAGES[@]}")
+            SYSTEM_PACKAGES+=("${DOCKER_PACKAGES[@]}" "${TEST_PACKAGES[@]}" "${KUBE_TEST_PACKAGES[@]}")
             ;;
         --force) force=1 ;;
         -h | --help)
@@ -101,6 +109,59 @@ if command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; 
 else
     echo "    not a Debian/Ubuntu system: make sure these (or your system's equivalents) are installed:" >&2
     echo "    ${SYSTEM_PACKAGES[*]}" >&2
+fi
+
+# --- podman's configuration for the Kubernetes tests -------------------------
+
+# podman kube play here needs runc as its runtime, and default ulimits below this
+# machine's hard limits (podman's default nofile/nproc exceed a container host's, and
+# every container then fails with a setrlimit error). A file the user already has is
+# merged into, never replaced: only the settings missing from it are added, and a
+# setting they gave another value is left alone, with a note.
+CONTAINERS_CONF="${CONTAINERS_CONF:-/etc/containers/containers.conf}"
+conf_runtime='runtime = "runc"'
+conf_ulimits='default_ulimits = ["nofile=16384:16384", "nproc=32768:32768"]'
+
+conf_has() { [ -f "$CONTAINERS_CONF" ] && grep -Eq "^[[:space:]]*$1[[:space:]]*=" "$CONTAINERS_CONF"; }
+conf_section_has() { [ -f "$CONTAINERS_CONF" ] && grep -Eq "^[[:space:]]*\\[$1\\][[:space:]]*$" "$CONTAINERS_CONF"; }
+
+conf_add() {
+    # conf_add SECTION LINE: put LINE under [SECTION] (made at the end if missing).
+    local tmp
+    tmp="$(mktemp)"
+    if conf_section_has "$1"; then
+        awk -v sec="[$1]" -v line="$2" '
+            { print }
+            !done && $0 ~ /^[[:space:]]*\[/ { gsub(/[[:space:]]/, "", $0); if ($0 == sec) { print line; done = 1 } }
+        ' "$CONTAINERS_CONF" >"$tmp"
+    else
+        { [ -f "$CONTAINERS_CONF" ] && cat "$CONTAINERS_CONF"; printf '\n[%s]\n%s\n' "$1" "$2"; } >"$tmp"
+    fi
+    cat "$tmp" >"$CONTAINERS_CONF"
+    rm -f "$tmp"
+}
+
+podman_conf() {
+    local key section line wanted
+    for wanted in "engine|runtime|$conf_runtime" "containers|default_ulimits|$conf_ulimits"; do
+        IFS='|' read -r section key line <<<"$wanted"
+        if conf_has "$key"; then
+            grep -Fq "$line" "$CONTAINERS_CONF" ||
+                echo "    note: $CONTAINERS_CONF sets $key already; left as it is (the Kubernetes tests want: $line under [$section])" >&2
+            continue
+        fi
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "    note: not root: add to $CONTAINERS_CONF under [$section]: $line" >&2
+            continue
+        fi
+        mkdir -p "$(dirname "$CONTAINERS_CONF")"
+        say "$CONTAINERS_CONF: adding $line under [$section]"
+        conf_add "$section" "$line"
+    done
+}
+
+if [ "$extras" = "test" ]; then
+    podman_conf
 fi
 
 # --- a Python >= 3.11 and the virtual environment ---------------------------
