@@ -114,6 +114,35 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
     return server.main(mountd_args)
 
 
+def serve_bare(listen: str) -> int:
+    """``python -m bench.mountd_scale bare HOST:PORT``: hypercorn on trio with mountd's
+    settings (mountd.server) and an ASGI app that answers every request with a fixed
+    JSON body: what the HTTP server alone costs per request, the ceiling for mountd."""
+    import hypercorn.trio.tcp_server
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve as hypercorn_serve
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"14")]})
+        await send({"type": "http.response.body", "body": b'{"accepted":1}'})
+
+    hypercorn.trio.tcp_server.MAX_RECV = 1 << 20  # as mountd.server.main
+    config = Config()
+    config.accesslog, config.errorlog, config.bind = None, "-", [listen]
+    config.keep_alive_timeout, config.graceful_timeout, config.h11_max_incomplete_size = 60, 1.0, 64 * 1024
+    trio.run(hypercorn_serve, app, config)
+    return 0
+
+
 class Daemon:
     """The bench's mountd: TCP on loopback with a token, a BenchRunner for ``creds``."""
 
@@ -134,7 +163,8 @@ class Daemon:
                "--home", str(self.home), "--listen", self.address, "--token", self.token]
         env = {**os.environ, "PACHY_MAX_WORKERS": "4"}  # the batched pipeline's task sizing: as on 2 cores
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                         cwd=BENCH.parent)
         self.spy = None
         deadline = time.monotonic() + 30
         with self.client() as c:
@@ -162,9 +192,7 @@ class Daemon:
 
     def cpu(self) -> float:
         """The daemon's CPU seconds so far (utime + stime)."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return _proc_cpu(self.proc.pid)
 
     def stop(self) -> None:
         if self.spy is not None:
@@ -272,9 +300,24 @@ async def one_worker(conn: Conn, pipeline: str, worker: str, wait: float, output
         out["accepted"] += json.loads(answer)["accepted"]
 
 
+async def bare_worker(conn: Conn, count: int, out: dict) -> None:
+    """``count`` empty POSTs, each answered by the bare server: the HTTP layer alone."""
+    for _ in range(count):
+        t0 = time.monotonic()
+        status, _body = await conn.post("/v1/workers/bare/next?worker=w&wait=1")
+        t1 = time.monotonic()
+        if status != 200:
+            raise RuntimeError(f"the bare server answered {status}")
+        out["first"] = min(out["first"], t0)
+        out["last"] = max(out["last"], t1)
+        out["latency"].append(t1 - t0)
+        out["tasks"].append("")
+
+
 def client_process(address: str, token: str, creds: list[tuple[str, str, str]], wait: float, output: int,
-                   pipe) -> None:
-    """One client process: its share of the workers, started when the parent says go."""
+                   pipe, bare: int = 0) -> None:
+    """One client process: its share of the workers, started when the parent says go
+    (``bare``: that many requests per worker to the bare server instead)."""
 
     async def main() -> dict:
         host, port = address.rsplit(":", 1)
@@ -286,8 +329,11 @@ def client_process(address: str, token: str, creds: list[tuple[str, str, str]], 
         out = {"first": float("inf"), "last": 0.0, "latency": [], "tasks": [], "units": 0, "accepted": 0}
         cpu0 = os.times()
         try:
-            await asyncio.gather(*(one_worker(conn, p, w, wait, output, out)
-                                   for conn, (p, w, _c) in zip(conns, creds, strict=True)))
+            if bare:
+                await asyncio.gather(*(bare_worker(conn, bare, out) for conn in conns))
+            else:
+                await asyncio.gather(*(one_worker(conn, p, w, wait, output, out)
+                                       for conn, (p, w, _c) in zip(conns, creds, strict=True)))
         finally:
             for conn in conns:
                 conn.close()
@@ -407,6 +453,79 @@ def measure(d: Daemon, pipeline: str, creds: list[tuple[str, str, str]], n: int,
     return res
 
 
+def measure_bare(work: pathlib.Path, workers: int, requests: int) -> dict:
+    """The bare server (``serve_bare``) under ``workers`` connections of ``requests`` each:
+    requests/s and its CPU per request."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{sock.getsockname()[1]}"
+    with open(work / "bare.log", "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.mountd_scale", "bare", address],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=BENCH.parent)
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # up when it accepts a connection
+            try:
+                socket.create_connection((address.split(":")[0], int(address.split(":")[1])), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the bare server did not start; see {work / 'bare.log'}") from None
+                time.sleep(0.05)
+        mine, theirs = ctx.Pipe()
+        creds = [("bare", f"w{i}", "-") for i in range(workers)]
+        child = ctx.Process(target=client_process, args=(address, "-", creds, 1.0, 0, theirs, requests), daemon=True)
+        child.start()
+        assert mine.recv() == "ready"
+        cpu0 = _proc_cpu(proc.pid)
+        t0 = time.monotonic()
+        mine.send("go")
+        res = mine.recv()
+        wall = time.monotonic() - t0
+        cpu = _proc_cpu(proc.pid) - cpu0
+        child.join(10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if "error" in res:
+        raise RuntimeError(res["error"])
+    n = len(res["tasks"])
+    lat = sorted(res["latency"])
+    out = {"requests": n, "rate": n / (res["last"] - res["first"]), "cpu_per_request": cpu / n,
+           "server_cores": cpu / wall, "clients_cores": res["cpu"] / wall,
+           "p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))]}
+    log(f"bare hypercorn, {workers} connections: {out['rate']:,.0f} requests/s, "
+        f"{out['cpu_per_request'] * 1e6:.0f} us CPU per request")
+    return out
+
+
+def metadata_figures(home: pathlib.Path) -> dict:
+    """What the jobs left in meta.sqlite: rows and bytes (dbstat) of the datum table."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{home / 'meta.sqlite'}?mode=ro", uri=True)
+    try:
+        sizes = dict(db.execute("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name").fetchall())
+        datums = db.execute("SELECT COUNT(*) FROM pps_datums").fetchone()[0]
+        jobs = db.execute("SELECT COUNT(*) FROM pps_jobs").fetchone()[0]
+    finally:
+        db.close()
+    datum_bytes = sizes.get("pps_datums", 0) + sizes.get("pps_datums_by_unit", 0)
+    return {"datum_rows": datums, "jobs": jobs, "datum_bytes": datum_bytes, "total_bytes": sum(sizes.values()),
+            "bytes_per_datum_row": datum_bytes / max(1, datums)}
+
+
+def _proc_cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 # ---- the table ----------------------------------------------------------------
 
 
@@ -418,14 +537,25 @@ def ms(x: float) -> str:
     return f"{x * 1e3:.1f} ms"
 
 
+HEADER = ("setting", "round trips/s", "vs 1 worker", "latency p50 / p99", "daemon CPU per round trip",
+          "CPU cores: daemon / clients / rest", "daemon RSS after", "exactly once")
+
+
+def row(label: str, r: dict, base: dict | None, rate: str | None = None) -> tuple[str, ...]:
+    return (label, rate or f"{r['rate']:,.0f}/s", f"{r['rate'] / base['rate']:.2f}x" if base else "-",
+            f"{ms(r['p50'])} / {ms(r['p99'])}", f"{r['daemon_cores'] * r['wall'] / r['round_trips'] * 1e6:,.0f} us",
+            f"{r['daemon_cores']:.2f} / {r['clients_cores']:.2f} / {r['other_cores']:.2f}",
+            f"{r['rss_after']:.0f} MB", "yes" if r["exactly_once"] else "NO")
+
+
 def run(work: pathlib.Path, args: argparse.Namespace) -> tuple[list[tuple[str, ...]], dict]:
     most = max(args.workers)
     creds = mint([PIPELINE, BATCHED], most)
     mine = [c for c in creds if c[0] == PIPELINE]
     batched = [c for c in creds if c[0] == BATCHED]
-    d = Daemon(work, creds, profile=args.py_spy)
     raw: dict = {"load_before": os.getloadavg()}
     rows: list[tuple[str, ...]] = []
+    d = Daemon(work, creds, profile=args.py_spy)
     try:
         setup(d)
         # A small untimed job first: imports, caches and the first plan are not in any figure.
@@ -437,28 +567,30 @@ def run(work: pathlib.Path, args: argparse.Namespace) -> tuple[list[tuple[str, .
         raw["runs"] = results
         base = results[min(args.workers)]
         for w, r in results.items():
-            rows.append((f"{w} worker{'s' * (w > 1)}, {r['datums']:,} tasks of 1 datum", f"{r['rate']:,.0f}/s",
-                         f"{r['rate'] / base['rate']:.2f}x", f"{ms(r['p50'])} / {ms(r['p99'])}",
-                         f"{r['daemon_cores']:.2f} / {r['clients_cores']:.2f} / {r['other_cores']:.2f}",
-                         f"{r['rss_after']:.0f} MB", "yes" if r["exactly_once"] else "NO"))
+            rows.append(row(f"{w} worker{'s' * (w > 1)}, {r['datums']:,} tasks of 1 datum", r, base))
         fig = max(results, key=lambda w: results[w]["rate"] if w >= 50 else -1)
         if args.output:
             r = raw["output"] = measure(d, PIPELINE, mine[:fig], args.n, args.procs, output=args.output,
                                         tag=f"out-{fig}")
-            rows.append((f"{fig} workers, a {args.output}-byte output file per datum", f"{r['rate']:,.0f}/s",
-                         f"{r['rate'] / base['rate']:.2f}x", f"{ms(r['p50'])} / {ms(r['p99'])}",
-                         f"{r['daemon_cores']:.2f} / {r['clients_cores']:.2f} / {r['other_cores']:.2f}",
-                         f"{r['rss_after']:.0f} MB", "yes" if r["exactly_once"] else "NO"))
-        r = raw["batched"] = measure(d, BATCHED, batched[:fig], args.n * 4, args.procs, tag=f"batched-{fig}")
+            rows.append(row(f"{fig} workers, a {args.output}-byte output file per datum", r, base))
+        r = raw["batched"] = measure(d, BATCHED, batched[:fig], args.n * 2, args.procs, tag=f"batched-{fig}")
         per = r["units"] / max(1, r["round_trips"])
-        rows.append((f"{fig} workers, scheduler's task sizing ({per:.0f} datums/task): datums/s",
-                     f"{r['datums_s']:,.0f}/s ({r['rate']:,.0f} round trips/s)", "-",
-                     f"{ms(r['p50'])} / {ms(r['p99'])}",
-                     f"{r['daemon_cores']:.2f} / {r['clients_cores']:.2f} / {r['other_cores']:.2f}",
-                     f"{r['rss_after']:.0f} MB", "yes" if r["exactly_once"] else "NO"))
+        rows.append(row(f"{fig} workers, the scheduler's own task sizing ({per:.0f} datums a task)", r, None,
+                        rate=f"{r['rate']:,.0f}/s = {r['datums_s']:,.0f} datums/s"))
         raw["peak_rss"] = d.status("VmHWM")
+        m = raw["metadata"] = metadata_figures(d.home)
+        rows.append((f"metadata after {m['jobs']} jobs: {m['datum_rows']:,} datum rows (a job writes one per "
+                     f"datum of its input, skipped ones too)",
+                     f"{m['bytes_per_datum_row']:.0f} bytes a datum row (with its index)", "-", "-", "-", "-",
+                     f"meta.sqlite {m['total_bytes'] / 1e6:.0f} MB", "-"))
     finally:
         d.stop()
+    # The ceiling: the same HTTP server with an app that does nothing, the same clients.
+    b = raw["bare"] = measure_bare(work, fig, max(200, args.n // fig))
+    rows.append(("HTTP server alone (hypercorn on trio, empty app), " f"{fig} connections",
+                 f"{b['rate'] / 2:,.0f}/s ({b['rate']:,.0f} requests/s)", "-", f"{ms(b['p50'])} / {ms(b['p99'])}",
+                 f"{b['cpu_per_request'] * 2e6:,.0f} us", f"{b['server_cores']:.2f} / {b['clients_cores']:.2f} / -",
+                 "-", "-"))
     raw["load_after"] = os.getloadavg()
     best = results[fig]
     raw["figure"] = {"workers": fig, "rate": best["rate"], "rss": raw["peak_rss"],
@@ -468,6 +600,8 @@ def run(work: pathlib.Path, args: argparse.Namespace) -> tuple[list[tuple[str, .
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bare"]:
+        return serve_bare(argv[1])
     if argv[:1] == ["serve"]:
         rest = argv[2:]
         return serve(argv[1], rest[1:] if rest[:1] == ["--"] else rest)
@@ -478,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="client processes for 10 or more workers (default 1)")
     p.add_argument("--output", type=int, default=16, help="bytes of output per datum in the extra run (0: none)")
     p.add_argument("--quick", action="store_true", help="n=3000")
-    p.add_argument("--py-spy", metavar="OUT", help="record the daemon with py-spy (collapsed stacks of the thread holding the GIL; slows it)")
+    p.add_argument("--py-spy", metavar="OUT",
+                   help="record the daemon with py-spy (collapsed stacks of the thread holding the GIL; slows it)")
     p.add_argument("--json", metavar="OUT", help="the figures as JSON (default bench/out/mountd_scale.json)")
     p.add_argument("--dir", default=str(BENCH / "out"), help="scratch parent")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
@@ -496,9 +631,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     f = raw["figure"]
-    print("| simulated workers | round trips/s | vs 1 worker | latency p50 / p99 "
-          "| CPU cores: daemon / clients / rest | daemon RSS | exactly once |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| " + " | ".join(HEADER) + " |")
+    print("|" + " --- |" * len(HEADER))
     for row in rows:
         print("| " + " | ".join(row) + " |")
     verdict = "PASS" if f["pass"] else "FAIL"

@@ -648,3 +648,8 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
         await run(write)
         return {}
+
+    # Workers' requests are the daemon's most frequent: their routes are tried first, so a
+    # worker's request is not matched against every other route's pattern on the way.
+    hot = [r for r in app.router.routes if getattr(r, "path", "").startswith("/v1/workers/")]
+    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
