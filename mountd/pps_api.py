@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import NamedTuple
 
+import msgpack
 import trio
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import StreamingResponse
@@ -45,6 +46,7 @@ from pps.store import JobRow, PipelineRow
 
 WORKER = (Unauthorized, Forbidden)  # every worker route: no credential, or outside its pipeline or task
 _U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
 WORKER_HEADER = "X-Pachy-Worker"  # shim.link sends it; the daemon must not import the shim
 
 
@@ -68,6 +70,7 @@ def _find_job(s: Scheduler, job_id: str) -> JobRow | None:
     except PfsError:  # unknown, or an ambiguous prefix
         return None
 SMALL = 1 << 20  # bytes of a batch read handed over per thread hop
+SMALL_RESULT = 256 << 10  # a task result up to this is read whole, then stored in one thread hop
 
 
 _ALIASES = {("BLOCK", "DIFF"): "map", ("FILE", "NONE"): "reduce", ("REPO", "NONE"): "global"}
@@ -162,8 +165,8 @@ class ResultIngest(WireIngest):
 
     def other(self, tag: bytes, header: dict) -> None:
         if tag == wire.UNIT:
-            self._unit = dict(header)
-            self._unit.setdefault("owner", None)
+            # The owner of the unit's pins is the daemon's to name, never the worker's.
+            self._unit = dict(header) | {"owner": None}
             self.results.append(self._unit)
         else:
             self._pins().mark("mkdir" if tag == wire.MKDIR else "delete", header.get("path", ""))
@@ -181,6 +184,46 @@ class ResultIngest(WireIngest):
         for r in self.results:
             if r.get("owner"):
                 self.pfs.unpin(r["owner"])
+
+
+def unit_records(body: bytes) -> list[dict] | None:
+    """The results of a result stream made of unit records only (no outputs), as
+    ``ResultIngest`` would give them; None if it holds anything else."""
+    results = []
+    pos, end = 0, len(body)
+    try:
+        while pos < end:
+            if body[pos : pos + 1] != wire.UNIT:
+                return None
+            n = _U32.unpack_from(body, pos + 1)[0]
+            if pos + 5 + n > end:
+                return None
+            header = msgpack.unpackb(body[pos + 5 : pos + 5 + n], raw=False)
+            if not isinstance(header, dict):
+                return None
+            results.append(header | {"owner": None})  # no outputs, so nothing pinned
+            pos += 5 + n
+    except (struct.error, ValueError, msgpack.UnpackException):
+        return None  # malformed: ResultIngest says how
+    return results
+
+
+def _accepted(n: int) -> Response:
+    return Response(b'{"accepted":%d}' % n, media_type="application/json")
+
+
+class _Replay:
+    """A request body of which the first pieces were read already: ``pump`` reads
+    them again, then the rest of the stream."""
+
+    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]):
+        self.head, self.rest = head, rest
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for piece in self.head:
+            yield piece
+        async for piece in self.rest:
+            yield piece
 
 
 def parse_log_lines(body: bytes) -> list[dict]:
@@ -436,14 +479,22 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         own_pipeline(w, pipeline)
         if worker and worker != w.worker:
             raise Forbidden(f"this credential was issued to worker '{w.worker}', not '{worker}'")
-        if await run(s.store.find_pipeline, pipeline) is None:
-            # Deleted (perhaps while the runner was starting this worker): it must exit.
-            raise NotFound(f"pipeline '{pipeline}' not found")
-        task = await trio.to_thread.run_sync(s.queue.take, pipeline, w.worker, min(wait, 60.0),
-                                             abandon_on_cancel=True, limiter=poll_limiter)
+        # Under load a task is waiting: taken at once on the event loop (a deque under a lock
+        # held for microseconds), with no thread hop and no SQLite. A queued task means its
+        # pipeline exists (deleting a pipeline drops its tasks).
+        task = s.queue.take(pipeline, w.worker, 0)
         if task is None:
-            return Response(status_code=204)
-        return task.payload
+            if await run(s.store.find_pipeline, pipeline) is None:
+                # Deleted (perhaps while the runner was starting this worker): it must exit.
+                raise NotFound(f"pipeline '{pipeline}' not found")
+            task = await trio.to_thread.run_sync(s.queue.take, pipeline, w.worker, min(wait, 60.0),
+                                                 abandon_on_cancel=True, limiter=poll_limiter)
+            if task is None:
+                return Response(status_code=204)
+        if task.encoded is None:  # once per task, as FastAPI would encode the dict (not per lease)
+            task.encoded = json.dumps(task.payload, ensure_ascii=False, allow_nan=False,
+                                      separators=(",", ":")).encode()
+        return Response(task.encoded, media_type="application/json")
 
     @app.post("/v1/workers/{pipeline}/still", responses=failures(*WORKER, NotFound))
     async def still_current(request: Request, pipeline: str, task: str):
@@ -508,26 +559,77 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         if held is not None and (held.pipeline != w.pipeline or held.worker != w.worker):
             await drain(request)
             raise Forbidden(f"task '{task_id}' is not held by worker '{w.worker}'")
-        found = await run(s.job_for_task, task_id)
+        found = s.job_for_task(task_id)  # in memory, locks held for microseconds: no thread hop
         if found is None:
             await drain(request)
             raise NotFound(f"task '{task_id}' is not running (its job ended, or another worker finished it)")
         ingest = ResultIngest(pfs, found[1].row.id)
-        try:
-            await pump(request, ingest.feed)
-            results = await run(ingest.close)
-        except (PfsError, OSError) as exc:
-            await run(ingest.abort)
+
+        def failed(exc: BaseException) -> None:
+            ingest.abort()
             if isinstance(exc, NoSpace | InvalidArgument) or getattr(exc, "errno", None) in (28, 122):
                 # Not the worker's fault, and trying again elsewhere would fail alike.
                 reason = exc.message if isinstance(exc, PfsError) else f"no space left on device: {exc}"
-                await run(s.task_failed, task_id, f"storing the outputs failed: {reason}")
+                s.task_failed(task_id, f"storing the outputs failed: {reason}")
+
+        def store_and_record(body: bytes) -> int:
+            try:
+                ingest.feed(body)
+                results = ingest.close()
+            except (PfsError, OSError) as exc:
+                failed(exc)
+                raise
+            except BaseException:
+                ingest.abort()
+                raise
+            return len(results) if s.task_result(task_id, results) else 0
+
+        async def record_units(units: list[dict]) -> Response:
+            """Results without outputs: nothing to store, so no thread hop; the writer thread
+            records them with others' (one fsync for all) and wakes this request."""
+            token = trio.lowlevel.current_trio_token()
+            written = trio.Event()
+            failure: list[BaseException | None] = []
+
+            def done(error: BaseException | None) -> None:
+                failure.append(error)
+                token.run_sync_soon(written.set)
+
+            if not s.submit_result(task_id, units, done):
+                return _accepted(0)
+            await written.wait()
+            if failure[0] is not None:
+                raise failure[0]
+            return _accepted(len(units))
+
+        # Most results are a few unit records and small files: read whole on the event loop,
+        # then stored and recorded in one thread hop (none without outputs). A bigger one
+        # streams into the ingest.
+        stream = request.stream()
+        head: list[bytes] = []
+        size = 0
+        async for piece in stream:
+            head.append(piece)
+            size += len(piece)
+            if size > SMALL_RESULT:
+                break
+        else:
+            body = b"".join(head)
+            units = unit_records(body)
+            if units is not None:
+                return await record_units(units)
+            return _accepted(await run(store_and_record, body))
+        try:
+            await pump(_Replay(head, stream), ingest.feed)
+            results = await run(ingest.close)
+        except (PfsError, OSError) as exc:
+            await run(failed, exc)
             raise
         except BaseException:
             await run(ingest.abort)
             raise
         accepted = await run(s.task_result, task_id, results)
-        return {"accepted": len(results) if accepted else 0}
+        return _accepted(len(results) if accepted else 0)
 
     @app.post("/v1/workers/logs", responses=failures(*WORKER, InvalidArgument, NoSpace), openapi_extra=NDJSON_BODY)
     async def worker_logs(request: Request):
@@ -550,3 +652,8 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
         await run(write)
         return {}
+
+    # Workers' requests are the daemon's most frequent: their routes are tried first, so a
+    # worker's request is not matched against every other route's pattern on the way.
+    hot = [r for r in app.router.routes if getattr(r, "path", "").startswith("/v1/workers/")]
+    app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]

@@ -25,6 +25,7 @@ class Task:
     done: bool = False
     worker: str | None = None
     leased: float = 0.0
+    encoded: bytes | None = None  # the payload as JSON, made once by the API when first handed out
 
 
 class TaskQueue:

@@ -34,6 +34,7 @@ from pps.queue import TaskQueue
 from pps.runners.base import NullRunner, Runner
 from pps.scheduler.merge import Merging
 from pps.scheduler.pipelines import Pipelines, find_cycle
+from pps.scheduler.results import ResultWriter
 from pps.scheduler.running import Running
 from pps.scheduler.state import RERUN_REASON, STOP_GRACE, TICK, ActiveJob, Trigger, log
 from pps.scheduler.triggers import Triggers
@@ -71,6 +72,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         self._waiting_for_workers: set[str] = set()  # busy, but the worker budget is in use elsewhere
         self._trouble: dict[str, str] = {}  # pipeline -> why its runner cannot keep its workers up
         self._ensuring = threading.Lock()  # workers started for a pipeline vs. the pipeline deleted
+        self._results = ResultWriter(self._record, self._results_woke)  # group commits of workers' results
         self._thread: threading.Thread | None = None
         self._stopping_workers: threading.Thread | None = None
         self._closed = False
@@ -103,6 +105,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
             self._thread.join(timeout=10)
         if self._stopping_workers is not None:
             self._stopping_workers.join(timeout=15)
+        self._results.close()  # results already accepted are written before the metadata closes
 
     def _loop(self) -> None:
         while not self._closed:

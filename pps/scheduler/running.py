@@ -7,6 +7,7 @@ long-running task each. After a crash, running jobs are marked for a rerun.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -15,6 +16,7 @@ from pps import jobs as jp
 from pps import wire
 from pps.datums import OutputCollisionError
 from pps.queue import Task
+from pps.scheduler.results import Done, Pending
 from pps.scheduler.state import RERUN_REASON, ActiveJob, Base, Trigger
 from pps.spec import PipelineSpec
 from pps.spec import Secret as SpecSecret
@@ -199,7 +201,27 @@ class Running(Base):
     def task_result(self, task_id: str, results: list[dict]) -> bool:
         """A worker's results for a task: ``[{unit_id, state, reason, tries, started,
         finished, owner}]`` with outputs already pinned under ``owner``. False if
-        the task was already done elsewhere (its pins are then dropped)."""
+        the task was already done elsewhere (its pins are then dropped). Written
+        to the metadata when it returns."""
+        written = threading.Event()
+        failure: list[BaseException | None] = []
+
+        def done(error: BaseException | None) -> None:
+            failure.append(error)
+            written.set()
+
+        if not self.submit_result(task_id, results, done):
+            return False
+        written.wait()
+        if failure[0] is not None:
+            raise failure[0]
+        return True
+
+    def submit_result(self, task_id: str, results: list[dict], done: Done) -> bool:
+        """``task_result`` without waiting (an event loop's): False at once if the task
+        was done elsewhere (pins dropped here; ``done`` never runs), else True and
+        ``done(error or None)`` runs in the writer's thread once the results are written,
+        batched with those that arrived meanwhile (pps.scheduler.results)."""
         t = self.queue.complete(task_id)
         with self._lock:
             job = self.active.get(t.pipeline) if t is not None else None
@@ -208,26 +230,40 @@ class Running(Base):
                 if r.get("owner"):
                     self.pfs.unpin(r["owner"])
             return False
-        counts = {"success": 0, "failed": 0, "recovered": 0}
+        self._results.submit(Pending(job, results, done))
+        return True
+
+    def _record(self, batch: list[Pending]) -> bool:
+        """Write the results of ``batch`` in one transaction; True if a job is now complete
+        or failed (only then is the scheduler woken: not once per result)."""
+        jobs: dict[str, ActiveJob] = {}
         with self.pfs.tx() as db:
-            for r in results:
-                unit = job.units.get(r["unit_id"])
-                if unit is None or r["unit_id"] in job.results:
-                    continue
-                state = r["state"] if r["state"] in counts else "failed"
-                n = self.store.finish_unit(db, job.row.id, unit.unit_id, state, r.get("reason", ""),
-                                           int(r.get("tries", 1)), r.get("started"), r.get("finished"))
-                counts[state] += n
-                job.results[unit.unit_id] = (state, r.get("owner"))
-                if state == "failed" and not job.failure:
-                    job.failure = f"datum {unit.datums[0]} failed: {r.get('reason') or 'user code failed'}"
-            job.row.processed += counts["success"]
-            job.row.failed += counts["failed"]
-            job.row.recovered += counts["recovered"]
-            self.store.update_job(db, job.row)
+            for p in batch:
+                job = p.job
+                jobs[job.row.id] = job
+                counts = {"success": 0, "failed": 0, "recovered": 0}
+                for r in p.results:
+                    unit = job.units.get(r["unit_id"])
+                    if unit is None or r["unit_id"] in job.results:
+                        continue
+                    state = r["state"] if r["state"] in counts else "failed"
+                    n = self.store.finish_unit(db, job.row.id, unit.unit_id, state, r.get("reason", ""),
+                                               int(r.get("tries", 1)), r.get("started"), r.get("finished"))
+                    counts[state] += n
+                    job.results[unit.unit_id] = (state, r.get("owner"))
+                    if state == "failed" and not job.failure:
+                        job.failure = f"datum {unit.datums[0]} failed: {r.get('reason') or 'user code failed'}"
+                job.row.processed += counts["success"]
+                job.row.failed += counts["failed"]
+                job.row.recovered += counts["recovered"]
+            for job in jobs.values():
+                self.store.update_job(db, job.row)
+        return any(job.failure or len(job.results) >= len(job.units) for job in jobs.values())
+
+    def _results_woke(self) -> None:
+        """A batch completed or failed a job: the scheduler merges or fails it now."""
         self._changed_now()
         self.notify()
-        return True
 
     def task_failed(self, task_id: str, reason: str) -> None:
         """A task's result could not be stored (the store is full, ...): its units

@@ -17,6 +17,7 @@ from pps import jobs as jp
 from pps.logs import LogStore
 from pps.queue import TaskQueue
 from pps.runners.base import Runner
+from pps.scheduler.results import ResultWriter
 from pps.spec import PipelineSpec, parse_spec
 from pps.store import JobRow, PipelineRow, PpsStore
 
@@ -73,6 +74,7 @@ class Base:
     _starting: set[str]  # pipelines whose next job is being planned
     _waiting_for_workers: set[str]  # busy, but the worker budget is in use elsewhere
     _ensuring: threading.Lock  # workers started for a pipeline vs. the pipeline deleted
+    _results: ResultWriter  # workers' results, written in batches (running.submit_result)
     _closed: bool
 
     def notify(self) -> None:
