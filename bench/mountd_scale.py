@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 
 from mountd import wire
 from pachctl.client import Client
-from pps.runners.base import Capabilities, WorkerSpec
+from pps.runners.base import NullRunner
 
 BENCH = pathlib.Path(__file__).resolve().parent
 PIPELINE, BATCHED = "scale", "batched"
@@ -70,37 +70,18 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
-class BenchRunner:
+class BenchRunner(NullRunner):
     """Simulated workers' runner: credentials minted by the bench (only their sha256
     kept), no processes. ``running`` reports them all, so list-pipeline shows them."""
 
-    workers: dict[bytes, tuple[str, str]]  # sha256(credential) -> (pipeline, worker id)
+    workers: dict[bytes, tuple[str, str]] = field(default_factory=dict)  # sha256(credential) -> (pipeline, worker)
     name: str = "bench"
-    caps: Capabilities = field(default_factory=Capabilities)
-
-    def capabilities(self, spec: WorkerSpec) -> Capabilities:
-        return self.caps
-
-    def owns(self, spec: WorkerSpec) -> bool:
-        return True
-
-    def ensure(self, pipeline: str, spec: WorkerSpec, workers: int) -> list[str]:
-        return []
-
-    def stop(self, pipeline: str, timeout: float = 5.0) -> None:
-        return None
-
-    def cancel(self, pipeline: str, worker_id: str) -> bool:
-        return False
 
     def running(self, pipeline: str) -> int:
         return sum(1 for p, _ in self.workers.values() if p == pipeline)
 
     def authenticate(self, credential: str) -> tuple[str, str] | None:
         return self.workers.get(hashlib.sha256(credential.encode()).digest())
-
-    def close(self, timeout: float = 5.0) -> None:
-        return None
 
 
 def serve(credentials_file: str, mountd_args: list[str]) -> int:
@@ -109,7 +90,7 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
 
     with open(credentials_file) as f:
         minted = json.load(f)  # [[pipeline, worker id, credential], ...]
-    runner = BenchRunner({hashlib.sha256(c.encode()).digest(): (p, w) for p, w, c in minted})
+    runner = BenchRunner(workers={hashlib.sha256(c.encode()).digest(): (p, w) for p, w, c in minted})
     server.build_runner = lambda *_a, **_kw: runner
     return server.main(mountd_args)
 

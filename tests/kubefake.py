@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from kube.patches import json_patch, merge_patch
+
 HISTORY = 10_000  # watch events kept; older resource versions answer 410 Gone
 CLUSTER_SCOPED = {"namespaces", "nodes", "persistentvolumes", "clusterroles", "clusterrolebindings"}
 
@@ -54,50 +56,6 @@ Key = tuple[str, str, str]  # (resource, namespace, name); namespace "" for clus
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: objects merge key by key, null deletes, anything else replaces."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
-
-def json_patch(doc: Any, ops: list[dict]) -> Any:
-    """RFC 6902's add, remove, replace and test (what clients send the API server)."""
-    doc = copy.deepcopy(doc)
-    for op in ops:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-        parent = doc
-        for p in parts[:-1]:
-            parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-        last = parts[-1] if parts else ""
-        kind = op["op"]
-        if kind == "test":
-            here = parent[int(last)] if isinstance(parent, list) else parent[last]
-            if here != op["value"]:
-                raise ValueError(f"test failed at {op['path']}")
-        elif isinstance(parent, list):
-            i = len(parent) if last == "-" else int(last)
-            if kind == "add":
-                parent.insert(i, op["value"])
-            elif kind == "remove":
-                del parent[i]
-            elif kind == "replace":
-                parent[i] = op["value"]
-        elif kind in ("add", "replace"):
-            if kind == "replace" and last not in parent:
-                raise KeyError(op["path"])
-            parent[last] = op["value"]
-        elif kind == "remove":
-            del parent[last]
-    return doc
 
 
 _REQ = re.compile(r"^\s*([A-Za-z0-9._/-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")
@@ -497,7 +455,7 @@ class _Handler(BaseHTTPRequestHandler):
         except (LookupError, IndexError):
             self._status(404, "NotFound", f"the server could not find the requested resource ({self.path})")
             return
-        body = self._body() if method in ("POST", "PUT", "PATCH") else None
+        body = self._body() if method != "GET" else None  # a DELETE's options too: a kept-alive connection must not see them
         watching = query.get("watch") in ("true", "1")
         verb = {"GET": "watch" if watching else ("get" if name else "list"), "POST": "create", "PUT": "update",
                 "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}[method]
