@@ -155,7 +155,7 @@ def test_rbac_grants_only_what_the_runner_needs(env):
 def test_rbac_is_exactly_what_the_runner_asks_for():
     """No more than the runner uses (its tests check no less): what it needs, and
     what it uses when granted."""
-    runner = pytest.importorskip("kube.runner")
+    import kube.runner as runner
     wanted: dict[tuple[str, str], set[str]] = {}
     for table in (runner.RBAC_NEEDS, getattr(runner, "RBAC_WANTS", {})):
         for key, verbs in table.items():

@@ -279,8 +279,6 @@ def test_fruit_stand_through_mountd_in_a_pod_and_worker_pods(kube: Kube, pachy_i
     units in the busybox image; the totals are awk's."""
     import random
 
-    pytest.importorskip("kube.runner", reason="the Kubernetes runner (kube/runner.py) is not in this checkout")
-    pytest.importorskip("kube.deploy", reason="pachctl deploy's objects (kube/deploy.py) are not in this checkout")
     hand: list = []
     gen = _mountd_pod(kube, pachy_image, tmp_path, hand)
     address, token = next(gen)
