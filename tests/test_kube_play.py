@@ -2,17 +2,16 @@
 converted for podman 4.3 and why). The pachy image is built once per session
 (installers/build-image.sh, cached by a hash of the sources).
 
-- ``test_mountd_in_a_pod_answers_pachctl``: the deploy objects (``kube.deploy.manifests`` once it is
-  there, else the same objects built here, by the contract's names) run mountd in a pod of the pachy
-  image, its metadata on the claim's volume, its token from the ``pachy-token`` Secret, its port
-  published as the Service would; ``pachctl`` on the host, with ADDRESS and PACHY_TOKEN, creates a
+- ``test_mountd_in_a_pod_answers_pachctl``: the deploy objects (``kube.deploy.manifests``) run
+  mountd in a pod of the pachy image, its metadata on the claim's volume, its token from the
+  ``pachy-token`` Secret, its port published as the Service would; ``pachctl`` on the host, with ADDRESS and PACHY_TOKEN, creates a
   repo, puts a file, lists and reads it back through that port. A wrong token is refused. With
   kube/deploy.py's objects mountd runs ``--runner kubernetes`` against the FAKE API
   (tests/kubefake.py, served on 0.0.0.0 and reached through podman's kube network gateway; the
   kubeconfig is a hostPath file).
-- ``test_worker_pod_cold_start_and_its_shim_dials_mountd``: a worker pod (kube.pods' builder when
-  present) comes up and its shim reaches mountd-in-a-pod within 3 s of ``podman kube play``
-  starting (measured ~0.9 s here); mountd refuses it, since no runner of its made it.
+- ``test_worker_pod_cold_start_and_its_shim_dials_mountd``: a worker pod (kube.pods' builder)
+  comes up and its shim reaches mountd-in-a-pod within 3 s of ``podman kube play`` starting
+  (measured ~0.9 s here); mountd refuses it, since no runner of its made it.
 - ``test_fruit_stand_through_mountd_in_a_pod_and_worker_pods``: the whole chain, mountd in a pod ->
   its Kubernetes runner writes the Deployments into the fake API -> podman plays them -> the
   shims authenticate and run the fruit stand in the busybox image; totals against awk's.
@@ -62,42 +61,10 @@ def kube(tmp_path: Path, pachy_image: str) -> Iterator[Kube]:
 
 
 def deploy_objects(image: str, token: str) -> list[dict[str, Any]]:
-    """``pachctl deploy local``'s objects: kube.deploy's builder when present, else the
-    same objects (the contract's names) with ``--runner none``: mountd only."""
-    try:
-        from kube.deploy import DeployOptions, manifests
-    except ImportError:
-        pass
-    else:
-        return manifests(DeployOptions(image=image, token=token))
-    import base64
+    """``pachctl deploy local``'s objects, from kube.deploy's builder."""
+    from kube.deploy import DeployOptions, manifests
 
-    labels = {"app": "pachd", "suite": "pachy"}
-    home = "/var/lib/pachy"
-    container = {
-        "name": "pachd", "image": image, "imagePullPolicy": "IfNotPresent",
-        "command": ["python3", "-m", "mountd", "--home", home, "--listen", "0.0.0.0:650", "--runner", "none",
-                    "--store", f"{home}/objects"],
-        "env": [{"name": "PACHY_TOKEN", "valueFrom": {"secretKeyRef": {"name": "pachy-token", "key": "token"}}},
-                {"name": "PACHY_KUBE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-        "ports": [{"name": "api", "containerPort": 650, "protocol": "TCP"}],
-        "volumeMounts": [{"name": "metadata", "mountPath": home}],
-    }
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "pachy"}},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pachy-token"}, "type": "Opaque",
-         "data": {"token": base64.b64encode(token.encode()).decode()}},
-        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "pachd-metadata"},
-         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
-        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "pachd", "labels": labels},
-         "spec": {"replicas": 1, "serviceName": "pachd", "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"containers": [container], "volumes": [
-                                   {"name": "metadata", "persistentVolumeClaim": {"claimName": "pachd-metadata"}}]}}}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pachd"},
-         "spec": {"type": "NodePort", "selector": labels,
-                  "ports": [{"name": "api", "port": 650, "targetPort": "api", "nodePort": 30650}]}},
-    ]
+    return manifests(DeployOptions(image=image, token=token))
 
 
 def with_kubeconfig(objects: list[dict[str, Any]], kubeconfig: Path, worker_address: str) -> list[dict[str, Any]]:
@@ -178,57 +145,14 @@ def test_mountd_in_a_pod_answers_pachctl(mountd_pod: tuple[str, str]) -> None:
 
 
 def worker_objects(pachy_image: str, user_image: str, address: str, token: str) -> list[dict[str, Any]]:
-    """A pipeline version's worker objects by the contract (HELPERS.md: Secret and Deployment
-    ``pipeline-<name>-v<N>``; init ``init`` copies the agent into ``pachy-bin``, ``user`` runs
-    it, ``shim`` dials mountd): kube.pods' builder when present, else the same objects built here."""
-    import base64
-    import importlib
-
+    """A pipeline version's worker objects, from kube.pods' builder (init ``init`` copies the agent
+    into ``pachy-bin``, ``user`` runs it, ``shim`` dials mountd)."""
+    from kube import pods
     from pps.runners.base import WorkerSpec
 
-    try:
-        pods = importlib.import_module("kube.pods")
-    except ImportError:
-        pass
-    else:
-        spec = WorkerSpec(pipeline="fruit", image=user_image, cmd=("sh",))
-        settings = pods.PodSettings("default", pachy_image, address, "pachy-test")
-        return pods.worker_objects(spec, 1, "0" * 64, settings, token=token)
-
-    name, agent, ctl = "pipeline-fruit-v1", "/usr/lib/pachy/agent", "/.pachy/ctl"
-    b = f"{agent}/busybox"
-    init = "; ".join([
-        "set -e", f"{b} cp {agent}/busybox {agent}/agent.sh /.pachy/bin/", f"{b} mkdir -p {ctl}/links",
-        f"for f in cmd events; do [ -p {ctl}/$f ] || {b} mkfifo -m 0600 {ctl}/$f; done",
-        f"echo '{json.dumps({'image': user_image})}' >{ctl}/image.json",
-    ])
-    labels = {"app": "pipeline", "pachy.pipeline": "fruit", "pachy.version": "1"}
-    mounts = [{"name": "pachy-ctl", "mountPath": ctl}, {"name": "pachy-scratch", "mountPath": "/pachy/scratch"}]
-    pod = {
-        "initContainers": [{"name": "init", "image": pachy_image, "command": [b, "sh", "-c", init],
-                            "volumeMounts": [{"name": "pachy-bin", "mountPath": "/.pachy/bin"},
-                                             {"name": "pachy-ctl", "mountPath": ctl}]}],
-        "containers": [
-            {"name": "user", "image": user_image,
-             "command": ["/.pachy/bin/busybox", "env", "-i", "/.pachy/bin/busybox", "sh", "/.pachy/bin/agent.sh", ctl],
-             "volumeMounts": [{"name": "pachy-bin", "mountPath": "/.pachy/bin", "readOnly": True}, *mounts]},
-            {"name": "shim", "image": pachy_image,
-             "command": ["python3", "-m", "shim", "--pipeline", "fruit", "--worker", "w0", "--address", address,
-                         "--executor", "container", "--ctl", ctl, "--scratch", "/pachy/scratch",
-                         "--fast-scratch", "none"],
-             "env": [{"name": "PACHY_WORKER_CREDENTIAL", "valueFrom": {"secretKeyRef": {"name": name, "key": "key"}}},
-                     {"name": "PACHY_TOKEN", "value": token}],
-             "volumeMounts": mounts},
-        ],
-        "volumes": [{"name": v, "emptyDir": {}} for v in ("pachy-bin", "pachy-ctl", "pachy-scratch")],
-    }
-    return [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "type": "Opaque",
-         "data": {"key": base64.b64encode(b"k1:not-vouched-for").decode()}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels}, "spec": pod}}},
-    ]
+    spec = WorkerSpec(pipeline="fruit", image=user_image, cmd=("sh",))
+    settings = pods.PodSettings("default", pachy_image, address, "pachy-test")
+    return pods.worker_objects(spec, 1, "0" * 64, settings, token=token)
 
 
 COLD_START = 3.0  # seconds: a worker pod's init copy + shim ready (issue 11's figure)
