@@ -4,8 +4,8 @@ converted for podman 4.3 and why). The pachy image is built once per session
 
 - ``test_mountd_in_a_pod_answers_pachctl``: the deploy objects (``kube.deploy.manifests``) run
   mountd in a pod of the pachy image, its metadata on the claim's volume, its token from the
-  ``pachy-token`` Secret, its port published as the Service would; ``pachctl`` on the host, with ADDRESS and PACHY_TOKEN, creates a
-  repo, puts a file, lists and reads it back through that port. A wrong token is refused. With
+  ``pachy-token`` Secret, its port published as the Service would; ``pachctl`` on the host, with
+  ADDRESS and PACHY_TOKEN, creates a repo, puts a file, lists and reads it back through that port. A wrong token is refused. With
   kube/deploy.py's objects mountd runs ``--runner kubernetes`` against the FAKE API
   (tests/kubefake.py, served on 0.0.0.0 and reached through podman's kube network gateway; the
   kubeconfig is a hostPath file).
