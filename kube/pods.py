@@ -334,10 +334,16 @@ def worker_objects(spec: WorkerSpec, replicas: int, key: str, settings: PodSetti
                 port |= {"port": p.internal, "nodePort": p.external}  # Pachyderm's external_port: a NodePort
                 node_port = True
             ports.append(port)
-        objects.append({"apiVersion": "v1", "kind": "Service",
-                        "metadata": _meta(name, settings, labels, spec.pipeline),
-                        "spec": {"type": "NodePort" if node_port else "ClusterIP", "selector": dict(labels),
-                                 "ports": ports}})
+        kind = spec.service_type or ("NodePort" if node_port else "ClusterIP")
+        if kind == "ClusterIP":  # a node port needs a NodePort or LoadBalancer Service
+            for port in ports:
+                port.pop("nodePort", None)
+        meta = _meta(name, settings, labels, spec.pipeline)
+        meta["annotations"] |= dict(spec.service_annotations)
+        service: dict[str, Any] = {"type": kind, "selector": dict(labels), "ports": ports}
+        if spec.service_ip:
+            service["externalIPs"] = [spec.service_ip]
+        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": service})
     return objects
 
 

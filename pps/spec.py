@@ -67,7 +67,8 @@ __all__ = [
 ]
 
 REPROCESS_SPECS = ("until_success", "every_job")
-SERVICE_TYPES = ("NodePort", "LoadBalancer", "ClusterIP", "ExternalName")
+# ExternalName is left out: it names a host outside the cluster, and a pipeline's Service routes to its pods.
+SERVICE_TYPES = ("NodePort", "LoadBalancer", "ClusterIP")
 RUNNERS = ("local", "docker", "kubernetes")
 
 

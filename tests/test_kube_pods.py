@@ -30,6 +30,10 @@ VARIANTS = {
     "plain": WorkerSpec("edges", 1, image="busybox", cmd=("sh",)),
     "service": WorkerSpec("web", 2, image="nginx", ports=(Port(80, 30080),), long_running=True),
     "service-cluster-ip": WorkerSpec("api", 1, image="nginx", ports=(Port(8080, 8080),), long_running=True),
+    "service-load-balancer": WorkerSpec("lb", 1, image="nginx", cmd=("nginx",), ports=(Port(8080, 30080),),
+                                        long_running=True,
+                                        service_type="LoadBalancer", service_ip="192.0.2.7",
+                                        service_annotations=(("cloud.example/lb", "internal"),)),
     "secrets": WorkerSpec("s", 1, image="busybox", env=(("A", "$(NOT_EXPANDED)"),),
                           secrets=(SecretRef("creds", mount_path="/secrets/creds"),
                                    SecretRef("creds", env_var="PASSWORD", key="password"),
@@ -156,6 +160,25 @@ def test_services() -> None:
     assert svc["spec"]["selector"]["pachy.version"] == "2"
     plain = worker_objects(VARIANTS["service-cluster-ip"], 1, "k", SETTINGS)[2]
     assert plain["spec"]["type"] == "ClusterIP" and plain["spec"]["ports"][0]["port"] == 8080
+
+
+def test_service_type_ip_and_annotations_come_from_the_spec() -> None:
+    """service.type, .ip and .annotations (pipeline spec 2.x) reach the Service."""
+    from pps.spec import parse_spec
+
+    spec = parse_spec({"pipeline": {"name": "lb"}, "transform": {"image": "nginx", "cmd": ["nginx"]},
+                       "input": {"pfs": {"repo": "models", "glob": "/"}},
+                       "service": {"internal_port": 8080, "external_port": 30080, "type": "LoadBalancer",
+                                   "ip": "192.0.2.7", "annotations": {"cloud.example/lb": "internal"}}})
+    assert WorkerSpec.from_spec(spec, 1) == VARIANTS["service-load-balancer"]
+    svc = worker_objects(VARIANTS["service-load-balancer"], 1, "k", SETTINGS)[2]
+    assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["externalIPs"] == ["192.0.2.7"]
+    assert svc["spec"]["ports"][0]["nodePort"] == 30080
+    assert svc["metadata"]["annotations"] == {"pachy.pipeline": "lb", "cloud.example/lb": "internal"}
+    as_cluster_ip = WorkerSpec("c", 1, image="nginx", ports=(Port(8080, 30080),), long_running=True,
+                               service_type="ClusterIP")
+    svc = worker_objects(as_cluster_ip, 1, "k", SETTINGS)[2]
+    assert "nodePort" not in svc["spec"]["ports"][0] and validate([svc]) == []
 
 
 def test_pod_spec_then_pod_patch_apply_last() -> None:

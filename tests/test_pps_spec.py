@@ -565,7 +565,7 @@ def test_cron_messages_and_next_tick():
     (spec_with(service={"internal_port": 70000}),
      "service.internal_port: expected between 1 and 65535, got 70000"),
     (spec_with(service={"internal_port": 80, "type": "Nodeport"}),
-     "service.type: expected one of NodePort, LoadBalancer, ClusterIP, ExternalName, got "
+     "service.type: expected one of NodePort, LoadBalancer, ClusterIP, got "
      "\"Nodeport\" (did you mean 'NodePort'?)"),
     (spec_with(spout={}, service={"internal_port": 80}),
      "service: a pipeline is a spout or a service, not both"),

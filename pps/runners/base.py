@@ -85,6 +85,9 @@ class WorkerSpec:
     sidecar_requests: Resources | None = None
     sidecar_limits: Resources | None = None
     ports: tuple[Port, ...] = ()  # service / spout.service
+    service_type: str = ""  # "": NodePort when external_port is a node port, else ClusterIP
+    service_ip: str = ""  # the Service's external IP
+    service_annotations: tuple[tuple[str, str], ...] = ()
     pod_spec: str = ""  # JSON merge patch, for Kubernetes
     pod_patch: str = ""  # RFC 6902 JSON patch, for Kubernetes
     node_selector: tuple[tuple[str, str], ...] = ()
@@ -117,6 +120,9 @@ class WorkerSpec:
             sidecar_requests=Resources.from_spec(spec.sidecar_resource_requests),
             sidecar_limits=Resources.from_spec(spec.sidecar_resource_limits),
             ports=ports,
+            service_type=svc.type if svc else "",
+            service_ip=svc.ip if svc else "",
+            service_annotations=tuple(sorted(svc.annotations.items())) if svc else (),
             pod_spec=spec.pod_spec,
             pod_patch=spec.pod_patch,
             node_selector=tuple(sorted(sched.node_selector.items())) if sched else (),
