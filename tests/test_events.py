@@ -294,3 +294,22 @@ def test_token_required_over_tcp(tmp_path: Path, start_daemon: Callable[..., Dae
     assert [e.kind for e in good.events("0", follow=False)] == ["repo.created"]
     with Client(address, token=None, timeout=30) as bad, pytest.raises(errors.Unauthorized):
         list(bad.events("0", follow=False))
+
+
+def test_scheduler_wait_is_ended_by_a_change_it_did_not_see(tmp_path: Path) -> None:
+    """wait job / flush: a change between the caller's check and its wait ends the
+    wait at once (the timeout here is far longer than the deadline)."""
+    from pfsfuse.pfs import PFS
+    from pps.scheduler import Scheduler
+
+    engine = PFS(str(tmp_path / "engine"))
+    s = Scheduler(engine, str(tmp_path / "engine"))
+    try:
+        seen = s.generation
+        s._changed_now()  # lands after the check, before the wait
+        start = time.monotonic()
+        s.wait_changed(300, seen)
+        assert time.monotonic() - start < 5
+    finally:
+        s.close()
+        engine.close()
