@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from rich.text import Text
+from textual.binding import Binding
 from textual.widgets import DataTable
 
 Cells = Sequence[str | Text]
 
 
 class FilterTable(DataTable):
+    DEFAULT_CSS = "FilterTable { height: 1fr; }"
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+
     def __init__(self, *columns: str, **kw) -> None:
         kw.setdefault("cursor_type", "row")
         kw.setdefault("zebra_stripes", True)
@@ -61,7 +65,7 @@ class FilterTable(DataTable):
         self._rows[self._index[key]] = (key, cells)
         if key in self.rows:
             for col, value in zip(self.columns, cells, strict=False):
-                self.update_cell(key, col, value)
+                self.update_cell(key, col, value, update_width=True)
 
     def row_cells(self, key: str) -> Cells | None:
         i = self._index.get(key)
