@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tuihelp import SIZE, anyio_backend, make_app, tui_px, until  # noqa: F401 (fixtures)
+from tests.tuihelp import SIZE, anyio_backend, make_app, tui_store_fixture, until  # noqa: F401 (fixtures)
 from tui.screens.commits import CommitsScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.diff import DiffScreen
@@ -24,8 +24,8 @@ def rows(table: FilterTable) -> list[str]:
     return [str(k.value) for k in table.rows]
 
 
-async def test_navigate_repos_commits_files_preview(tui_px):
-    app = make_app(tui_px)
+async def test_navigate_repos_commits_files_preview(tui_store):
+    app = make_app(tui_store)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
         table = app.screen.table
@@ -56,3 +56,139 @@ async def test_navigate_repos_commits_files_preview(tui_px):
         await pilot.press("escape")  # the first screen stays
         assert isinstance(app.screen, ReposScreen)
         assert app.command_history[:2] == ["pachctl list commit images", f"pachctl list file images@{commits.commits[0].id}:/"]
+
+
+async def test_filter_keeps_matching_rows_and_esc_clears(tui_store):
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
+        table = app.screen.table
+        await pilot.press("slash", "l", "a", "b")
+        await until(pilot, lambda: rows(table) == ["labels"])
+        await pilot.press("enter")  # keep the filter, back to the table
+        assert table.has_focus and rows(table) == ["labels"]
+        await pilot.press("escape")  # clears the filter first
+        await until(pilot, lambda: table.row_count == 3)
+        assert isinstance(app.screen, ReposScreen)
+
+
+async def test_command_mode_opens_views_by_alias(tui_store):
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen))
+        await pilot.press("colon", *"commits images", "enter")
+        await until(pilot, lambda: isinstance(app.screen, CommitsScreen) and app.screen.repo == "images")
+        await pilot.press("colon", *"files labels master", "enter")
+        await until(pilot, lambda: isinstance(app.screen, FilesScreen) and app.screen.table.row_count == 3)
+        assert rows(app.screen.table) == ["/blob.bin", "/code", "/labels.tsv"]
+        await pilot.press("colon", *"nosuchview", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, FilesScreen)  # an unknown alias says so and stays
+        await pilot.press("colon", *"repos", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen))
+        await pilot.press("escape")  # command mode pushed: esc goes back
+        assert isinstance(app.screen, FilesScreen)
+        await pilot.press("colon", "q", "enter")
+        await until(pilot, lambda: not app.is_running)
+
+
+async def test_help_lists_keys_and_aliases(tui_store):
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen))
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        entries = dict(app.screen.entries)
+        assert entries["/"] == "Filter" and entries[":"] == "Command" and entries["esc"] == "Back"
+        assert {":repos", ":commits", ":files", ":diff"} <= set(entries)
+        await pilot.press("escape")
+        assert isinstance(app.screen, ReposScreen)
+
+
+async def test_confirm_no_keeps_yes_deletes_and_logs_the_command(tui_store):
+    c = tui_store.client
+    c.create_repo("doomed")
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and "doomed" in rows(app.screen.table))
+        table = app.screen.table
+        table.move_cursor(row=rows(table).index("doomed"))
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen))
+        assert "doomed" in {r.name for r in c.list_repo()}
+        await pilot.press("D")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.click("#yes")  # the mouse works too
+        await until(pilot, lambda: "doomed" not in {r.name for r in c.list_repo()})
+        await until(pilot, lambda: "doomed" not in rows(table))
+        assert app.command_history[-1] == "pachctl delete repo doomed"
+
+
+async def test_confirm_contract_answers_from_a_worker(tui_store):
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen))
+        worker = app.run_worker(app.confirm("Stop pipeline 'edges'?"))
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: worker.is_finished)
+        assert worker.result is True
+        worker = app.run_worker(app.confirm("again?"))
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("escape")
+        await until(pilot, lambda: worker.is_finished)
+        assert worker.result is False
+
+
+async def test_readonly_hides_and_refuses_actions(tui_store):
+    app = make_app(tui_store, readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
+        assert "delete_repo" not in {b.binding.action for b in app.screen.active_bindings.values()}
+        await pilot.press("D")
+        await pilot.pause()
+        assert isinstance(app.screen, ReposScreen)
+        worker = app.run_worker(app.confirm("Delete?"))
+        await until(pilot, lambda: worker.is_finished)
+        assert worker.result is False and isinstance(app.screen, ReposScreen)
+        assert {r.name for r in tui_store.client.list_repo()} >= {"images", "labels", "empty"}
+
+
+async def test_command_log_pane_shows_and_toggles(tui_store):
+    from tui.widgets.command_log import CommandLog
+
+    app = make_app(tui_store, start="commits", start_params={"repo": "labels"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, CommitsScreen) and app.screen.commits_table.row_count == 2)
+        pane = app.screen.query_one(CommandLog)
+        assert app.command_history == ["pachctl list commit labels"]
+        assert any("pachctl list commit labels" in line.text for line in pane.lines)
+        assert pane.display
+        await pilot.press("at")
+        assert not pane.display
+        await pilot.press("at")
+        assert pane.display
+
+
+async def test_marks_and_diff(tui_store):
+    app = make_app(tui_store, start="commits", start_params={"repo": "images"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, CommitsScreen) and app.screen.commits_table.row_count == 3)
+        commits = app.screen
+        ids = [c.id for c in commits.commits]  # master/2, /1, /0
+        await pilot.press("d")  # no mark: the cursor's commit and its parent
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen.table.row_count == 2)
+        assert app.screen.old is None and app.screen.old_ref == ids[1]
+        assert rows(app.screen.table) == ["/README.md", "/meta/info.json"]
+        await until(pilot, lambda: "+Pictures of the fruit stand, and their sales." in
+                    (app.screen.patch and getattr(app.screen.patch[1], "code", "")))
+        await pilot.press("escape")
+        await pilot.press("space", "down", "down", "space")  # mark master/2 and master/0
+        assert commits.marks == [ids[0], ids[2]]
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, DiffScreen) and app.screen.table.row_count == 3)
+        assert (app.screen.commit, app.screen.old) == (ids[0], ids[2])
+        assert rows(app.screen.table) == ["/README.md", "/data/sales.csv", "/meta/info.json"]
+        assert app.command_history[-1] == f"pachctl diff file images@{ids[0]} --old {ids[2]}"

@@ -56,6 +56,7 @@ class DiffScreen(PachyScreen):
         self.old_ref: str | None = old  # the parent, once known
         self.changes: dict[str, object] = {}
         self.target: str | None = None
+        self.patch: tuple[str, object] | None = None  # (title, renderable) shown
 
     def compose_body(self) -> ComposeResult:
         with Horizontal():
@@ -135,6 +136,7 @@ class DiffScreen(PachyScreen):
             self._put(title, body)
 
     def _put(self, title: str, body: object) -> None:
+        self.patch = (title, body)
         self.query_one("#patch-title", Static).update(title)
         self.query_one("#patch-body", Static).update(body)
         self.query_one("#patch-scroll", VerticalScroll).scroll_home(animate=False)
