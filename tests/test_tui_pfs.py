@@ -5,10 +5,14 @@ a real daemon (tests/tuihelp.py); SVG snapshots of each screen at 120x36."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from tests.tuihelp import SIZE, anyio_backend, make_app, tui_store_fixture, until  # noqa: F401 (fixtures)
-from tui.screens.commits import CommitsScreen
+from pachctl.client import Client
+from tests.tuihelp import SIZE, anyio_backend, bulk_commits, make_app, tui_store_fixture, until  # noqa: F401 (fixtures)
+from tui.app import PachyApp
+from tui.screens.commits import PAGE, CommitsScreen
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.diff import DiffScreen
 from tui.screens.files import FilesScreen
@@ -192,3 +196,61 @@ async def test_marks_and_diff(tui_store):
         assert (app.screen.commit, app.screen.old) == (ids[0], ids[2])
         assert rows(app.screen.table) == ["/README.md", "/data/sales.csv", "/meta/info.json"]
         assert app.command_history[-1] == f"pachctl diff file images@{ids[0]} --old {ids[2]}"
+
+
+def test_list_commit_before_pages_through_the_whole_history(client):
+    bulk_commits(client, "hist", 450)
+    for branch in (None, "master"):
+        seen: list = []
+        page = client.list_commit("hist", branch, n=200)
+        while page:
+            seen += page
+            page = client.list_commit("hist", branch, n=200, before=page[-1].id)
+        assert [c.ref for c in seen] == [f"master/{i}" for i in range(449, -1, -1)]
+    assert [c.ref for c in client.list_commit("hist", n=5, before="master/3")] == ["master/2", "master/1", "master/0"]
+    assert client.list_commit("hist", n=5, before="master/0") == []
+
+
+async def test_long_history_fetches_pages_as_the_cursor_nears_the_end(daemon):
+    bulk_commits(daemon.client, "long", 2500)
+    app = PachyApp(daemon.client, start="commits", start_params={"repo": "long"}, live=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, CommitsScreen) and app.screen.commits_table.row_count == PAGE)
+        screen = app.screen
+        assert screen.more and screen.pages == 1
+        await pilot.press("end")  # the cursor at the last row fetches the next page
+        await until(pilot, lambda: screen.commits_table.row_count == 2 * PAGE)
+        screen.commits_table.scroll_end(animate=False)  # so does scrolling there (mouse wheel, page down)
+        await until(pilot, lambda: screen.commits_table.row_count == 3 * PAGE)
+        while screen.more:
+            await pilot.press("end")
+            await until(pilot, lambda: not screen.fetching)
+        assert screen.commits_table.row_count == 2500
+        assert screen.commits[-1].ref == "master/0" and len({c.id for c in screen.commits}) == 2500
+
+
+async def test_a_commit_made_while_the_app_runs_appears_without_a_key(tui_store):
+    if not hasattr(Client, "events"):
+        pytest.skip("Client.events is not on this branch yet (helper 'events' builds it)")
+    c = tui_store.client
+    c.create_repo("live")
+    try:
+        bulk_commits(c, "live", 1)
+        app = make_app(tui_store, live=True, start="commits", start_params={"repo": "live"})
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, CommitsScreen) and app.screen.commits_table.row_count == 1)
+            table = app.screen.commits_table
+            # The stream may still be connecting: a commit it missed is followed by
+            # another, at most three; the screen must catch up with no key pressed.
+            for _ in range(3):
+                await asyncio.to_thread(bulk_commits, c, "live", 1)
+                want = len(c.list_commit("live"))
+                try:
+                    await until(pilot, lambda want=want: table.row_count == want, timeout=5)
+                    break
+                except AssertionError:
+                    continue
+            assert table.row_count == len(c.list_commit("live"))
+            assert app.events_connected
+    finally:
+        c.delete_repo("live", force=True)
