@@ -18,7 +18,7 @@ from tui.screens.diff import DiffScreen
 from tui.screens.files import FilesScreen
 from tui.screens.help import HelpScreen
 from tui.screens.repos import ReposScreen
-from tui.widgets.preview import Preview
+from tui.widgets.preview import LIMIT, Preview, read_head, render
 from tui.widgets.table import FilterTable
 
 pytestmark = pytest.mark.anyio
@@ -254,3 +254,36 @@ async def test_a_commit_made_while_the_app_runs_appears_without_a_key(tui_store)
             assert app.events_connected
     finally:
         c.delete_repo("live", force=True)
+
+
+def test_preview_renders_each_kind():
+    r = render("/a/x.json", b'{"b": [1, 2]}', 13)
+    assert r.kind == "json" and r.body.code == '{\n  "b": [\n    1,\n    2\n  ]\n}'
+    r = render("/t.tsv", b"a\tb\n1\t2\n", 8)
+    assert r.kind == "tsv" and r.rows == [["a", "b"], ["1", "2"]]
+    r = render("/c.csv", b"a,b\n1,2\n3,", 1 << 20)  # cut short: the partial last line is dropped
+    assert r.rows == [["a", "b"], ["1", "2"]] and "first 10 B of 1.0 MiB" in r.title
+    r = render("/b.bin", bytes(range(32)), 3 * 1024**3)
+    assert r.kind == "binary" and "3.0 GiB" in r.title
+    assert str(r.body).splitlines()[0].startswith("00000000  00 01 02 03 04 05 06 07  08 09 0a 0b")
+    r = render("/big.py", b"print(1)\n" * 100, 3 * 1024**3)
+    assert r.kind == "text" and r.title.endswith("(first 900 B of 3.0 GiB)")
+    assert render("/e.txt", b"", 0).kind == "empty"
+    assert render("/u.txt", "é".encode()[:1], 2).kind == "text"  # a character cut at the end is not binary
+
+
+def test_preview_reads_only_the_head_of_a_big_file(client):
+    client.create_repo("big")
+    with client.commit("big", "master") as commit:
+        client.put_file("big", commit.id, "/huge.txt", b"0123456789abcdef\n" * (8 << 20 >> 4))  # 8.5 MiB
+    got = []
+
+    class Counting:
+        def get_file(self, *a):
+            for piece in client.get_file(*a):
+                got.append(len(piece))
+                yield piece
+
+    head = read_head(Counting(), "big", "master", "/huge.txt")
+    assert len(head) == LIMIT
+    assert sum(got) < LIMIT + (1 << 20)  # one piece past the limit at most, never the whole file
