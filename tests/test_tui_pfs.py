@@ -59,7 +59,7 @@ async def test_navigate_repos_commits_files_preview(tui_store):
         assert isinstance(app.screen, ReposScreen)
         await pilot.press("escape")  # the first screen stays
         assert isinstance(app.screen, ReposScreen)
-        assert app.command_history[:2] == ["pachctl list commit images", f"pachctl list file images@{commits.commits[0].id}:/"]
+        assert app.command_history[:3] == ["pachctl list repo", "pachctl list commit images", f"pachctl list file images@{commits.commits[0].id}:/"]
 
 
 async def test_filter_keeps_matching_rows_and_esc_clears(tui_store):
@@ -287,3 +287,82 @@ def test_preview_reads_only_the_head_of_a_big_file(client):
     head = read_head(Counting(), "big", "master", "/huge.txt")
     assert len(head) == LIMIT
     assert sum(got) < LIMIT + (1 << 20)  # one piece past the limit at most, never the whole file
+
+
+# -- SVG snapshots (tests/__snapshots__/test_tui_pfs/; update with --snapshot-update) --------
+
+
+def _loaded(app, screen_type, ready) -> object:
+    async def run_before(pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, screen_type) and ready(app.screen))
+        await pilot.pause()
+
+    return run_before
+
+
+def test_snapshot_repos(snap_compare, tui_store):
+    app = make_app(tui_store)
+    ready = _loaded(app, ReposScreen, lambda s: s.table.row_count == 3 and all(
+        s.table.row_cells(k)[3] != "-" for k in ("images", "labels")))
+    assert snap_compare(app, terminal_size=SIZE, run_before=ready)
+
+
+def test_snapshot_commits(snap_compare, tui_store):
+    app = make_app(tui_store, start="commits", start_params={"repo": "images"})
+    ready = _loaded(app, CommitsScreen, lambda s: s.commits_table.row_count == 3 and s.branches_table.row_count == 3)
+    assert snap_compare(app, terminal_size=SIZE, run_before=ready)
+
+
+def test_snapshot_files_text_preview(snap_compare, tui_store):
+    app = make_app(tui_store, start="files", start_params={"repo": "images", "commit": "master"})
+    pv = lambda s: s.preview.shown is not None and s.preview.shown.kind == "text"  # noqa: E731
+    assert snap_compare(app, terminal_size=SIZE, run_before=_loaded(app, FilesScreen, pv))
+
+
+def test_snapshot_files_csv_preview(snap_compare, tui_store):
+    app = make_app(tui_store, start="files", start_params={"repo": "images", "commit": "master", "path": "/data"})
+    pv = lambda s: s.preview.shown is not None and s.preview.shown.kind == "csv"  # noqa: E731
+
+    async def run_before(pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, FilesScreen) and app.screen.table.row_count == 2)
+        await pilot.press("down")
+        await until(pilot, lambda: pv(app.screen))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_files_binary_preview(snap_compare, tui_store):
+    app = make_app(tui_store, start="files", start_params={"repo": "labels", "commit": "master"})
+    pv = lambda s: s.preview.shown is not None and s.preview.shown.kind == "binary"  # noqa: E731
+    assert snap_compare(app, terminal_size=SIZE, run_before=_loaded(app, FilesScreen, pv))
+
+
+def test_snapshot_diff(snap_compare, tui_store):
+    app = make_app(tui_store, start="diff", start_params={"repo": "images", "commit": "master"})
+    ready = lambda s: s.patch is not None and "loading" not in s.patch[0]  # noqa: E731
+    assert snap_compare(app, terminal_size=SIZE, run_before=_loaded(app, DiffScreen, ready))
+
+
+def test_snapshot_help(snap_compare, tui_store):
+    app = make_app(tui_store)
+
+    async def run_before(pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_snapshot_confirm(snap_compare, tui_store):
+    app = make_app(tui_store)
+
+    async def run_before(pilot) -> None:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
+        app.run_worker(app.confirm("Delete repo 'images' and all its commits?"))
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=run_before)

@@ -62,6 +62,10 @@ class ReposScreen(PachyScreen):
         return [Text(safe(repo.name), style="bold"), human_size(repo.size),
                 safe(", ".join(repo.branches)) or "-", when]
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.app.record_command("pachctl list repo")
+
     def _show(self, repos: list) -> None:
         self._repos = {r.name: r for r in repos}
         self.table.set_rows((r.name, self._cells(r)) for r in repos)
