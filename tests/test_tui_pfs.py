@@ -6,10 +6,16 @@ a real daemon (tests/tuihelp.py); SVG snapshots of each screen at 120x36."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import pty
+import select
+import time
 
 import pytest
 
 from pachctl.client import Client
+from tests.clihelp import PACHCTL, run
 from tests.tuihelp import SIZE, anyio_backend, bulk_commits, make_app, tui_store_fixture, until  # noqa: F401 (fixtures)
 from tui.app import PachyApp
 from tui.screens.commits import PAGE, CommitsScreen
@@ -366,3 +372,45 @@ def test_snapshot_confirm(snap_compare, tui_store):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+# -- the entry point: `pachctl tui` ------------------------------------------------------------
+
+
+def test_pachctl_tui_needs_a_terminal(tui_store):
+    res = run(tui_store.pachy.env, "tui", rc=None)
+    assert res.rc != 0 and res.err.startswith("error: pachctl tui needs a terminal")
+
+
+def test_pachctl_tui_runs_in_a_terminal_against_the_cli_daemon_and_quits(tui_store):
+    """A real pty: ADDRESS (as the CLI reads it) names the daemon's socket; q quits."""
+    env = dict(tui_store.pachy.env, ADDRESS=f"unix:{tui_store.pachy.home}/mountd.sock", TERM="xterm-256color",
+               COLUMNS="120", LINES="36")
+    env.pop("PACHY_HOME")  # the address alone must find it
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: pachctl tui --readonly on the pty
+        os.execvpe(PACHCTL[0], [*PACHCTL, "tui", "--readonly"], env)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"labels" not in seen:  # a repo name: the first screen is up
+            assert time.monotonic() < deadline, seen[-2000:]
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                seen += os.read(fd, 65536)
+        os.write(fd, b"q")
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            assert time.monotonic() < deadline, "pachctl tui did not quit on q"
+            if select.select([fd], [], [], 0.2)[0]:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ChildProcessError, ProcessLookupError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)

@@ -3,7 +3,9 @@
 
 Subclasses write ``compose_body()`` and ``load()`` (fetch in a thread worker:
 the client is synchronous) and may handle ``on_live_event``; a ``reset``
-event calls ``load()`` again. ``filter_table()`` names the table ``/`` filters
+event calls ``load()`` again. Textual calls the handlers of every class in
+the MRO (``on_mount``, ``on_live_event``): do not call ``super()`` in them,
+the base's runs after yours (``message.prevent_default()`` stops it). ``filter_table()`` names the table ``/`` filters
 (the first FilterTable by default). ``readonly`` screens hide their actions
 through ``check_action`` (see ``ACTIONS``)."""
 

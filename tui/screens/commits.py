@@ -58,7 +58,6 @@ class CommitsScreen(PachyScreen):
             yield FilterTable(*COLUMNS, id="commits")
 
     def on_mount(self) -> None:
-        super().on_mount()
         table = self.commits_table
         table.focus()
         self.watch(table, "scroll_y", self._scrolled, init=False)
@@ -154,10 +153,8 @@ class CommitsScreen(PachyScreen):
 
     def on_live_event(self, message: LiveEvent) -> None:
         data = message.data
-        if message.kind == "reset":
-            self.load()
-        elif data.get("repo") != self.repo:
-            return
+        if data.get("repo") != self.repo:
+            return  # (a reset: the base class reloads)
         elif message.kind == "repo.deleted":
             self.notify(f"repo '{self.repo}' was deleted", severity="warning")
         elif message.kind in ("commit.started", "commit.finished", "commit.deleted", "branch.moved"):

@@ -71,7 +71,6 @@ class DiffScreen(PachyScreen):
         return self.query_one("#changes", FilterTable)
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.table.focus()
         cmd = f"pachctl diff file {self.repo}@{self.commit}"
         if self.old:

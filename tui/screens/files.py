@@ -55,7 +55,6 @@ class FilesScreen(PachyScreen):
         return f"{self.repo}@{self.commit}:{path or self.path}"
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.table.focus()
 
     def _crumb(self) -> None:

@@ -71,7 +71,6 @@ class ReposScreen(PachyScreen):
                 safe(", ".join(repo.branches)) or "-", when]
 
     def on_mount(self) -> None:
-        super().on_mount()
         self.app.record_command("pachctl list repo")
 
     def _show(self, repos: list) -> None:
@@ -111,7 +110,7 @@ class ReposScreen(PachyScreen):
         self.load()
 
     def on_live_event(self, message: LiveEvent) -> None:
-        if message.kind == "reset" or message.kind.startswith(("repo.", "branch.")) or message.kind == "commit.finished":
+        if message.kind.startswith(("repo.", "branch.")) or message.kind == "commit.finished":
             self.load()
 
 
