@@ -414,3 +414,18 @@ def test_pachctl_tui_runs_in_a_terminal_against_the_cli_daemon_and_quits(tui_sto
             os.kill(pid, 9)
             os.waitpid(pid, 0)
         os.close(fd)
+
+
+async def test_command_palette_offers_our_commands(tui_store):
+    from textual.command import CommandList, CommandPalette
+
+    app = make_app(tui_store)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"toggle command log")
+        hits = app.screen.query_one(CommandList)
+        await until(pilot, lambda: hits.option_count and "Toggle command log" in str(hits.get_option_at_index(0).prompt))
+        await pilot.press("enter")
+        await until(pilot, lambda: not app.show_log)
