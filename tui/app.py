@@ -19,6 +19,7 @@ The contract screens code against (see HELPERS.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -26,7 +27,6 @@ from collections.abc import Callable
 
 from textual.app import App
 from textual.binding import Binding
-from textual.screen import Screen
 
 from pachctl.client import Client
 from tui import routes
@@ -82,6 +82,10 @@ class PachyApp(App):
         self._ids = ids
         self._events_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._pending: collections.deque = collections.deque()  # events read, not yet posted
+        self._pending_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.events_connected = False  # for the title bar and tests
         _load_screens()
 
@@ -183,6 +187,7 @@ class PachyApp(App):
         if not hasattr(self.client, "events"):
             self.log.warning("this client has no events(): the TUI does not update live")
             return
+        self._loop = asyncio.get_running_loop()
         # A daemon thread of its own rather than a Textual thread worker: those
         # run on asyncio's default executor, which the loop waits for at exit,
         # and this one may sit in a read until the next event.
@@ -196,25 +201,41 @@ class PachyApp(App):
             for event in client.events():
                 if self._stopping.is_set():
                     break
+                with self._pending_lock:
+                    self._pending.append(event)
+                    if self._drain_scheduled:
+                        continue  # the drain already on its way takes this one too
+                    self._drain_scheduled = True
                 try:
-                    self.call_from_thread(self._deliver, event)
-                except RuntimeError:  # the app has gone
+                    # Not call_from_thread: that waits for the loop per event, and
+                    # a burst of log lines would pace the stream to the frame rate.
+                    self._loop.call_soon_threadsafe(self._drain)
+                except RuntimeError:  # the loop has closed: the app has gone
                     break
         except Exception as exc:  # the stream is a nicety: the screens still work
             if not self._stopping.is_set():
+                why = f"live updates stopped: {getattr(exc, 'message', exc)}"
                 with contextlib.suppress(RuntimeError):
-                    self.call_from_thread(self.notify, f"live updates stopped: {exc}", severity="warning")
+                    self._loop.call_soon_threadsafe(lambda: self.notify(why, severity="warning"))
         finally:
             client.close()
 
-    def _deliver(self, event: object) -> None:
+    def _drain(self) -> None:
+        with self._pending_lock:
+            events = list(self._pending)
+            self._pending.clear()
+            self._drain_scheduled = False
+        if not self.is_running:
+            return
         self.events_connected = True
         # The active screen, and the one under a modal (a confirm dialog must
         # not stop the table under it from updating).
+        targets = []
         for screen in reversed(self.screen_stack):
-            screen.post_message(LiveEvent(event))
+            targets.append(screen)
             if not screen.is_modal:
                 break
+        for event in events:
+            for screen in targets:
+                screen.post_message(LiveEvent(event))
 
-    def get_default_screen(self) -> Screen:
-        return super().get_default_screen()
