@@ -76,7 +76,7 @@ def test_restart_datum_cuts_the_running_datum_short(px: Pachy, c: Client, tmp_pa
     wait_for(lambda: processes("sleep", "0.0517"), 30, "the datum to run")
     before = set(px.worker_pids("rd-p"))
     datum = c.list_datum(job.id)[0]
-    res = px("restart-datum", f"rd-p@{job.id}", datum.id[:12])
+    res = px("restart", "datum", f"rd-p@{job.id}", datum.id[:12])  # the 2.x wording
     assert res.err == ""
     # Its worker was replaced (a new process runs the datum again), and the job goes on.
     wait_for(lambda: not before & set(px.worker_pids("rd-p")), 20, "the datum's worker to be cut short")
