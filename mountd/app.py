@@ -463,9 +463,13 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
 
     @app.get("/v1/repos/{repo}/commits", response_model=list[models.Commit], responses=failures(*LOOKUP))
     async def list_commits(
-        repo: str, branch: str | None = None, n: int | None = Query(None, ge=0, le=2**63 - 1), all: bool = False
+        repo: str,
+        branch: str | None = None,
+        n: int | None = Query(None, ge=0, le=2**63 - 1),
+        all: bool = False,
+        before: str | None = Query(None, description="a commit id or ref: only commits older than it (paging)"),
     ):
-        return [_commit(c) for c in await run(pfs.list_commits, repo, branch, n, all)]
+        return [_commit(c) for c in await run(pfs.list_commits, repo, branch, n, all, before)]
 
     @app.get("/v1/repos/{repo}/commit", response_model=models.Commit, responses=failures(*LOOKUP))
     async def inspect_commit(repo: str, ref: str = Query(...)):

@@ -329,12 +329,19 @@ class Client:
         return Commit(**self._json("GET", f"/v1/repos/{_seg(repo)}/commit", params={"ref": commit}))
 
     def list_commit(
-        self, repo: str, branch: str | None = None, n: int | None = None, all: bool = False
+        self,
+        repo: str,
+        branch: str | None = None,
+        n: int | None = None,
+        all: bool = False,
+        before: str | None = None,
     ) -> list[Commit]:
-        """Newest first."""
+        """Newest first; ``before`` (a commit id) pages: only commits older than it."""
         params: dict[str, Any] = {"all": all}
         if branch is not None:
             params["branch"] = branch
+        if before is not None:
+            params["before"] = before
         if n is not None:
             params["n"] = min(n, _I64_MAX) if n >= 0 else n  # more than can exist: all (a negative n is refused)
         return [Commit(**c) for c in self._json("GET", f"/v1/repos/{_seg(repo)}/commits", params=params)]

@@ -266,20 +266,28 @@ class PFS(FileOps, Maintenance, History):
         return self._info(self.resolve(repo, ref), with_children=True)
 
     def list_commits(
-        self, repo: str, branch: str | None = None, n: int | None = None, include_archived: bool = False
+        self,
+        repo: str,
+        branch: str | None = None,
+        n: int | None = None,
+        include_archived: bool = False,
+        before: str | None = None,
     ) -> list[CommitInfo]:
-        """Newest first. With a branch, its first-parent history from the head."""
+        """Newest first. With a branch, its first-parent history from the head.
+        ``before`` (a commit id or ref) pages: only commits strictly older than
+        it in that order (with a branch: its first-parent ancestors)."""
         self._require_repo(repo)
         if n is not None and n < 0:
             raise InvalidArgument(f"invalid number of commits {n}: it cannot be negative")
         if n is not None:
             n = min(n, refs.MAX_NUMBER)  # SQLite's integers stop there
+        after = self.resolve(repo, before) if before is not None else None
         out: list[CommitInfo] = []
         if branch is not None:
             head = self.q1("SELECT head FROM branches WHERE repo=? AND name=?", (repo, branch))
             if head is None:
                 raise NotFound(f"branch '{branch}' not found in repo '{repo}'")
-            cid = head[0]
+            cid = head[0] if after is None else after[4]
             while cid is not None and (n is None or len(out) < n):
                 row = self._row(cid)
                 if include_archived or not row[9]:
@@ -287,12 +295,17 @@ class PFS(FileOps, Maintenance, History):
                 cid = row[4]
             return out
         sql = f"SELECT {_COMMIT_COLS} FROM commits WHERE repo=?"
+        args: tuple = (repo,)
         if not include_archived:
             sql += " AND archived=0"
-        sql += " ORDER BY started DESC, seq DESC"
+        if after is not None:
+            # Keyset paging on the order below: a page costs the same at 10,000 deep.
+            sql += " AND (started, COALESCE(seq, -1), id) < (?, ?, ?)"
+            args += (after[5], -1 if after[3] is None else after[3], after[0])
+        sql += " ORDER BY started DESC, COALESCE(seq, -1) DESC, id DESC"
         if n is not None:
             sql += f" LIMIT {int(n)}"
-        return [self._info(row) for row in self.q(sql, (repo,))]
+        return [self._info(row) for row in self.q(sql, args)]
 
     def root_of(self, row: tuple) -> bytes | None:
         """The tree a commit reads from: its own if finished, else its parent's."""
