@@ -8,34 +8,30 @@ from __future__ import annotations
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from pachctl.client import errors
 from tui.messages import LiveEvent
+from tui.screens.base import PachyScreen
 from tui.widgets.dag import DagView
 from tui.widgets.dag_layout import Node, graph, input_repos
 
 LEGEND = "[green]■ success[/]  [yellow]■ running[/]  [red]■ failure[/]  [cyan]□ repo[/]"
 
 
-class DagScreen(Screen):
+class DagScreen(PachyScreen):
     DEFAULT_CSS = """
-    DagScreen #title { height: 1; background: $boost; text-style: bold; padding: 0 1; }
     DagScreen DagView { height: 1fr; }
     DagScreen #legend { height: 1; padding: 0 1; }
     """
+    crumb = "provenance"
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static("Provenance", id="title")
-            yield DagView(id="dag")
-            yield Static(LEGEND, id="legend")
-        yield Footer()
+    def compose_body(self) -> ComposeResult:
+        yield DagView(id="dag")
+        yield Static(LEGEND, id="legend")
 
     @property
     def dag(self) -> DagView:
@@ -43,9 +39,9 @@ class DagScreen(Screen):
 
     def on_mount(self) -> None:
         self.dag.focus()
-        self.reload()
+        self.load()
 
-    def reload(self) -> None:
+    def load(self) -> None:
         self.run_worker(self._fetch, thread=True, group="fetch", exclusive=True)
 
     def _fetch(self) -> None:
@@ -66,13 +62,13 @@ class DagScreen(Screen):
     def on_live_event(self, message: LiveEvent) -> None:
         kind, data = message.kind, message.data
         if kind == "reset" or kind in ("repo.created", "repo.deleted"):
-            self.reload()
+            self.load()
         elif kind == "job.state":
             self.dag.set_state(data.get("pipeline", ""), data.get("state"))
         elif kind == "pipeline.state":
             name = data.get("pipeline", "")
             if name not in self.dag.kinds:
-                self.reload()  # a new pipeline
+                self.load()  # a new pipeline
             elif data.get("state") in ("crashing", "failure"):
                 self.dag.set_state(name, data.get("state"))
 

@@ -23,7 +23,7 @@ FILES_SHOWN = 6
 class DatumsScreen(PpsTable):
     COLUMNS = ("ID", "STATE", "TIME", "INPUTS")
     BINDINGS = [
-        Binding("enter", "logs", "logs"),
+        Binding("l", "logs", "logs"),
         Binding("s", "cycle_state", "state filter"),
         Binding("r", "restart", "restart datum"),
     ]
@@ -35,8 +35,9 @@ class DatumsScreen(PpsTable):
         self.every: list[Datum] = []
 
     def title_text(self) -> str:
-        who = f"{self.pipeline}@{self.job}" if self.pipeline else self.job
-        return f"Datums of {who} · state: {self.state or 'all'}"
+        job = self.app.show_id(self.job)
+        who = f"{self.pipeline} › {job}" if self.pipeline else job
+        return f"jobs › {who} › datums (state: {self.state or 'all'})"
 
     def fetch(self) -> list[Datum]:
         if self.pipeline is None:
@@ -49,11 +50,11 @@ class DatumsScreen(PpsTable):
 
     def row(self, d: Datum) -> Sequence[Any]:
         inputs = ", ".join(f"{f.input}:{f.path}" for f in d.files)
-        return (d.id, state_text(d.state), duration(d.started, d.finished, now(self.app)),
+        return (self.app.show_id(d.id), state_text(d.state), duration(d.started, d.finished, now(self.app)),
                 inputs if len(inputs) <= 60 else inputs[:57] + "...")
 
     def detail(self, d: Datum) -> str:
-        lines = [f"{f.input}  {f.repo}@{f.commit}:{f.path}  {human_size(f.size)}" for f in d.files[:FILES_SHOWN]]
+        lines = [f"{f.input}  {f.repo}@{self.app.show_id(f.commit)}:{f.path}  {human_size(f.size)}" for f in d.files[:FILES_SHOWN]]
         if len(d.files) > FILES_SHOWN:
             lines.append(f"... and {len(d.files) - FILES_SHOWN} more")
         if d.reason:
@@ -62,9 +63,6 @@ class DatumsScreen(PpsTable):
 
     def action_cycle_state(self) -> None:
         self.state = STATES[(STATES.index(self.state) + 1) % len(STATES)] if self.state in STATES else None
-        from textual.widgets import Static
-
-        self.query_one("#title", Static).update(self.title_text())
         self.show(self._filtered())
 
     def on_live_event(self, message: LiveEvent) -> None:
@@ -72,9 +70,12 @@ class DatumsScreen(PpsTable):
         if kind == "reset" or (kind in ("datum.state", "job.state") and data.get("job") == self.job):
             self.reload()
 
+    def open_row(self, d: Datum) -> None:
+        self.app.open("logs", job=self.job, datum=d.id, pipeline=self.pipeline)
+
     def action_logs(self) -> None:
         if (d := self.selected()) is not None:
-            self.app.open("logs", job=self.job, datum=d.id, pipeline=self.pipeline)
+            self.open_row(d)
 
     def action_restart(self) -> None:
         if (d := self.selected()) is not None:

@@ -24,7 +24,6 @@ NEAR_END = 20  # rows before the last loaded one at which the next page is asked
 class JobsScreen(PpsTable):
     COLUMNS = ("ID", "PIPELINE", "STARTED", "DURATION", "PROGRESS", "STATE")
     BINDINGS = [
-        Binding("enter", "datums", "datums"),
         Binding("l", "logs", "logs"),
         Binding("i", "input", "input files"),
         Binding("o", "output", "output files"),
@@ -39,7 +38,7 @@ class JobsScreen(PpsTable):
         self._paging = False
 
     def title_text(self) -> str:
-        return f"Jobs of {self.pipeline}" if self.pipeline else "Jobs"
+        return f"pipelines › {self.pipeline} › jobs" if self.pipeline else "jobs"
 
     def fetch(self) -> list[Job]:
         jobs = self.app.client.list_job(self.pipeline, n=PAGE)
@@ -48,12 +47,13 @@ class JobsScreen(PpsTable):
 
     def row(self, j: Job) -> Sequence[Any]:
         at = now(self.app)
-        return (j.id, j.pipeline, ago(j.started or j.created, at), duration(j.started, j.finished, at),
+        return (self.app.show_id(j.id), j.pipeline, ago(j.started or j.created, at), duration(j.started, j.finished, at),
                 progress_bar(j.data_processed, j.data_skipped, j.data_total, j.data_failed), state_text(j.state))
 
     def detail(self, j: Job) -> str:
-        inputs = ", ".join(f"{c.repo}@{c.commit}" for c in j.input_commits) or "none"
-        out = f"{j.output_commit.repo}@{j.output_commit.commit}" if j.output_commit else "none"
+        show = self.app.show_id
+        inputs = ", ".join(f"{c.repo}@{show(c.commit)}" for c in j.input_commits) or "none"
+        out = f"{j.output_commit.repo}@{show(j.output_commit.commit)}" if j.output_commit else "none"
         text = f"input {inputs}\noutput {out}"
         return text + (f"\nreason: {j.reason}" if j.reason else "")
 
@@ -61,7 +61,8 @@ class JobsScreen(PpsTable):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         super().on_data_table_row_highlighted(event)
-        if self.more and not self._paging and not self.filter_text and event.cursor_row >= len(self.order) - NEAR_END:
+        if (self.more and not self._paging and not self.table.filter_text
+                and event.cursor_row >= len(self.order) - NEAR_END):
             self._paging = True
             before = self.order[-1]
             self.run_worker(lambda: self._next_page(before), thread=True, group="page")
@@ -72,14 +73,7 @@ class JobsScreen(PpsTable):
         finally:
             self._paging = False
         self.more = len(jobs) == PAGE
-        self.app.call_from_thread(self._append, jobs)
-
-    def _append(self, jobs: list[Job]) -> None:
-        for j in jobs:
-            if j.id not in self.items:
-                self.order.append(j.id)
-                self.items[j.id] = j
-                self.table.add_row(*self.row(j), key=j.id)
+        self.app.call_from_thread(self.append, jobs)
 
     # -- live ----------------------------------------------------------------------
 
@@ -102,9 +96,8 @@ class JobsScreen(PpsTable):
 
     # -- links and actions -----------------------------------------------------------
 
-    def action_datums(self) -> None:
-        if (j := self.selected()) is not None:
-            self.app.open("datums", job=j.id, pipeline=j.pipeline)
+    def open_row(self, j: Job) -> None:
+        self.app.open("datums", job=j.id, pipeline=j.pipeline)
 
     def action_logs(self) -> None:
         if (j := self.selected()) is not None:

@@ -7,17 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.screen import Screen
-from textual.widgets import Footer, Static
 
 from tui.messages import LiveEvent
+from tui.screens.base import PachyScreen
 from tui.widgets.logview import Line, LogView
 
 
-class LogsScreen(Screen):
+class LogsScreen(PachyScreen):
     DEFAULT_CSS = """
-    LogsScreen #title { height: 1; background: $boost; text-style: bold; padding: 0 1; }
     LogsScreen LogView { height: 1fr; }
     """
 
@@ -27,23 +24,25 @@ class LogsScreen(Screen):
         self.job, self.datum, self.pipeline = job, datum, pipeline
         self.start_following = follow
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.title_text(), id="title")
-            yield LogView(self.fetch_page, follow=self.start_following, id="log")
-        yield Footer()
+    def compose_body(self) -> ComposeResult:
+        yield LogView(self.fetch_page, follow=self.start_following, id="log")
 
     def title_text(self) -> str:
-        what = [f"pipeline {self.pipeline}" if self.pipeline and not self.job else "",
-                f"job {self.job}" if self.job else "", f"datum {self.datum}" if self.datum else ""]
-        return "Logs of " + " ".join(w for w in what if w)
+        show = self.app.show_id
+        what = [self.pipeline or "", show(self.job) if self.job else "", show(self.datum) if self.datum else ""]
+        return " › ".join(w for w in what if w) + " › logs"
 
     @property
     def view(self) -> LogView:
         return self.query_one(LogView)
 
     def on_mount(self) -> None:
+        self.set_crumb(self.title_text())
         self.view.focus()
+
+    def load(self) -> None:
+        if self.view.is_mounted and self.view.total:
+            self.view.reload()
 
     def fetch_page(self, offset: int, n: int) -> tuple[int, list[Line]]:
         """In the log view's thread: one page from the daemon."""

@@ -16,10 +16,9 @@ from tui.screens.ppsbase import PpsTable, state_text
 
 
 class PipelinesScreen(PpsTable):
-    TITLE_TEXT = "Pipelines"
+    crumb = "pipelines"
     COLUMNS = ("NAME", "STATE", "INPUT", "LAST JOB")
     BINDINGS = [
-        Binding("enter", "jobs", "jobs"),
         Binding("s", "stop", "stop"),
         Binding("g", "start", "start"),
         Binding("r", "run", "run"),
@@ -37,7 +36,7 @@ class PipelinesScreen(PpsTable):
         state = state_text(p.state)
         if p.stopped and p.state != "paused":
             state.append(" (stopped)")
-        last = Text(p.last_job[:12] + " ", style="dim") if p.last_job else Text("-")
+        last = Text(self.app.show_id(p.last_job)[:12] + " ", style="dim") if p.last_job else Text("-")
         if p.last_job_state:
             last.append_text(state_text(p.last_job_state))
         return (p.name, state, p.input, last)
@@ -65,10 +64,8 @@ class PipelinesScreen(PpsTable):
                 kind == "pipeline.state" and name not in self.items):
             self.reload()
 
-    def action_jobs(self) -> None:
-        p = self.selected()
-        if p is not None:
-            self.app.open("jobs", pipeline=p.name)
+    def open_row(self, p: Pipeline) -> None:
+        self.app.open("jobs", pipeline=p.name)
 
     def action_logs(self) -> None:
         p = self.selected()

@@ -13,15 +13,13 @@ from typing import Any
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Static
 
 from pachctl.cli.output import human_duration
 from pachctl.client import errors
+from tui.screens.base import PachyScreen
+from tui.widgets.table import FilterTable
 
-# Actions a screen offers; hidden (and refused) with --readonly.
 STATE_STYLES = {
     "success": "green", "running": "yellow", "starting": "yellow", "created": "yellow", "standby": "cyan",
     "paused": "magenta", "failure": "red", "failed": "red", "killed": "red", "crashing": "red",
@@ -70,47 +68,35 @@ def progress_bar(processed: int, skipped: int, total: int, failed: int = 0, widt
     return text
 
 
-class PpsTable(Screen):
-    """A titled table of rows with keys; subclasses say what to fetch (``fetch``, in a
-    thread) and how a row looks (``row``)."""
+class PpsTable(PachyScreen):
+    """A table of rows with keys under the app's breadcrumb, filter and command log;
+    subclasses say what to fetch (``fetch``, in a thread) and how a row looks (``row``);
+    enter on a row calls ``open_row``."""
 
     DEFAULT_CSS = """
-    PpsTable #title { height: 1; background: $boost; text-style: bold; padding: 0 1; }
-    PpsTable DataTable { height: 1fr; }
     PpsTable #detail { height: auto; max-height: 8; padding: 0 1; color: $text-muted; }
-    PpsTable #filter { display: none; }
-    PpsTable #filter.shown { display: block; }
     """
-    BINDINGS = [Binding("slash", "filter", "filter"), Binding("ctrl+r", "reload", "reload", show=False)]
     COLUMNS: Sequence[str] = ()
-    TITLE_TEXT = ""
-    ACTIONS: frozenset[str] = frozenset()  # action names refused with --readonly
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.items: dict[str, Any] = {}  # row key -> the model it shows (newest data)
         self.order: list[str] = []
-        self.filter_text = ""
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(self.title_text(), id="title")
-            yield DataTable(cursor_type="row", zebra_stripes=True, id="table")
-            yield Static("", id="detail")
-            yield Input(placeholder="filter (esc: clear)", id="filter")
-        yield Footer()
-
-    def title_text(self) -> str:
-        return self.TITLE_TEXT
-
-    @property
-    def table(self) -> DataTable:
-        return self.query_one("#table", DataTable)
+    def compose_body(self) -> ComposeResult:
+        yield FilterTable(*self.COLUMNS, id="table")
+        yield Static("", id="detail")
 
     def on_mount(self) -> None:
-        for col in self.COLUMNS:
-            self.table.add_column(col, key=col)
-        self.reload()
+        self.set_crumb(self.title_text())
+        super().on_mount()
+
+    def title_text(self) -> str:
+        return self.crumb
+
+    @property
+    def table(self) -> FilterTable:
+        return self.query_one("#table", FilterTable)
 
     # -- data ----------------------------------------------------------------------
 
@@ -124,11 +110,11 @@ class PpsTable(Screen):
     def row(self, item: Any) -> Sequence[Any]:
         raise NotImplementedError
 
-    def action_reload(self) -> None:
-        self.reload()
+    def load(self) -> None:
+        self.run_worker(self._fetch_thread, thread=True, group="fetch", exclusive=True)
 
     def reload(self) -> None:
-        self.run_worker(self._fetch_thread, thread=True, group="fetch", exclusive=True)
+        self.load()
 
     def _fetch_thread(self) -> None:
         try:
@@ -138,48 +124,32 @@ class PpsTable(Screen):
             return
         self.app.call_from_thread(self.show, items)
 
-    def show(self, items: list[Any], append: bool = False) -> None:
-        """Show ``items`` (replacing the rows, or after them), keeping the cursor's row."""
-        keep = self.cursor_key()
-        if not append:
-            self.items, self.order = {}, []
-        for it in items:
-            k = self.key(it)
-            if k not in self.items:
-                self.order.append(k)
-            self.items[k] = it
-        self._fill(keep)
-
-    def _fill(self, keep: str | None) -> None:
-        table = self.table
-        table.clear()
-        for k in self.order:
-            cells = self.row(self.items[k])
-            if self.filter_text and not any(self.filter_text.lower() in str(c).lower() for c in cells):
-                continue
-            table.add_row(*cells, key=k)
-        if keep is not None and keep in table.rows:
-            table.move_cursor(row=table.get_row_index(keep), animate=False)
+    def show(self, items: list[Any]) -> None:
+        """Show ``items`` (replacing the rows), keeping the cursor's row."""
+        self.items = {self.key(it): it for it in items}
+        self.order = list(self.items)
+        self.table.set_rows((k, self.row(self.items[k])) for k in self.order)
+        self.set_crumb(self.title_text())
         self.update_detail()
+
+    def append(self, items: list[Any]) -> None:
+        """More rows after the last (the next page)."""
+        fresh = [it for it in items if self.key(it) not in self.items]
+        for it in fresh:
+            self.items[self.key(it)] = it
+            self.order.append(self.key(it))
+        self.table.add_rows((self.key(it), self.row(it)) for it in fresh)
 
     def update_item(self, item: Any) -> None:
         """One row changed (a live event): its cells are redrawn in place."""
         k = self.key(item)
         self.items[k] = item
-        if k in self.table.rows:
-            for col, value in zip(self.COLUMNS, self.row(item), strict=True):
-                self.table.update_cell(k, col, value)
+        self.table.update_row(k, self.row(item))
         if k == self.cursor_key():
             self.update_detail()
 
     def cursor_key(self) -> str | None:
-        table = self.table
-        if table.row_count == 0:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 - no row under the cursor
-            return None
+        return self.table.current_key()
 
     def selected(self) -> Any | None:
         k = self.cursor_key()
@@ -195,33 +165,15 @@ class PpsTable(Screen):
     def on_data_table_row_highlighted(self, _event: DataTable.RowHighlighted) -> None:
         self.update_detail()
 
-    # -- filter, readonly ------------------------------------------------------------
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        item = self.items.get(event.row_key.value)
+        if item is not None:
+            self.open_row(item)
 
-    def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
-        box.add_class("shown")
-        box.focus()
-
-    def on_input_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value
-        self._fill(self.cursor_key())
-
-    def on_input_submitted(self, _event: Input.Submitted) -> None:
-        self.table.focus()
-
-    def on_key(self, event) -> None:
-        box = self.query_one("#filter", Input)
-        if event.key == "escape" and box.has_focus:
-            box.value = ""
-            box.remove_class("shown")
-            self.table.focus()
-            event.stop()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Hidden from the footer, and the key does nothing.
-        return not (action in self.ACTIONS and getattr(self.app, "readonly", False))
+    def open_row(self, item: Any) -> None:
+        """Enter on a row."""
 
     def act(self, coro) -> None:
         """Run an action (tui.actions: confirm, record, call) as a worker: the confirm
-        dialog is awaited, which only a worker may do."""
+        dialog is awaited, which a key handler must not do itself."""
         self.run_worker(coro, group="action")

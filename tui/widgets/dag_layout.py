@@ -210,11 +210,28 @@ def layout(nodes: list[Node]) -> Drawing:
     layer = assign_layers(nodes)
     layers, edges = order_layers(nodes, layer)
     widths = [max((len(_label(n)) + 4 for n in lay if not is_dummy(n)), default=1) for lay in layers]
-    # Which edges change row, per gap: each gets its own column there.
-    slot_y = {name: i * (BOX_H + ROW_GAP) for lay in layers for i, name in enumerate(lay)}
+    # Every edge into a node enters on a row of its own (a box is as tall as its inputs need),
+    # so edges only ever split (one source, several targets), never merge: a junction reads
+    # one way only.
+    incoming: dict[str, list[str]] = {}
+    for a, b in edges:
+        incoming.setdefault(b, []).append(a)
+    heights = {name: BOX_H if is_dummy(name) else max(BOX_H, len(incoming.get(name, [])) + 2)
+               for lay in layers for name in lay}
+    slot_y: dict[str, int] = {}
+    for lay in layers:
+        y = 0
+        for name in lay:
+            slot_y[name] = y
+            y += heights[name] + ROW_GAP
+    out_y = {name: slot_y[name] + 1 for name in slot_y}
+    in_y: dict[tuple[str, str], int] = {}
+    for b, sources in incoming.items():
+        for i, a in enumerate(sorted(sources, key=lambda a: (out_y[a], a))):
+            in_y[(a, b)] = slot_y[b] + 1 + (0 if is_dummy(b) else i)
     bends: list[list[tuple[str, str]]] = [[] for _ in layers]
     for a, b in edges:
-        if slot_y[a] != slot_y[b]:
+        if out_y[a] != in_y[(a, b)]:
             bends[layer_of(a, layer)].append((a, b))
     xs, x = [], 0
     for k, w in enumerate(widths):
@@ -228,17 +245,22 @@ def layout(nodes: list[Node]) -> Drawing:
             if is_dummy(name):
                 canvas.hline(xs[k] - 1, xs[k] + widths[k], y + 1)
                 continue
-            w = widths[k]
-            boxes[name] = Box(xs[k], y, w, BOX_H, k)
+            w, h = widths[k], heights[name]
+            boxes[name] = Box(xs[k], y, w, h, k)
             tl, tr, bl, br = ("╭", "╮", "╰", "╯") if kinds[name] == "pipeline" else ("┌", "┐", "└", "┘")
             canvas.put(xs[k], y, tl + "─" * (w - 2) + tr)
             canvas.put(xs[k], y + 1, "│ " + _label(name).ljust(w - 4) + " │")
-            canvas.put(xs[k], y + 2, bl + "─" * (w - 2) + br)
+            for row in range(y + 2, y + h - 1):
+                canvas.put(xs[k], row, "│" + " " * (w - 2) + "│")
+            canvas.put(xs[k], y + h - 1, bl + "─" * (w - 2) + br)
     for k in range(len(layers)):
-        column = {e: i for i, e in enumerate(sorted(bends[k], key=lambda e: (slot_y[e[0]], slot_y[e[1]])))}
+        # Columns in the gap: edges going up use the left ones, going down the right ones,
+        # nearest first, so verticals cross as few horizontals as they can.
+        ordered = sorted(bends[k], key=lambda e: (out_y[e[0]], in_y[e]))
+        column = {e: i for i, e in enumerate(ordered)}
         gap_x = xs[k] + widths[k]
         for a, b in [e for e in edges if layer_of(e[0], layer) == k]:
-            y1, y2 = slot_y[a] + 1, slot_y[b] + 1
+            y1, y2 = out_y[a], in_y[(a, b)]
             x2 = xs[k + 1] - 1
             if y1 == y2:
                 canvas.hline(gap_x, x2, y1)

@@ -65,6 +65,7 @@ class LogView(ScrollView, can_focus=True):
         self._tail_dirty = False
         self._widest = 0
         self._version = 0  # bumped whenever what the rows show may have changed
+        self.loaded = False  # the first answer came (an empty log shows as such, not as loading)
         self.fetches = 0  # pages asked of the daemon (tests and the bench read it)
         self.set_reactive(LogView.follow, follow)
 
@@ -100,6 +101,7 @@ class LogView(ScrollView, can_focus=True):
     def _loaded(self, page: int, total: int, lines: list[Line]) -> None:
         self._pending.discard(-1)
         self.fetches += 1
+        self.loaded = True
         self.pages[page] = [(ts, clean(m)) for ts, m in lines]
         self.pages.move_to_end(page)
         while len(self.pages) > PAGES_KEPT:
@@ -205,6 +207,11 @@ class LogView(ScrollView, can_focus=True):
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         width = self.size.width
+        if self.total == 0:
+            if y != 0:
+                return Strip.blank(width, self.rich_style)
+            text = Text("(no log lines yet)" if self.loaded else LOADING, style=TS_STYLE)
+            return Strip(list(text.render(self.app.console))).crop_extend(0, width, self.rich_style)
         if self.wrap:
             if y == 0 or getattr(self, "_wrap_key", None) != (scroll_y, width, self._version):
                 self._wrap_key = (scroll_y, width, self._version)
