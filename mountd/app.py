@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match
 
 from mountd import models, wire
+from mountd.events_api import add_event_routes
 from mountd.ingest import (
     NEW_COMMIT_DOC,
     CancellableReader,
@@ -625,6 +626,8 @@ def build_app(pfs: PFS, token: str | None = None, mounts: MountManager | None = 
     )
     async def diff_files(repo: str, ref: str = Query(...), old: str | None = None):
         return [models.DiffEntry(**d) for d in await run(pfs.diff_files, repo, ref, old)]
+
+    add_event_routes(app, pfs.events)
 
     if scheduler is not None:
         from mountd.pps_api import add_pps_routes  # pps_api imports this module's helpers

@@ -150,3 +150,13 @@ class MountInfo(BaseModel):
     write: bool = False
     repos: list[str] | None = None
     allow_other: bool = False
+
+
+class Event(BaseModel):
+    """One message of ``GET /v1/events``: ``cursor`` is its SSE ``id`` (give it back as
+    ``since`` or ``Last-Event-ID`` to go on after it), ``kind`` its SSE ``event``, and
+    ``data`` its JSON (always with ``kind``, ``cursor``, ``ts``, plus the kind's fields)."""
+
+    cursor: str
+    kind: str
+    data: dict[str, Any]

@@ -304,12 +304,13 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         """The first job of ``name`` not in ``before``, once the scheduler has started it."""
         deadline = trio.current_time() + 30
         while True:
+            seen = s.generation  # before the read: a job started after it ends the wait at once
             jobs = [j for j in await run(s.store.list_jobs, name) if j.id not in before]
             if jobs:
                 return job_model(jobs[-1])
             if trio.current_time() > deadline:
                 raise InvalidArgument(what)
-            await trio.to_thread.run_sync(s.wait_changed, 0.2, abandon_on_cancel=True, limiter=poll_limiter)
+            await trio.to_thread.run_sync(s.wait_changed, 0.2, seen, abandon_on_cancel=True, limiter=poll_limiter)
 
     @app.post("/v1/pipelines/{name}/run", response_model=pps_models.Job, responses=failures(*CHANGE))
     async def run_pipeline(name: str, body: pps_models.RunPipeline | None = None):
@@ -354,10 +355,12 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         if not wait:
             row = await run(s.store.get_job, job_id)
             return job_model(row, s.trouble_of(row.pipeline))
+        seen = s.generation  # before the read: a change after it ends the first wait at once
         row = await run(s.store.get_job, job_id)
         deadline = None if timeout is None else trio.current_time() + timeout
         while not row.done and (deadline is None or trio.current_time() < deadline):
-            await trio.to_thread.run_sync(s.wait_changed, 0.5, abandon_on_cancel=True, limiter=poll_limiter)
+            await trio.to_thread.run_sync(s.wait_changed, 0.5, seen, abandon_on_cancel=True, limiter=poll_limiter)
+            seen = s.generation
             row = await run(s.store.get_job, job_id)
         return job_model(row, s.trouble_of(row.pipeline))
 

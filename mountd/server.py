@@ -198,7 +198,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{scheduler.runner.name})", file=sys.stderr, flush=True)
         scheduler.start()
         _calm_gc()
-        trio.run(_serve, app, config, mounts, scheduler.begin_close)
+
+        def stopping() -> None:
+            scheduler.begin_close()
+            pfs.events.close()  # event streams end now, not at the graceful stop's timeout
+
+        trio.run(_serve, app, config, mounts, stopping)
     finally:
         scheduler.close()
         os.umask(old_umask)

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pfsfuse import entries, names, refs
 from pfsfuse.btree import BTree
 from pfsfuse.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from pfsfuse.events import EventHub
 from pfsfuse.files import FileOps
 from pfsfuse.history import History
 from pfsfuse.maintenance import Maintenance
@@ -100,6 +101,10 @@ class PFS(FileOps, Maintenance, History):
         # Called with the CommitInfo after every finish, outside any lock (the
         # pipeline scheduler listens here; pfsfuse knows nothing of it).
         self.on_finish: list[Callable[[CommitInfo], None]] = []
+        # What changed, for clients following live (mountd's /v1/events). Events
+        # emitted inside a transaction are published when it commits (see emit).
+        self.events = EventHub()
+        self._tx_events: list[tuple[str, dict]] = []
         self._init_maintenance()
 
     def close(self) -> None:
@@ -129,11 +134,26 @@ class PFS(FileOps, Maintenance, History):
                 yield self.db
             except BaseException:
                 self._tx_depth = 0
+                self._tx_events = []
                 self.db.execute("ROLLBACK")
                 raise
             else:
                 self._tx_depth = 0
                 self.db.execute("COMMIT")
+                if self._tx_events:
+                    # Still under the lock: events come out in the order their changes committed.
+                    events, self._tx_events = self._tx_events, []
+                    self.events.publish_many(events)
+
+    def emit(self, kind: str, **fields: object) -> None:
+        """An event about a change: inside a transaction it is published when the
+        transaction commits (and dropped if it rolls back), so a client that hears
+        of a change and asks for it finds it; outside one, at once."""
+        with self._lock:
+            if self._tx_depth:
+                self._tx_events.append((kind, fields))
+                return
+        self.events.publish(kind, **fields)
 
     def q(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -154,6 +174,7 @@ class PFS(FileOps, Maintenance, History):
                 "INSERT INTO repos(name, created, description) VALUES(?,?,?)",
                 (name, time.time(), description),
             )
+            self.emit("repo.created", repo=name)
         return self.inspect_repo(name)
 
     def _require_repo(self, name: str) -> tuple:
@@ -194,6 +215,7 @@ class PFS(FileOps, Maintenance, History):
             db.execute("DELETE FROM commits WHERE repo=?", (name,))
             db.execute("DELETE FROM branches WHERE repo=?", (name,))
             db.execute("DELETE FROM repos WHERE name=?", (name,))
+            self.emit("repo.deleted", repo=name)
 
     def repos_depending_on(self, name: str) -> set[str]:
         """Repos whose commits name a commit of ``name`` in their provenance."""
@@ -203,6 +225,8 @@ class PFS(FileOps, Maintenance, History):
 
     def delete_all(self) -> None:
         with self.tx() as db:
+            for (repo,) in db.execute("SELECT name FROM repos").fetchall():
+                self.emit("repo.deleted", repo=repo)
             for table in ("staging", "commits", "branches", "repos"):
                 db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
 
@@ -370,6 +394,10 @@ class PFS(FileOps, Maintenance, History):
                     "ON CONFLICT(repo, name) DO UPDATE SET head=excluded.head",
                     (repo, branch, cid),
                 )
+            self.emit("commit.started", repo=repo, commit=cid, branch=branch)
+            if branch is not None:
+                self.emit("branch.moved", repo=repo, branch=branch, head=cid,
+                          change="moved" if b is not None else "created")
         return self._info(self._row(cid))
 
     def check_can_start(self, repo: str, branch: str) -> None:
@@ -440,6 +468,7 @@ class PFS(FileOps, Maintenance, History):
                 (time.time(), root, size, description, cid),
             )
             db.execute("DELETE FROM staging WHERE commit_id=?", (cid,))
+            self.emit("commit.finished", repo=repo, commit=cid, branch=row[2])
         return self._info(self._row(cid))
 
     def _apply_sizes(
@@ -511,9 +540,13 @@ class PFS(FileOps, Maintenance, History):
                 f"{', '.join(sorted({u[1] for u in users}))}; delete those first"
             )
         with self.tx() as db:
+            moved = db.execute("SELECT name FROM branches WHERE repo=? AND head=?", (repo, cid)).fetchall()
             db.execute("DELETE FROM staging WHERE commit_id=?", (cid,))
             db.execute("DELETE FROM commits WHERE id=?", (cid,))
             db.execute("UPDATE branches SET head=? WHERE repo=? AND head=?", (parent, repo, cid))
+            self.emit("commit.deleted", repo=repo, commit=cid, branch=row[2])
+            for (branch,) in moved:
+                self.emit("branch.moved", repo=repo, branch=branch, head=parent, change="moved")
 
     def archive_commit(self, repo: str, ref: str) -> None:
         row = self.resolve(repo, ref)
@@ -542,13 +575,15 @@ class PFS(FileOps, Maintenance, History):
         self._require_repo(repo)
         head_id = self.resolve(repo, head)[0] if head is not None else None
         with self.tx() as db:
-            if not db.execute("SELECT 1 FROM branches WHERE repo=? AND name=?", (repo, name)).fetchone():
+            known = db.execute("SELECT 1 FROM branches WHERE repo=? AND name=?", (repo, name)).fetchone()
+            if not known:
                 self._check_new_branch(db, repo, name)
             db.execute(
                 "INSERT INTO branches(repo, name, head) VALUES(?,?,?) "
                 "ON CONFLICT(repo, name) DO UPDATE SET head=excluded.head",
                 (repo, name, head_id),
             )
+            self.emit("branch.moved", repo=repo, branch=name, head=head_id, change="moved" if known else "created")
         return next(b for b in self.list_branches(repo) if b.name == name)
 
     @staticmethod
@@ -570,6 +605,7 @@ class PFS(FileOps, Maintenance, History):
         with self.tx() as db:
             if db.execute("DELETE FROM branches WHERE repo=? AND name=?", (repo, name)).rowcount == 0:
                 raise NotFound(f"branch '{name}' not found in repo '{repo}'")
+            self.emit("branch.moved", repo=repo, branch=name, head=None, change="deleted")
 
     def info_of(self, row: tuple) -> CommitInfo:
         return self._info(row)

@@ -15,6 +15,8 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
+from pfsfuse.events import EventHub
+
 INDEXES = 16  # line indexes kept (one per job file and filter): a TUI pages through a few logs at once
 
 
@@ -29,13 +31,15 @@ class _Index:
 
 
 class LogStore:
-    def __init__(self, home: str):
+    def __init__(self, home: str, events: EventHub | None = None):
         self.dir = os.path.join(home, "logs", "jobs")
         os.makedirs(self.dir, exist_ok=True)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._indexes: OrderedDict[tuple[str, str, str], _Index] = OrderedDict()
         self._indexing = threading.Lock()  # one request brings an index up to date at a time
+        self._written = 0  # writes so far: a follower waits for it to move, so no write slips by
+        self.events = events  # live clients hear every line (one publish per write call)
 
     def _path(self, job: str) -> str:
         return os.path.join(self.dir, f"{job}.ndjson")
@@ -50,7 +54,12 @@ class LogStore:
             for job, texts in by_job.items():
                 with open(self._path(job), "a", encoding="utf-8") as f:
                     f.writelines(texts)
+            self._written += 1
             self._changed.notify_all()
+            if self.events is not None:  # under the lock: events in the files' order
+                self.events.publish_many(
+                    ("log", {k: v for k, v in line.items() if k not in ("ts", "kind", "cursor")}) for line in lines
+                )
 
     def note(self, pipeline: str, job: str | None, message: str, datum: str | None = None) -> None:
         """A line from the scheduler itself (user: false)."""
@@ -73,6 +82,8 @@ class LogStore:
         (and jobs) while ``follow()`` is true."""
         offsets: dict[str, int] = {}
         while True:
+            with self._lock:
+                seen = self._written  # before reading: a write from here on ends the wait below at once
             for job in jobs():
                 path = self._path(job)
                 try:
@@ -94,7 +105,10 @@ class LogStore:
             if follow is None or not follow():
                 return
             with self._changed:
-                self._changed.wait(poll)
+                # Woken by the write itself; ``poll`` only bounds how late a ``follow()``
+                # that turned false (no write with it) is noticed.
+                if self._written == seen:
+                    self._changed.wait(poll)
 
     def _index(self, job: str, pipeline: str, datum: str) -> tuple[_Index, str]:
         """The line index of ``job``'s file under the filters, brought up to date."""

@@ -211,6 +211,7 @@ class PpsStore:
             else:
                 db.execute("UPDATE pps_pipelines SET state=?, reason=?, stopped=? WHERE name=?",
                            (state, reason, int(stopped), name))
+            self.pfs.emit("pipeline.state", pipeline=name, state=state, reason=reason)
 
     @staticmethod
     def pause_new(db, name: str) -> None:

@@ -54,7 +54,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         self.pfs = pfs
         self.store = PpsStore(pfs)
         self.queue = TaskQueue()
-        self.logs = LogStore(home)
+        self.logs = LogStore(home, getattr(pfs, "events", None))
         # Never None: a scheduler without workers has a NullRunner (jobs queue and wait).
         self.runner: Runner = runner if runner is not None else NullRunner()
         # One budget of worker processes for all pipelines: parallelism asks, the budget decides.
@@ -62,6 +62,7 @@ class Scheduler(Pipelines, Triggers, Running, Merging, Waiting, Workers):
         self._budget_given = max_workers is not None  # else a runner with a budget of its own sets it (start)
         self._wake = threading.Event()
         self._changed = threading.Condition()
+        self._generation = 0  # changes so far (see state.Base.wait_changed)
         self._lock = threading.RLock()
         self.active: dict[str, ActiveJob] = {}
         self._runs: dict[str, list[list[jp.LeafCommit]]] = {}

@@ -72,6 +72,7 @@ class Merging(Base):
                 self.store.replace_units(db, row.pipeline, job.plan.dropped_units, added, new_paths)
             self.pfs.unpin(f"job/{row.id}/", db)
             self.store.update_job(db, row)
+            self._job_event(row)
         with self._lock:
             if self.active.get(row.pipeline) is job:
                 del self.active[row.pipeline]

@@ -99,6 +99,8 @@ class Pipelines(Base):
                                           notes, update=update)
             if stopped:
                 self.store.pause_new(db, spec.name)
+            self.pfs.emit("pipeline.state", pipeline=spec.name, state="paused" if stopped else row.state,
+                          reason=row.reason)
             if reprocess and old is not None and spec.generation == 1:
                 self.store.clear_cursors(db, spec.name)
         self._ensure_repo(spec.name, f"output of pipeline {spec.name}")
@@ -181,6 +183,7 @@ class Pipelines(Base):
             self._discard_output(job)
         with self.pfs.tx() as db:
             self.store.delete_pipeline(db, name)
+            self.pfs.emit("pipeline.state", pipeline=name, state="deleted", reason="")
             for j in jobs:
                 self.pfs.unpin(f"job/{j}/", db)
         with self._ensuring:  # workers a tick started meanwhile (from rows read before the delete)
@@ -211,6 +214,7 @@ class Pipelines(Base):
         self._drop_service(name)
         self.store.set_pipeline_state(name, "paused", "", stopped=True)
         self.runner.stop(name)
+        self._changed_now()  # a flush waiting on it ends now (a stopped pipeline runs nothing)
         self.notify()
         return self.store.get_pipeline(name)
 

@@ -140,6 +140,7 @@ class Running(Base):
             self.store.insert_datums(db, job_id, datum_rows)
             for repo, branch, seq in trig.cursors:
                 self.store.set_cursor(db, row.name, repo, branch, seq)
+            self._job_event(job)
         active = ActiveJob(job, spec, plan, {u.unit_id: u for u in plan.to_run})
         if spec.job_timeout:
             active.deadline = time.monotonic() + spec.job_timeout
@@ -251,6 +252,7 @@ class Running(Base):
                                                int(r.get("tries", 1)), r.get("started"), r.get("finished"))
                     counts[state] += n
                     job.results[unit.unit_id] = (state, r.get("owner"))
+                    self._datum_events(job.row, unit.datums, state)
                     if state == "failed" and not job.failure:
                         job.failure = f"datum {unit.datums[0]} failed: {r.get('reason') or 'user code failed'}"
                 job.row.processed += counts["success"]
@@ -258,6 +260,7 @@ class Running(Base):
                 job.row.recovered += counts["recovered"]
             for job in jobs.values():
                 self.store.update_job(db, job.row)
+                self._job_event(job.row)
         return any(job.failure or len(job.results) >= len(job.units) for job in jobs.values())
 
     def _results_woke(self) -> None:
@@ -304,6 +307,9 @@ class Running(Base):
             self.pfs.unpin(f"job/{row.id}/", db)
             self.store.update_job(db, row)
             self.store.fail_unfinished(db, row.id)
+            self._datum_events(row, [d for u, unit in job.units.items() if u not in job.results
+                                     for d in unit.datums], "failed")
+            self._job_event(row)
         self.logs.note(row.pipeline, row.id, f"job {row.id} {state}: {reason}")
         self._changed_now()
         self.notify()
@@ -362,6 +368,8 @@ class Running(Base):
             with self.pfs.tx() as db:
                 self.pfs.unpin(f"job/{row.id}/", db)
                 self.store.mark_killed(db, row.id, RERUN_REASON, time.time())
+                row.state, row.reason = "killed", RERUN_REASON
+                self._job_event(row)
                 # Let the triggering commit be picked again.
                 for lc in row.inputs:
                     if lc.get("name") == row.trigger:

@@ -65,6 +65,7 @@ class Base:
     active: dict[str, ActiveJob]  # pipeline -> its running job
     _wake: threading.Event
     _changed: threading.Condition
+    _generation: int
     _lock: threading.RLock
     _runs: dict[str, list[list[jp.LeafCommit]]]  # run-pipeline requests, per pipeline
     _crashes: dict[str, list[float]]
@@ -82,11 +83,30 @@ class Base:
 
     def _changed_now(self) -> None:
         with self._changed:
+            self._generation += 1
             self._changed.notify_all()
 
-    def wait_changed(self, timeout: float) -> None:
+    @property
+    def generation(self) -> int:
+        """Take it before looking at the state you wait on, give it to ``wait_changed``:
+        a change that lands in between ends the wait at once instead of being missed."""
+        return self._generation
+
+    def wait_changed(self, timeout: float, since: int | None = None) -> None:
         with self._changed:
-            self._changed.wait(timeout)
+            if since is None or self._generation == since:
+                self._changed.wait(timeout)
+
+    def _job_event(self, row: JobRow) -> None:
+        """Tell live clients a job's state or counts changed (inside the transaction
+        that wrote them: published when it commits). From the row in hand: no read."""
+        self.pfs.emit("job.state", job=row.id, pipeline=row.pipeline, state=row.state, reason=row.reason,
+                      data_processed=row.processed, data_skipped=row.skipped, data_failed=row.failed,
+                      data_total=row.total)
+
+    def _datum_events(self, job: JobRow, datums: list[str], state: str) -> None:
+        for d in datums:
+            self.pfs.emit("datum.state", job=job.id, pipeline=job.pipeline, datum=d, state=state)
 
     def spec_of(self, row: PipelineRow) -> PipelineSpec:
         """The parsed spec, parsed once per pipeline version (every tick asks for it)."""

@@ -20,10 +20,11 @@ class Waiting(Base):
     def wait_job(self, job_id: str, timeout: float | None = None) -> JobRow:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            seen = self.generation
             row = self.store.get_job(job_id)
             if row.done or (deadline is not None and time.monotonic() > deadline) or self._closed:
                 return row
-            self.wait_changed(0.5)
+            self.wait_changed(0.5, seen)
 
     def _input_branches(self, row: PipelineRow) -> set[tuple[str, str]]:
         try:
@@ -77,6 +78,7 @@ class Waiting(Base):
                     targets.append((info.id, p))
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            seen = self.generation
             found, failed, missing = [], [], False
             with self._lock:
                 idle = {p.name for p in self.store.list_pipelines()
@@ -102,4 +104,4 @@ class Waiting(Base):
                 raise TimedOut(f"timed out waiting for {len(targets)} downstream commit(s)")
             if self._closed:
                 raise Unreachable("the daemon is stopping; run the command again once it is back")
-            self.wait_changed(0.5)
+            self.wait_changed(0.5, seen)
