@@ -17,14 +17,18 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client
-from tests.ppshelp import Pachy, commit_files, flush_ok, pachy_daemon, pfs, spec
+from tests.ppshelp import Pachy, commit_files, flush_ok, pachy_daemon, pfs, spec, wait_jobs
 from tests.tuihelp import AGE, SIZE, Store, anyio_backend, fixed_ids, until  # noqa: F401 (fixtures)
 from tui.app import PachyApp
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.dag import DagScreen
 from tui.screens.datums import DatumsScreen
 from tui.screens.jobs import JobsScreen
 from tui.screens.logs import LogsScreen
 from tui.screens.pipelines import PipelinesScreen
+from tui.widgets.dag import DagView
 from tui.widgets.dag_layout import Node, assign_layers, graph, input_repos, layout, order_layers
+from tui.widgets.logview import PAGE, LogView
 
 FRUIT = Path(__file__).resolve().parent.parent / "examples" / "fruit_stand" / "pipeline.json"
 SALES = ["apple\t10", "banana\t4", "orange\t7", "apple\t5", "banana\t1"]
@@ -77,6 +81,14 @@ def make_app(store: Store, **kw) -> PachyApp:
 
 
 pytestmark = pytest.mark.anyio
+
+
+def showing(app: PachyApp, cls: type) -> int:
+    """How many rows the app's screen shows if it is a ``cls`` and composed, else -1."""
+    screen = app.screen
+    if not isinstance(screen, cls) or not screen.query("#table"):
+        return -1
+    return screen.table.row_count
 
 
 def keys(screen) -> list[str]:
@@ -148,14 +160,14 @@ def test_input_repos_of_a_spec() -> None:
 async def test_pipelines_jobs_datums_logs(pps_px: PpsStore) -> None:
     app = make_app(pps_px, start="pipelines")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, PipelinesScreen) and app.screen.table.row_count == 3)
+        await until(pilot, lambda: showing(app, PipelinesScreen) == 3)
         pipelines = app.screen
         assert keys(pipelines) == ["filter", "sum", "talk"]
         cells = [str(c) for c in pipelines.table.row_cells("sum")]
         assert cells[0] == "sum" and cells[2] == "filter:FILE/DIFF" and "success" in cells[3]
         await pilot.press("down")  # sum
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.table.row_count == 1)
+        await until(pilot, lambda: showing(app, JobsScreen) == 1)
         jobs = app.screen
         job = next(iter(jobs.items.values()))
         assert job.pipeline == "sum" and job.state == "success"
@@ -169,7 +181,7 @@ async def test_pipelines_jobs_datums_logs(pps_px: PpsStore) -> None:
         await pilot.press("escape")
         assert app.screen is jobs
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, DatumsScreen) and app.screen.table.row_count >= 1)
+        await until(pilot, lambda: showing(app, DatumsScreen) >= 1)
         datums = app.screen
         d = next(iter(datums.items.values()))
         assert d.state == "success" and d.files and d.files[0].repo == "filter"
@@ -184,9 +196,9 @@ async def test_pipelines_jobs_datums_logs(pps_px: PpsStore) -> None:
         assert app.screen is pipelines
         pipelines.table.move_cursor(row=keys(pipelines).index("talk"))
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, JobsScreen) and app.screen.table.row_count == 1)
+        await until(pilot, lambda: showing(app, JobsScreen) == 1)
         await pilot.press("enter")
-        await until(pilot, lambda: isinstance(app.screen, DatumsScreen) and app.screen.table.row_count == 1)
+        await until(pilot, lambda: showing(app, DatumsScreen) == 1)
         talk_datum = next(iter(app.screen.items.values()))
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, LogsScreen) and app.screen.view.total >= LONG_LINES)
@@ -195,3 +207,132 @@ async def test_pipelines_jobs_datums_logs(pps_px: PpsStore) -> None:
         view = logs.view
         await until(pilot, lambda: view.line(0) is not None)
         assert view.line(0)[1] == "log line 1"
+
+
+# -- actions -------------------------------------------------------------------------
+
+
+async def test_actions_ask_first_and_record_their_command(pps_px: PpsStore) -> None:
+    c = pps_px.client
+    app = make_app(pps_px, start="pipelines")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: showing(app, PipelinesScreen) == 3)
+        pipelines = app.screen
+        pipelines.table.move_cursor(row=keys(pipelines).index("talk"))
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # no: nothing happens
+        await until(pilot, lambda: app.screen is pipelines)
+        assert not c.inspect_pipeline("talk").stopped and app.command_history == []
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: c.inspect_pipeline("talk").stopped, what="talk stopped")
+        assert app.command_history == ["pachctl stop pipeline talk"]
+        await until(pilot, lambda: "(stopped)" in str(pipelines.table.row_cells("talk")[1])
+                    or "paused" in str(pipelines.table.row_cells("talk")[1]), what="the row to show it")
+        await pilot.press("g")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: not c.inspect_pipeline("talk").stopped, what="talk started")
+        assert app.command_history[-1] == "pachctl start pipeline talk"
+
+
+async def test_readonly_hides_and_refuses_actions(pps_px: PpsStore) -> None:
+    c = pps_px.client
+    app = make_app(pps_px, start="pipelines", readonly=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: showing(app, PipelinesScreen) == 3)
+        screen = app.screen
+        shown = {b.binding.action for b in app.active_bindings.values()}  # what the footer offers
+        assert not shown & {"stop", "start", "run"}
+        assert "filter" in shown
+        await pilot.press("s", "g", "r")
+        await pilot.pause()
+        assert app.screen is screen and app.command_history == []
+        assert not c.inspect_pipeline("filter").stopped
+        app.open("jobs", pipeline="sum")
+        await until(pilot, lambda: showing(app, JobsScreen) == 1)
+        assert "stop" not in {b.binding.action for b in app.active_bindings.values()}
+        await pilot.press("x")
+        await pilot.pause()
+        assert isinstance(app.screen, JobsScreen)
+
+
+# -- live updates ----------------------------------------------------------------------
+
+
+async def test_live_progress_and_dag_colour_while_a_job_runs(pps_px: PpsStore, tmp_path: Path) -> None:
+    """A job of three datums, each waiting for its own go-file: each released datum moves
+    the progress bar and the end turns the DAG node green, with no key pressed."""
+    c = pps_px.client
+    go = tmp_path / "go"
+    go.mkdir()
+    c.create_repo("slow")
+    c.create_pipeline(spec("slowp", pfs("slow"), [f'while [ ! -e {go}/$(basename "$slow") ]; do sleep 0.0531; done',
+                                                  'cp "$slow" /pfs/out/']))
+    try:
+        app = make_app(pps_px, start="jobs", start_params={"pipeline": "slowp"}, live=True)
+        async with app.run_test(size=SIZE) as pilot:
+            jobs = app.screen
+            assert isinstance(jobs, JobsScreen)
+            await until(pilot, lambda: app.events_connected or jobs.table.row_count == 0, what="the screen")
+            commit_files(c, "slow", {"a": "1", "b": "2", "c": "3"})
+            # The new job appears (a job.state event), then its progress moves as datums finish.
+            await until(pilot, lambda: jobs.table.row_count == 1, 30, "the job to appear")
+            job_id = jobs.order[0]
+            await until(pilot, lambda: jobs.items[job_id].data_total == 3, 30, "the job's total")
+            assert jobs.items[job_id].data_processed == 0
+            (go / "a").touch()
+            await until(pilot, lambda: jobs.items[job_id].data_processed == 1, 30, "1 datum processed")
+            assert str(jobs.table.row_cells(job_id)[4]).endswith("1 + 0 / 3")
+            # The DAG: slowp is running (yellow), then green when the job ends.
+            app.open("dag")
+            await until(pilot, lambda: isinstance(app.screen, DagScreen) and app.screen.query(DagView)
+                        and "slowp" in app.screen.dag.kinds)
+            dag = app.screen.dag
+            assert dag.state_of("slowp") == "running"
+            (go / "b").touch()
+            (go / "c").touch()
+            await until(pilot, lambda: dag.state_of("slowp") == "success", 30, "slowp to turn green")
+            assert str(dag.render_line(dag.drawing.boxes["slowp"].y + 1).text).find("slowp") >= 0
+            # Back on the jobs screen the row shows the end too.
+            await pilot.press("escape")
+            await until(pilot, lambda: str(jobs.table.row_cells(job_id)[5]) == "success", 30, "the row's state")
+    finally:
+        c.delete_pipeline("slowp", force=True)
+        c.delete_repo("slow", force=True)
+
+
+# -- a long log -------------------------------------------------------------------------
+
+
+async def test_a_long_log_comes_a_page_at_a_time(pps_px: PpsStore) -> None:
+    c = pps_px.client
+    job = wait_jobs(c, "talk", 1)[0]
+    app = make_app(pps_px, start="logs", start_params={"job": job.id, "pipeline": "talk"})
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, LogsScreen)
+        view: LogView = screen.view
+        await until(pilot, lambda: view.total >= LONG_LINES and view.line(0) is not None)
+        assert view.fetches == 1 and list(view.pages) == [0]
+        await pilot.press("end")
+        last = view.total - 1
+        await until(pilot, lambda: view.line(last) is not None, what="the last page")
+        assert view.line(last)[1].startswith("job ") or view.line(last)[1] == f"log line {LONG_LINES}"
+        assert view.fetches <= 3 and len(view.pages) <= 3  # the first page, the last (and one near it)
+        for _ in range(5):
+            await pilot.press("pageup")
+        await until(pilot, lambda: view.line(int(view.scroll_y)) is not None)
+        assert view.fetches <= 5
+        total_pages = (view.total + PAGE - 1) // PAGE
+        assert len(view.pages) < total_pages
+        # Toggles: timestamps prefix each line, wrap keeps the first line on top.
+        await pilot.press("t")
+        assert view.timestamps
+        await pilot.press("w")
+        assert view.wrap
+        await pilot.press("home")
+        await pilot.pause()
+        assert view.scroll_y == 0

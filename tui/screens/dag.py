@@ -57,10 +57,13 @@ class DagScreen(PachyScreen):
         self.app.call_from_thread(self._show, nodes, states)
 
     def _show(self, nodes: list[Node], states: dict[str, str | None]) -> None:
-        self.dag.set_graph(nodes, states)
+        if self.query(DagView):  # (not closed meanwhile)
+            self.dag.set_graph(nodes, states)
 
     def on_live_event(self, message: LiveEvent) -> None:
         kind, data = message.kind, message.data
+        if not self.query(DagView):
+            return
         if kind == "reset" or kind in ("repo.created", "repo.deleted"):
             self.load()
         elif kind == "job.state":

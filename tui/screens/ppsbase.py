@@ -6,6 +6,7 @@ app's clock (frozen in tests), job progress bars and state colours."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from rich.style import Style
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Static
 
 from pachctl.cli.output import human_duration
@@ -94,6 +96,11 @@ class PpsTable(PachyScreen):
     def title_text(self) -> str:
         return self.crumb
 
+    def on_screen_resume(self) -> None:
+        # Live events go to the screen in front only: one come back to missed those meanwhile.
+        if self.items:
+            self.load()
+
     @property
     def table(self) -> FilterTable:
         return self.query_one("#table", FilterTable)
@@ -122,7 +129,12 @@ class PpsTable(PachyScreen):
         except errors.PfsError as exc:
             self.app.call_from_thread(self.notify, f"error: {exc}", severity="error")
             return
-        self.app.call_from_thread(self.show, items)
+        self.app.call_from_thread(self._show_if_shown, items)
+
+    def _show_if_shown(self, items: list[Any]) -> None:
+        # The screen may have been closed while the daemon answered.
+        with contextlib.suppress(NoMatches):
+            self.show(items)
 
     def show(self, items: list[Any]) -> None:
         """Show ``items`` (replacing the rows), keeping the cursor's row."""
@@ -134,6 +146,8 @@ class PpsTable(PachyScreen):
 
     def append(self, items: list[Any]) -> None:
         """More rows after the last (the next page)."""
+        if not self.query("#table"):
+            return
         fresh = [it for it in items if self.key(it) not in self.items]
         for it in fresh:
             self.items[self.key(it)] = it

@@ -157,6 +157,22 @@ class LogView(ScrollView, can_focus=True):
         self.pages.clear()
         self._request(-1 if self.follow else 0)
 
+    # -- moves: no animation (an animated jump renders, and so fetches, every page on its way) --
+
+    def action_scroll_home(self) -> None:
+        self.follow = False
+        self.scroll_to(y=0, animate=False, immediate=True)
+
+    def action_scroll_end(self) -> None:
+        self.scroll_to(y=self.max_scroll_y, animate=False, immediate=True)
+
+    def action_page_down(self) -> None:
+        self.scroll_to(y=self.scroll_y + self.scrollable_content_region.height, animate=False, immediate=True)
+
+    def action_page_up(self) -> None:
+        self.follow = False
+        self.scroll_to(y=self.scroll_y - self.scrollable_content_region.height, animate=False, immediate=True)
+
     # -- toggles -----------------------------------------------------------------
 
     def action_toggle_wrap(self) -> None:
