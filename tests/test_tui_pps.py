@@ -336,3 +336,63 @@ async def test_a_long_log_comes_a_page_at_a_time(pps_px: PpsStore) -> None:
         await pilot.press("home")
         await pilot.pause()
         assert view.scroll_y == 0
+
+
+# -- SVG snapshots (120x36; clock frozen, ids fixed, durations masked) ------------------
+
+
+@pytest.fixture
+def masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """How long a job or datum took differs run to run: shown as one fixed value."""
+    import tui.screens.datums
+    import tui.screens.jobs
+
+    for module in (tui.screens.jobs, tui.screens.datums):
+        monkeypatch.setattr(module, "duration", lambda start, end, at: "1 second" if start else "-")
+
+
+def snap(pps_px: PpsStore, snap_compare, alias: str, ready, **params) -> bool:
+    app = make_app(pps_px, start=alias, start_params=params)
+
+    async def wait(pilot) -> None:
+        await until(pilot, lambda: ready(app), what=f"the {alias} screen")
+        await pilot.wait_for_scheduled_animations()
+        await pilot.pause()
+        await pilot.pause()
+
+    return snap_compare(app, terminal_size=SIZE, run_before=wait)
+
+
+def test_snapshot_pipelines(pps_px: PpsStore, snap_compare, masked) -> None:
+    wait_jobs(pps_px.client, "talk", 1)
+    assert snap(pps_px, snap_compare, "pipelines", lambda app: showing(app, PipelinesScreen) >= 3)
+
+
+def test_snapshot_jobs(pps_px: PpsStore, snap_compare, masked) -> None:
+    assert snap(pps_px, snap_compare, "jobs", lambda app: showing(app, JobsScreen) == 1, pipeline="sum")
+
+
+def test_snapshot_datums(pps_px: PpsStore, snap_compare, masked) -> None:
+    job = pps_px.client.list_job("filter")[0]
+    assert snap(pps_px, snap_compare, "datums", lambda app: showing(app, DatumsScreen) == 1, job=job.id,
+                pipeline="filter")
+
+
+def test_snapshot_logs(pps_px: PpsStore, snap_compare) -> None:
+    c = pps_px.client
+    job = c.list_job("talk")[-1]
+    datum = c.list_datum(job.id)[0]
+
+    def ready(app) -> bool:
+        screen = app.screen
+        return isinstance(screen, LogsScreen) and bool(screen.query(LogView)) and screen.view.line(30) is not None
+
+    assert snap(pps_px, snap_compare, "logs", ready, job=job.id, datum=datum.id, pipeline="talk")
+
+
+def test_snapshot_dag(pps_px: PpsStore, snap_compare) -> None:
+    def ready(app) -> bool:
+        screen = app.screen
+        return isinstance(screen, DagScreen) and bool(screen.query(DagView)) and "talk" in screen.dag.kinds
+
+    assert snap(pps_px, snap_compare, "dag", ready)

@@ -24,6 +24,10 @@ class LogsScreen(PachyScreen):
         self.job, self.datum, self.pipeline = job, datum, pipeline
         self.start_following = follow
 
+    def compose(self) -> ComposeResult:
+        self.crumb = self.title_text()
+        yield from super().compose()
+
     def compose_body(self) -> ComposeResult:
         yield LogView(self.fetch_page, follow=self.start_following, id="log")
 
@@ -37,7 +41,6 @@ class LogsScreen(PachyScreen):
         return self.query_one(LogView)
 
     def on_mount(self) -> None:
-        self.set_crumb(self.title_text())
         self.view.focus()
 
     def load(self) -> None:

@@ -89,9 +89,9 @@ class PpsTable(PachyScreen):
         yield FilterTable(*self.COLUMNS, id="table")
         yield Static("", id="detail")
 
-    def on_mount(self) -> None:
-        self.set_crumb(self.title_text())
-        super().on_mount()
+    def compose(self) -> ComposeResult:
+        self.crumb = self.title_text()
+        yield from super().compose()
 
     def title_text(self) -> str:
         return self.crumb
