@@ -5,11 +5,11 @@ condition inside a Pilot session (with a deadline, never a fixed sleep).
 
 Use as::
 
-    from tests.tuihelp import anyio_backend, tui_px  # noqa: F401 (fixtures)
+    from tests.tuihelp import anyio_backend, tui_store_fixture  # noqa: F401 (fixtures)
     pytestmark = pytest.mark.anyio
 
-    async def test_x(tui_px):
-        app = make_app(tui_px)
+    async def test_x(tui_store):                # a Store: .client, .now, .ids
+        app = make_app(tui_store)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: table(app).row_count == len(REPOS))
 """
@@ -92,8 +92,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def tui_px(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+@pytest.fixture(scope="module", name="tui_store")
+def tui_store_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """A daemon with SEED in it, for a whole test module."""
     with pachy_daemon(Path(tmp_path_factory.mktemp("tui"))) as p:
         assert p.client is not None
@@ -121,3 +121,15 @@ async def until(pilot, cond: Callable[[], object], timeout: float = 15.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
         await pilot.pause(0.02)
+
+
+def bulk_commits(c: Client, repo: str, n: int, branch: str = "master") -> None:
+    """``n`` finished commits on ``branch`` of ``repo`` (made if missing), one
+    request each (a new-commit upload of one small file): the fast way to a
+    long history."""
+    from mountd import wire
+
+    if repo not in {r.name for r in c.list_repo()}:
+        c.create_repo(repo)
+    for i in range(n):
+        c.put_files(repo, branch, [wire.encode_small_put(f"/n/{i % 97}.txt", f"{i}\n".encode())], new_commit=True)

@@ -17,7 +17,7 @@ from textual.widgets import DataTable
 
 from pachctl.cli.output import human_duration
 from tui import routes
-from tui.fmt import ago, human_size, safe
+from tui.fmt import ago, human_size, safe, short_id
 from tui.messages import LiveEvent
 from tui.screens.base import PachyScreen
 from tui.widgets.table import FilterTable
@@ -111,7 +111,7 @@ class CommitsScreen(PachyScreen):
         now = self.app.now()
         mark = Text("●", style="bold yellow") if c.id in self.marks else ""
         took = human_duration(c.finished - c.started) if c.finished else Text("open", style="bold green")
-        return [mark, self.app.show_id(c.id), c.ref, c.parent_ref or "<none>", ago(c.started, now), took,
+        return [mark, short_id(self.app.show_id(c.id)), c.ref, c.parent_ref or "<none>", ago(c.started, now), took,
                 human_size(c.size), safe(c.description)]
 
     def maybe_more(self) -> None:
@@ -260,7 +260,7 @@ class CommitsScreen(PachyScreen):
                 self._run(lambda: self.app.client.delete_branch(self.repo, name))
             return
         cid = self.commits_table.current_key()
-        if cid and await self.app.confirm(f"Delete commit {self.app.show_id(cid)} of repo '{self.repo}'?"):
+        if cid and await self.app.confirm(f"Delete commit {short_id(self.app.show_id(cid))} of repo '{self.repo}'?"):
             self.app.record_command(f"pachctl delete commit {self.repo}@{cid}")
             self._run(lambda: self.app.client.delete_commit(self.repo, cid))
 

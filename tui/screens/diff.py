@@ -14,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from tui import routes
-from tui.fmt import human_size, safe
+from tui.fmt import human_size, safe, short_id
 from tui.screens.base import PachyScreen
 from tui.widgets.preview import THEME, decode_text, read_head
 from tui.widgets.table import FilterTable
@@ -56,6 +56,7 @@ class DiffScreen(PachyScreen):
         self.old_ref: str | None = old  # the parent, once known
         self.changes: dict[str, object] = {}
         self.target: str | None = None
+        self.patch: tuple[str, object] | None = None  # (title, renderable) shown
 
     def compose_body(self) -> ComposeResult:
         with Horizontal():
@@ -99,8 +100,8 @@ class DiffScreen(PachyScreen):
                                   human_size(d.new_size) if d.new_size is not None else "-"]))
         self.table.set_rows(rows)
         counts = {s: sum(1 for d in changes if d.status == s) for s in STATUS}
-        against = self.app.show_id(old_ref) if old_ref else "nothing (first commit)"
-        self.set_crumb(f"repos › {self.repo} › diff {self.app.show_id(self.commit)} against {against}: "
+        against = short_id(self.app.show_id(old_ref)) if old_ref else "nothing (first commit)"
+        self.set_crumb(f"repos › {self.repo} › diff {short_id(self.app.show_id(self.commit))} against {against}: "
                        f"{counts['added']} added, {counts['deleted']} deleted, {counts['modified']} modified")
         if changes:
             self._patch(self.table.current_key())
@@ -135,6 +136,7 @@ class DiffScreen(PachyScreen):
             self._put(title, body)
 
     def _put(self, title: str, body: object) -> None:
+        self.patch = (title, body)
         self.query_one("#patch-title", Static).update(title)
         self.query_one("#patch-body", Static).update(body)
         self.query_one("#patch-scroll", VerticalScroll).scroll_home(animate=False)

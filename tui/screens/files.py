@@ -14,7 +14,7 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable
 
 from tui import routes
-from tui.fmt import human_size, safe
+from tui.fmt import human_size, safe, short_id
 from tui.screens.base import PachyScreen
 from tui.widgets.preview import Preview
 from tui.widgets.table import FilterTable
@@ -59,7 +59,7 @@ class FilesScreen(PachyScreen):
         self.table.focus()
 
     def _crumb(self) -> None:
-        self.set_crumb(f"repos › {self.repo} › {self.app.show_id(self.commit)} › {safe(self.path)}")
+        self.set_crumb(f"repos › {self.repo} › {short_id(self.app.show_id(self.commit))} › {safe(self.path)}")
 
     @work(thread=True, exclusive=True, group="load")
     def load(self) -> None:

@@ -35,12 +35,14 @@ class HelpScreen(ModalScreen[None]):
         keys.add_column("KEY", style="bold cyan", no_wrap=True)
         keys.add_column("ACTION")
         seen: set[str] = set()
+        self.entries: list[tuple[str, str]] = []  # (key, what), as shown
         for active in self.under.active_bindings.values():
             b = active.binding
             if not b.description or b.action in seen:
                 continue
             seen.add(b.action)
             keys.add_row(_key(b, self.app), b.description)
+            self.entries.append((_key(b, self.app), b.description))
         keys.add_row("ctrl+p", "command palette")
         keys.add_row("mouse", "click a row to select it, double-click to open it")
         aliases = Table(title="Command mode (:)", expand=True, show_edge=False)
@@ -49,6 +51,7 @@ class HelpScreen(ModalScreen[None]):
         for alias in sorted(ROUTES):
             doc = (ROUTES[alias].__doc__ or "").strip().splitlines()
             aliases.add_row(f":{alias}", doc[0] if doc else "")
+            self.entries.append((f":{alias}", doc[0] if doc else ""))
         aliases.add_row(":quit", "leave")
         with VerticalScroll():
             yield Static(keys)

@@ -17,6 +17,7 @@ from tui.screens.base import PachyScreen
 from tui.widgets.table import FilterTable
 
 COLUMNS = ("NAME", "SIZE", "BRANCHES", "LAST COMMIT")
+BATCH = 25  # last commits shown together
 
 
 class ReposScreen(PachyScreen):
@@ -45,12 +46,19 @@ class ReposScreen(PachyScreen):
     def load(self) -> None:
         repos = self.app.client.list_repo()
         self.app.call_from_thread(self._show, repos)
-        for r in repos:  # newest commit of each, after the first paint
+        batch: list = []
+        for i, r in enumerate(repos):  # newest commit of each, after the first paint
             try:
                 last = self.app.client.list_commit(r.name, n=1)
             except Exception:  # the repo went away meanwhile
                 continue
-            self.app.call_from_thread(self._show_last, r.name, last[0] if last else None)
+            batch.append((r.name, last[0] if last else None))
+            if len(batch) == BATCH or i == len(repos) - 1:
+                # A hop to the event loop per batch, not per repo: each costs a frame.
+                self.app.call_from_thread(self._show_last, batch)
+                batch = []
+        if batch:
+            self.app.call_from_thread(self._show_last, batch)
 
     def _cells(self, repo) -> list:
         last = self._last.get(repo.name)
@@ -62,17 +70,21 @@ class ReposScreen(PachyScreen):
         return [Text(safe(repo.name), style="bold"), human_size(repo.size),
                 safe(", ".join(repo.branches)) or "-", when]
 
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.app.record_command("pachctl list repo")
+
     def _show(self, repos: list) -> None:
         self._repos = {r.name: r for r in repos}
         self.table.set_rows((r.name, self._cells(r)) for r in repos)
         self.set_crumb(f"repos ({len(repos)})")
 
-    def _show_last(self, name: str, commit) -> None:
-        repo = self._repos.get(name)
-        if repo is None:
-            return
-        self._last[name] = commit
-        self.table.update_row(name, self._cells(repo))
+    def _show_last(self, batch: list) -> None:
+        for name, commit in batch:
+            repo = self._repos.get(name)
+            if repo is not None:
+                self._last[name] = commit
+                self.table.update_row(name, self._cells(repo))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.app.open("commits", repo=event.row_key.value)

@@ -18,7 +18,12 @@ Cells = Sequence[str | Text]
 
 class FilterTable(DataTable):
     DEFAULT_CSS = "FilterTable { height: 1fr; }"
-    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Open"),
+        # Rows, not columns: end/G go to the last row, home/g to the first (as in k9s, less).
+        Binding("end,G", "scroll_bottom", "Last row", show=False),
+        Binding("home,g", "scroll_top", "First row", show=False),
+    ]
 
     def __init__(self, *columns: str, **kw) -> None:
         kw.setdefault("cursor_type", "row")
