@@ -231,7 +231,7 @@ async def test_actions_ask_first_and_record_their_command(pps_px: PpsStore) -> N
         assert app.command_history == ["pachctl stop pipeline talk"]
         await until(pilot, lambda: "(stopped)" in str(pipelines.table.row_cells("talk")[1])
                     or "paused" in str(pipelines.table.row_cells("talk")[1]), what="the row to show it")
-        await pilot.press("g")
+        await pilot.press("S")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
         await until(pilot, lambda: not c.inspect_pipeline("talk").stopped, what="talk started")
@@ -247,7 +247,7 @@ async def test_readonly_hides_and_refuses_actions(pps_px: PpsStore) -> None:
         shown = {b.binding.action for b in app.active_bindings.values()}  # what the footer offers
         assert not shown & {"stop", "start", "run"}
         assert "filter" in shown
-        await pilot.press("s", "g", "r")
+        await pilot.press("s", "S", "r")
         await pilot.pause()
         assert app.screen is screen and app.command_history == []
         assert not c.inspect_pipeline("filter").stopped

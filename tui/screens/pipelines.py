@@ -20,7 +20,7 @@ class PipelinesScreen(PpsTable):
     COLUMNS = ("NAME", "STATE", "INPUT", "LAST JOB")
     BINDINGS = [
         Binding("s", "stop", "stop"),
-        Binding("g", "start", "start"),
+        Binding("S", "start", "start"),
         Binding("r", "run", "run"),
         Binding("L", "logs", "logs", show=False),
     ]
