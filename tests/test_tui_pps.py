@@ -88,7 +88,10 @@ def showing(app: PachyApp, cls: type) -> int:
     screen = app.screen
     if not isinstance(screen, cls) or not screen.query("#table"):
         return -1
-    return screen.table.row_count
+    table = screen.table
+    if table.row_count and not all(col.content_width for col in table.columns.values()):
+        return -1  # rows in, columns not yet sized (the table does that when idle)
+    return table.row_count
 
 
 def keys(screen) -> list[str]:

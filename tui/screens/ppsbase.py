@@ -96,9 +96,13 @@ class PpsTable(PachyScreen):
     def title_text(self) -> str:
         return self.crumb
 
+    def on_screen_suspend(self) -> None:
+        self._behind = True
+
     def on_screen_resume(self) -> None:
         # Live events go to the screen in front only: one come back to missed those meanwhile.
-        if self.items:
+        if getattr(self, "_behind", False):
+            self._behind = False
             self.load()
 
     @property
@@ -140,6 +144,8 @@ class PpsTable(PachyScreen):
         """Show ``items`` (replacing the rows), keeping the cursor's row."""
         self.items = {self.key(it): it for it in items}
         self.order = list(self.items)
+        if not self.table.columns:  # the answer can come before the table's own on_mount
+            self.table.add_columns(*self.COLUMNS)
         self.table.set_rows((k, self.row(self.items[k])) for k in self.order)
         self.set_crumb(self.title_text())
         self.update_detail()
