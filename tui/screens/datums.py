@@ -67,8 +67,15 @@ class DatumsScreen(PpsTable):
 
     def on_live_event(self, message: LiveEvent) -> None:
         kind, data = message.kind, message.data
-        if kind == "reset" or (kind in ("datum.state", "job.state") and data.get("job") == self.job):
-            self.reload()
+        mine = kind == "reset" or (kind in ("datum.state", "job.state") and data.get("job") == self.job)
+        # A job of thousands of datums sends thousands of events: one refetch per burst.
+        if mine and not getattr(self, "_soon", False):
+            self._soon = True
+            self.set_timer(0.25, self._refetch)
+
+    def _refetch(self) -> None:
+        self._soon = False
+        self.reload()
 
     def open_row(self, d: Datum) -> None:
         self.app.open("logs", job=self.job, datum=d.id, pipeline=self.pipeline)
