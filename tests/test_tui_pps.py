@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from pachctl.client import Client
-from tests.ppshelp import Pachy, commit_files, flush_ok, pachy_daemon, pfs, spec, wait_jobs
+from tests.conftest import wait_for
+from tests.ppshelp import (
+    Pachy,
+    commit_files,
+    flush_ok,
+    pachy_daemon,
+    pfs,
+    processes,
+    spec,
+    wait_jobs,
+)
 from tests.tuihelp import AGE, SIZE, Store, anyio_backend, fixed_ids, until  # noqa: F401 (fixtures)
 from tui.app import PachyApp
 from tui.screens.confirm import ConfirmScreen
@@ -260,6 +270,37 @@ async def test_readonly_hides_and_refuses_actions(pps_px: PpsStore) -> None:
         await pilot.press("x")
         await pilot.pause()
         assert isinstance(app.screen, JobsScreen)
+
+
+async def test_restart_a_datum_then_stop_the_job(pps_px: PpsStore, tmp_path: Path) -> None:
+    c = pps_px.client
+    c.create_repo("stuck")
+    c.create_pipeline(spec("stuckp", pfs("stuck"), [f"while [ ! -e {tmp_path}/never ]; do sleep 0.0547; done"]))
+    try:
+        commit_files(c, "stuck", {"a": "1"})
+        job = wait_for(lambda: next(iter(c.list_job("stuckp")), None), 30, "the job of stuckp")
+        wait_for(lambda: processes("sleep", "0.0547"), 30, "the datum to run")
+        app = make_app(pps_px, start="datums", start_params={"job": job.id, "pipeline": "stuckp"})
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: showing(app, DatumsScreen) == 1)
+            datum = next(iter(app.screen.items.values()))
+            await pilot.press("r")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: app.command_history, what="the command")
+            assert app.command_history == [f"pachctl restart datum stuckp@{job.id} {datum.id}"]
+            wait_for(lambda: any("restarted by the user" in line.message for line in c.get_logs(job=job.id)),
+                     20, "the restart")
+            app.open("jobs", pipeline="stuckp")
+            await until(pilot, lambda: showing(app, JobsScreen) == 1)
+            await pilot.press("x")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: c.inspect_job(job.id).state == "killed", what="the job stopped")
+            assert app.command_history[-1] == f"pachctl stop job stuckp@{job.id}"
+    finally:
+        c.delete_pipeline("stuckp", force=True)
+        c.delete_repo("stuck", force=True)
 
 
 # -- live updates ----------------------------------------------------------------------
