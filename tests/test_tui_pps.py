@@ -348,6 +348,33 @@ async def test_live_progress_and_dag_colour_while_a_job_runs(pps_px: PpsStore, t
         c.delete_repo("slow", force=True)
 
 
+async def test_following_a_log_shows_new_lines_as_they_come(pps_px: PpsStore, tmp_path: Path) -> None:
+    c = pps_px.client
+    c.create_repo("ticks")
+    c.create_pipeline(spec("tickp", pfs("ticks"), ["echo tick one", f"while [ ! -e {tmp_path}/go ]; do sleep 0.0559; done",
+                                                   "echo tick two"]))
+    try:
+        commit_files(c, "ticks", {"a": "1"})
+        job = wait_for(lambda: next(iter(c.list_job("tickp")), None), 30, "the job of tickp")
+        wait_for(lambda: processes("sleep", "0.0559"), 30, "the datum to run")
+        app = make_app(pps_px, start="logs", start_params={"job": job.id, "pipeline": "tickp", "follow": True},
+                       live=True)
+        async with app.run_test(size=SIZE) as pilot:
+            view = app.screen.view
+
+            def messages() -> list[str]:
+                return [got[1] for i in range(view.total) if (got := view.line(i)) is not None]
+
+            await until(pilot, lambda: "tick one" in messages(), 30, "the first line")
+            assert view.follow and "tick two" not in messages()
+            (tmp_path / "go").touch()
+            await until(pilot, lambda: "tick two" in messages(), 30, "the new line, with no key pressed")
+            assert view.scroll_y == view.max_scroll_y  # following: at the end
+    finally:
+        c.delete_pipeline("tickp", force=True)
+        c.delete_repo("ticks", force=True)
+
+
 # -- a long log -------------------------------------------------------------------------
 
 
