@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import msgpack
 import trio
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -329,9 +329,13 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     # -- jobs and datums ---------------------------------------------------------
 
     @app.get("/v1/jobs", response_model=list[pps_models.Job], responses=failures(*LOOKUP))
-    async def list_jobs(pipeline: str | None = None, input: str | None = None, output: str | None = None):
+    async def list_jobs(pipeline: str | None = None, input: str | None = None, output: str | None = None,
+                        n: int | None = Query(None, ge=1, le=100_000, description="at most this many jobs"),
+                        before: str | None = Query(None, description="only jobs older than this job (the last "
+                                                   "of the previous page)")):
         def jobs() -> list[pps_models.Job]:
-            rows = s.store.list_jobs(pipeline)
+            paged = not input and not output  # those filter after the query: page what they leave
+            rows = s.store.list_jobs(pipeline, n=n if paged else None, before=before)
             if input:
                 repo, _, ref = input.partition("@")
                 cid = pfs.inspect_commit(repo, ref or "master").id
@@ -340,6 +344,8 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
                 repo, _, ref = output.partition("@")
                 cid = pfs.inspect_commit(repo, ref or "master").id
                 rows = [r for r in rows if r.output_commit == cid]
+            if n is not None:
+                rows = rows[:n]
             return [job_model(r, s.trouble_of(r.pipeline)) for r in rows]
 
         return await run(jobs)
@@ -374,6 +380,15 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         job = await run(s.store.get_job, job_id)
         return pps_models.Datum(**await run(s.store.get_datum, job.id, datum_id))
 
+    @app.post(
+        "/v1/jobs/{job_id}/datums/{datum_id}/restart", response_model=pps_models.RestartedDatum,
+        responses=failures(*CHANGE),
+    )
+    async def restart_datum(job_id: str, datum_id: str):
+        """Pachyderm's restart-datum: a running datum of a running job is cut short and
+        tried again (with the other datums of its worker's task)."""
+        return pps_models.RestartedDatum(**await run(s.restart_datum, job_id, datum_id))
+
     # -- logs --------------------------------------------------------------------
 
     @app.get(
@@ -381,7 +396,11 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         responses={200: {"content": {"application/x-ndjson": {"schema": {"type": "string"}}}}, **failures(*LOOKUP)},
     )
     async def get_logs(pipeline: str | None = None, job: str | None = None, datum: str | None = None,
-                       follow: bool = False):
+                       follow: bool = False,
+                       offset: int | None = Query(None, description="a page of lines from this one (from 0; "
+                                                  "negative: from the end); the answer's X-Pachy-Lines header "
+                                                  "says how many lines there are in all"),
+                       n: int = Query(1000, ge=1, le=100_000, description="lines per page (with offset)")):
         if job:
             row = await run(s.store.get_job, job)
             job_ids = [row.id]
@@ -405,6 +424,14 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
 
             def running() -> bool:
                 return True
+
+        if offset is not None:
+            if follow:
+                raise InvalidArgument("offset pages through the lines there are: leave out follow")
+            total, page = await run(lambda: s.logs.page(jobs(), pipeline=pipeline, datum=datum, offset=offset,
+                                                        n=n))
+            text = "".join(json.dumps(line) + "\n" for line in page)
+            return Response(text.encode(), media_type="application/x-ndjson", headers={"X-Pachy-Lines": str(total)})
 
         lines = s.logs.read(jobs, pipeline=pipeline, datum=datum, follow=running if follow else None)
 

@@ -96,6 +96,13 @@ class Datum(BaseModel):
     files: list[DatumFile] = Field(default_factory=list)
 
 
+class RestartedDatum(Datum):
+    """restart-datum's answer: the datum, and whether a worker's run of it was cut short
+    (False: it was still waiting for a worker)."""
+
+    restarted: bool = False
+
+
 class RunPipeline(BaseModel):
     """``run-pipeline``: a job now, on the inputs' heads or the commits given."""
 

@@ -52,6 +52,7 @@ from mountd.pps_models import (
     LogLine,
     OutputCommit,
     Pipeline,
+    RestartedDatum,
     RunPipeline,
     Secret,
 )
@@ -549,10 +550,13 @@ class Client:
         return Job(**self._json("POST", "/v1/jobs", json=body.model_dump()))
 
     def list_job(
-        self, pipeline: str | None = None, input: str | None = None, output: str | None = None
+        self, pipeline: str | None = None, input: str | None = None, output: str | None = None,
+        n: int | None = None, before: str | None = None,
     ) -> list[Job]:
-        """Newest first; ``input``/``output`` as ``repo@commit``."""
-        params = {k: v for k, v in (("pipeline", pipeline), ("input", input), ("output", output)) if v}
+        """Newest first; ``input``/``output`` as ``repo@commit``; a page of ``n`` jobs,
+        older than job ``before`` (the last of the previous page) if given."""
+        params: dict[str, Any] = {k: v for k, v in (("pipeline", pipeline), ("input", input), ("output", output),
+                                                    ("n", n), ("before", before)) if v}
         return [Job(**j) for j in self._json("GET", "/v1/jobs", params=params)]
 
     def inspect_job(self, job: str, wait: bool = False) -> Job:
@@ -571,6 +575,26 @@ class Client:
 
     def inspect_datum(self, job: str, datum: str) -> Datum:
         return Datum(**self._json("GET", f"/v1/jobs/{_seg(job)}/datums/{_seg(datum)}"))
+
+    def restart_datum(self, job: str, datum: str) -> RestartedDatum:
+        """Cut a running datum of a running job short and run it again (restart-datum)."""
+        return RestartedDatum(**self._json("POST", f"/v1/jobs/{_seg(job)}/datums/{_seg(datum)}/restart"))
+
+    def log_page(
+        self,
+        pipeline: str | None = None,
+        job: str | None = None,
+        datum: str | None = None,
+        offset: int = 0,
+        n: int = 1000,
+    ) -> tuple[int, list[LogLine]]:
+        """Lines ``offset`` .. ``offset + n`` of a log (negative ``offset``: from the end) and
+        how many lines it has in all: a 100,000-line log read a page at a time."""
+        params: dict[str, Any] = {k: v for k, v in (("pipeline", pipeline), ("job", job), ("datum", datum)) if v}
+        params |= {"offset": offset, "n": n}
+        resp = self._request("GET", "/v1/logs", params=params)
+        lines = [LogLine.model_validate_json(text) for text in resp.content.splitlines() if text.strip()]
+        return int(resp.headers.get("X-Pachy-Lines", len(lines))), lines
 
     def get_logs(
         self,

@@ -11,9 +11,23 @@ import json
 import os
 import threading
 import time
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
 from pfsfuse.events import EventHub
+
+INDEXES = 16  # line indexes kept (one per job file and filter): a TUI pages through a few logs at once
+
+
+class _Index:
+    """Byte offsets of the lines of one job file that pass a filter, extended as
+    the file grows (log files are only appended to), so a page of a 100,000-line
+    log is a seek, not a scan."""
+
+    def __init__(self) -> None:
+        self.starts = array("q")  # offset of each matching line
+        self.scanned = 0  # bytes of the file looked at so far (whole lines only)
 
 
 class LogStore:
@@ -22,6 +36,8 @@ class LogStore:
         os.makedirs(self.dir, exist_ok=True)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._indexes: OrderedDict[tuple[str, str, str], _Index] = OrderedDict()
+        self._indexing = threading.Lock()  # one request brings an index up to date at a time
         self._written = 0  # writes so far: a follower waits for it to move, so no write slips by
         self.events = events  # live clients hear every line (one publish per write call)
 
@@ -51,6 +67,9 @@ class LogStore:
                      "message": message}])
 
     def delete_jobs(self, jobs: list[str]) -> None:
+        with self._lock:
+            for key in [k for k in self._indexes if k[0] in jobs]:
+                del self._indexes[key]
         for job in jobs:
             try:
                 os.unlink(self._path(job))
@@ -90,3 +109,65 @@ class LogStore:
                 # that turned false (no write with it) is noticed.
                 if self._written == seen:
                     self._changed.wait(poll)
+
+    def _index(self, job: str, pipeline: str, datum: str) -> tuple[_Index, str]:
+        """The line index of ``job``'s file under the filters, brought up to date."""
+        with self._indexing:
+            return self._update_index(job, pipeline, datum)
+
+    def _update_index(self, job: str, pipeline: str, datum: str) -> tuple[_Index, str]:
+        key = (job, pipeline, datum)
+        with self._lock:
+            idx = self._indexes.pop(key, None) or _Index()
+            self._indexes[key] = idx
+            while len(self._indexes) > INDEXES:
+                self._indexes.popitem(last=False)
+        path = self._path(job)
+        # Lines are written compactly (json.dumps with no spaces), so a filter is a substring
+        # test on the raw line; only lines that pass are ever parsed.
+        want_pipeline = f'"pipeline":{json.dumps(pipeline)}' if pipeline else ""
+        want_datum = f'"datum":{json.dumps(datum)[:-1]}' if datum else ""
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < idx.scanned:  # replaced (deleted, then written again): start over
+                    idx.starts, idx.scanned = array("q"), 0
+                if size > idx.scanned:
+                    f.seek(idx.scanned)
+                    pos = idx.scanned
+                    for raw in f:
+                        if not raw.endswith(b"\n"):
+                            break
+                        if (not want_pipeline or want_pipeline.encode() in raw) and (
+                                not want_datum or want_datum.encode() in raw):
+                            idx.starts.append(pos)
+                        pos += len(raw)
+                    idx.scanned = pos
+        except FileNotFoundError:
+            idx.starts, idx.scanned = array("q"), 0
+        return idx, path
+
+    def page(self, jobs: list[str], *, pipeline: str | None = None, datum: str | None = None,
+             offset: int = 0, n: int = 1000) -> tuple[int, list[dict]]:
+        """Lines ``offset`` .. ``offset + n`` of the given jobs' logs (in that order) under
+        the filters, and how many lines there are in all. A negative ``offset`` counts
+        from the end (``-100``: the last 100 lines)."""
+        indexes = [(self._index(job, pipeline or "", datum or ""), job) for job in jobs]
+        total = sum(len(idx.starts) for (idx, _), _ in indexes)
+        if offset < 0:
+            offset = max(0, total + offset)
+        out: list[dict] = []
+        skip = offset
+        for (idx, path), _job in indexes:
+            if len(out) >= n:
+                break
+            count = len(idx.starts)
+            if skip >= count:
+                skip -= count
+                continue
+            with open(path, "rb") as f:
+                for i in range(skip, min(count, skip + n - len(out))):
+                    f.seek(idx.starts[i])
+                    out.append(json.loads(f.readline()))
+            skip = 0
+        return total, out

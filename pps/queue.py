@@ -97,6 +97,14 @@ class TaskQueue:
             del self._tasks[task_id]
             return t
 
+    def holding(self, job_id: str, unit: str) -> Task | None:
+        """The unfinished task of ``job_id`` that carries ``unit``, if any."""
+        with self._cond:
+            for t in self._tasks.values():
+                if t.job_id == job_id and unit in t.units and not t.done:
+                    return t
+            return None
+
     def drop_job(self, job_id: str) -> None:
         with self._cond:
             for tid in [tid for tid, t in self._tasks.items() if t.job_id == job_id]:

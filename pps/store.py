@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS pps_jobs(
     provenance TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS pps_jobs_by_pipeline ON pps_jobs(pipeline, created);
+CREATE INDEX IF NOT EXISTS pps_jobs_by_created ON pps_jobs(created);
 CREATE TABLE IF NOT EXISTS pps_datums(
     job TEXT NOT NULL,
     datum TEXT NOT NULL,
@@ -281,7 +282,10 @@ class PpsStore:
             raise InvalidArgument(f"job id prefix '{ref}' is ambiguous; give more of it")
         return _job(exact[0] if exact else rows[0])
 
-    def list_jobs(self, pipeline: str | None = None, states: tuple[str, ...] = ()) -> list[JobRow]:
+    def list_jobs(self, pipeline: str | None = None, states: tuple[str, ...] = (), *, n: int | None = None,
+                  before: str | None = None) -> list[JobRow]:
+        """Newest first; ``n``: at most that many; ``before``: only jobs strictly older than
+        that job (a page after the one it ended), so 10,000 jobs come a page at a time."""
         sql, args = f"SELECT {_JOB_COLS} FROM pps_jobs", []
         where = []
         if pipeline:
@@ -290,9 +294,18 @@ class PpsStore:
         if states:
             where.append(f"state IN ({','.join('?' * len(states))})")
             args += states
+        if before:
+            ref = self.get_job(before).id
+            created, rowid = self.pfs.q1("SELECT created, rowid FROM pps_jobs WHERE id=?", (ref,))
+            where.append("(created<? OR (created=? AND rowid<?))")
+            args += [created, created, rowid]
         if where:
             sql += " WHERE " + " AND ".join(where)
-        return [_job(r) for r in self.pfs.q(sql + " ORDER BY created DESC, rowid DESC", tuple(args))]
+        sql += " ORDER BY created DESC, rowid DESC"
+        if n is not None:
+            sql += " LIMIT ?"
+            args.append(n)
+        return [_job(r) for r in self.pfs.q(sql, tuple(args))]
 
     def latest_job(self, pipeline: str) -> JobRow | None:
         r = self.pfs.q1(f"SELECT {_JOB_COLS} FROM pps_jobs WHERE pipeline=? ORDER BY created DESC, rowid DESC"

@@ -182,6 +182,19 @@ def inspect_datum(args) -> int:
     return 0
 
 
+def restart_datum(args) -> int:
+    """2.x ``restart datum PIPELINE@JOB DATUM[,DATUM...]`` (also ``JOB DATUM``)."""
+    if len(args.ids) < 2:
+        raise errors.InvalidArgument("usage: restart-datum JOB DATUM[,DATUM...] (or PIPELINE@JOB DATUM)")
+    job = _get_job(args.ids[:-1])
+    c = client()
+    for datum in [d for d in args.ids[-1].split(",") if d]:
+        d = c.restart_datum(job.id, datum)
+        if args.verbose:
+            print(f"datum {d.id}: {'restarted' if d.restarted else 'waiting for a worker'}", file=sys.stderr)
+    return 0
+
+
 # -- logs ------------------------------------------------------------------------
 
 
@@ -223,6 +236,9 @@ def register(sub) -> None:
     p = add(sub, "inspect-datum", "Return info about a datum.", inspect_datum)
     p.add_argument("ids", nargs="+", metavar="JOB DATUM")
     json_flag(p)
+    p = add(sub, "restart-datum", "Restart a datum of a running job: its run is cut short and tried again.",
+            restart_datum)
+    p.add_argument("ids", nargs="+", metavar="JOB DATUM", help="PIPELINE@JOB (or JOB) and DATUM[,DATUM...]")
     p = add(sub, "get-logs", "Return logs from a job or pipeline.", get_logs, aliases=("logs",))
     p.add_argument("job_arg", nargs="?", metavar="JOB", help="the job (same as --job)")
     p.add_argument("-p", "--pipeline", help="only this pipeline's logs")

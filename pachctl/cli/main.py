@@ -26,7 +26,7 @@ from pachctl.cli import (
 from pachctl.cli.output import error
 
 VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay",
-         "stop", "run", "update"}
+         "stop", "run", "update", "restart"}
 NOUNS = {"repo", "commit", "branch", "file", "job", "pipeline", "datum", "secret"}
 # Options whose value is never a repo@ref argument.
 VALUE_OPTS = {"-f", "--file", "-i", "--input", "-o", "--output", "-m", "--message", "-d", "--description", "--head", "-p", "--parent", "--old", "--listen", "--token", "--store", "--home", "-n", "-j", "--job"}

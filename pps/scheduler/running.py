@@ -324,6 +324,36 @@ class Running(Base):
         self._fail(job, "stopped by the user", state="killed")
         return self.store.get_job(row.id)
 
+    def restart_datum(self, job_id: str, datum: str) -> dict:
+        """Pachyderm's restart-datum: the datum of a running job that a worker is
+        processing now is abandoned (its worker is replaced; the other datums of the
+        same task go back with it) and tried again from the start. A datum still
+        queued is left as it is (it will run anyway). Returns the datum's row and
+        ``restarted``: whether a worker's run of it was cut short."""
+        row = self.store.get_job(job_id)
+        d = self.store.get_datum(row.id, datum)
+        with self._lock:
+            job = self.active.get(row.pipeline)
+        if job is None or job.row.id != row.id:
+            raise Conflict(f"job '{row.id}' is not running (state {row.state}); restart-datum restarts a datum "
+                           f"of a running job: run the pipeline again with run-pipeline {row.pipeline}")
+        if d["unit"] in job.results or d["state"] not in ("starting", "running"):
+            raise Conflict(f"datum '{d['id']}' is not running (state {d['state']}); only a running datum "
+                           "can be restarted")
+        task = self.queue.holding(row.id, d["unit"])
+        worker = task.worker if task is not None else None
+        restarted = False
+        if worker is not None:
+            # The runner kills the worker (and with it the user code); its lease ends here so
+            # the task goes back to the front of the queue, and the next tick starts a new worker.
+            restarted = self.runner.cancel(row.pipeline, worker)
+            self.queue.release_worker(worker)
+        self.logs.note(row.pipeline, row.id, f"datum {d['id']} restarted by the user"
+                       + ("" if restarted else " (it was waiting for a worker: nothing to cut short)"),
+                       datum=d["id"])
+        self.notify()
+        return d | {"restarted": restarted}
+
     def _recover(self) -> None:
         """After a crash or kill -9: running jobs are marked failed and their open
         output commits deleted; the next tick starts the job again from its input."""
