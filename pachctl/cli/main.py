@@ -15,6 +15,7 @@ from pachctl.cli import (
     cmd_admin,
     cmd_commit,
     cmd_deploy,
+    cmd_doctor,
     cmd_file,
     cmd_job,
     cmd_mount,
@@ -63,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_doctor):
         module.register(sub)
     return p
 
