@@ -612,6 +612,10 @@ class Client:
         """Secret names only: values never come back."""
         return [s if isinstance(s, str) else s["name"] for s in self._json("GET", "/v1/secrets")]
 
+    def inspect_secret(self, name: str) -> dict[str, str]:
+        """A secret's keys and plain-text values (``debug datum --show-secrets``)."""
+        return dict(self._json("GET", f"/v1/secrets/{_seg(name)}")["data"])
+
     def delete_secret(self, name: str) -> None:
         self._request("DELETE", f"/v1/secrets/{_seg(name)}")
 

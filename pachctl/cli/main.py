@@ -14,6 +14,7 @@ from mountd.models import errors
 from pachctl.cli import (
     cmd_admin,
     cmd_commit,
+    cmd_debug,
     cmd_deploy,
     cmd_doctor,
     cmd_file,
@@ -26,7 +27,7 @@ from pachctl.cli import (
 from pachctl.cli.output import error
 
 VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay",
-         "stop", "run", "update"}
+         "stop", "run", "update", "debug"}
 NOUNS = {"repo", "commit", "branch", "file", "job", "pipeline", "datum", "secret"}
 # Options whose value is never a repo@ref argument.
 VALUE_OPTS = {"-f", "--file", "-i", "--input", "-o", "--output", "-m", "--message", "-d", "--description", "--head", "-p", "--parent", "--old", "--listen", "--token", "--store", "--home", "-n", "-j", "--job"}
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_doctor):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_doctor, cmd_debug):
         module.register(sub)
     return p
 
