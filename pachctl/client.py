@@ -128,8 +128,10 @@ class Client:
             base = addr if "://" in addr else f"http://{addr}"
             transport = httpx.HTTPTransport()
             self.where = addr
+        # A short call (shell completion: 1 s) also gives up connecting that soon.
+        connect = min(10.0, timeout)
         self._http = httpx.Client(
-            transport=transport, base_url=base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+            transport=transport, base_url=base, headers=headers, timeout=httpx.Timeout(timeout, connect=connect)
         )
         self._checked = False
 

@@ -14,6 +14,7 @@ from mountd.models import errors
 from pachctl.cli import (
     cmd_admin,
     cmd_commit,
+    cmd_completion,
     cmd_debug,
     cmd_deploy,
     cmd_doctor,
@@ -65,13 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_doctor, cmd_debug):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_doctor, cmd_debug,
+                   cmd_completion):
         module.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["__complete"]:  # hidden: the shell completion scripts ask it for candidates
+        return cmd_completion.complete_main(argv[1:])
     argv, used_2x = normalize(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
