@@ -152,3 +152,33 @@ def test_matched_path() -> None:
     assert cmd_debug.matched_path("/", ["/a", "/b/c"]) == "/"
     assert cmd_debug.matched_path("/*/*", ["/a/b/c"]) == "/a/b"
     assert cmd_debug.matched_path("/**", ["/a/b/c", "/a/b/d"]) == "/a/b"
+
+
+def test_secret_files_under_pfs(px: Pachy, jobs_: tuple[Job, Job], tmp_path: Path) -> None:
+    c = px.client
+    c.create_pipeline({
+        "pipeline": {"name": "debugsec"},
+        "input": {"pfs": {"repo": "debugin", "glob": "/a.txt"}},
+        "transform": {"cmd": ["sh"], "stdin": ["find /pfs | sort"],
+                      "secrets": [{"name": "debugtok", "mount_path": "/pfs/creds"}]},
+    })
+    head = c.inspect_commit("debugin", "master").id
+    res = c.flush_commit([("debugin", head)], repos=["debugsec"], timeout=60)
+    assert not [j for j in res.failed_jobs if j.pipeline == "debugsec"]
+    (job,) = jobs(c, "debugsec")
+    (datum,) = c.list_datum(job.id)
+    worker = _user_lines(c, job, datum.id)
+    assert "/pfs/creds/key" in worker
+    assert px("debug", "datum", job.id, datum.id, "--show-secrets", "--dir", str(tmp_path / "a"), rc=0).lines == worker
+    assert (tmp_path / "a" / "pfs" / "creds" / "key").read_text() == "s3cret"
+    px("debug", "datum", job.id, datum.id, "--dir", str(tmp_path / "b"), rc=0)
+    assert [p.read_text() for p in (tmp_path / "b" / "pfs" / "creds").iterdir()] == ["<redacted>"]
+    c.delete_pipeline("debugsec")
+
+
+def test_without_unshare_it_says_how_to_run_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cmd_debug.shutil, "which", lambda name: None)
+    assert cmd_debug.local_argv("/tmp/x/pfs", "/", ["sh"]) is None
+    p = cmd_debug.Plan(cmd=["python3", "run.py"], stdin=b"", cwd="/work")
+    text = cmd_debug._manual("/tmp/x", p, {"data": "/pfs/data/a b"})
+    assert "mount --bind /tmp/x/pfs /pfs" in text and "data='/pfs/data/a b'" in text and "python3 run.py" in text
