@@ -329,7 +329,7 @@ def doctor(args) -> int:
     return 0 if healthy(checks) else 1
 
 
-def _size(text: str) -> int:
+def size(text: str) -> int:
     units = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
     num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
@@ -342,6 +342,6 @@ def _size(text: str) -> int:
 def register(sub) -> None:
     p = add(sub, "doctor", "Check FUSE, the daemon, Docker and Kubernetes; print how to fix each problem.", doctor)
     json_flag(p)
-    p.add_argument("--min-free", type=_size, metavar="SIZE",
+    p.add_argument("--min-free", type=size, metavar="SIZE",
                    help="free space the home needs (default 1G; e.g. 500M)")
 
