@@ -182,3 +182,10 @@ def test_without_unshare_it_says_how_to_run_by_hand(monkeypatch: pytest.MonkeyPa
     p = cmd_debug.Plan(cmd=["python3", "run.py"], stdin=b"", cwd="/work")
     text = cmd_debug._manual("/tmp/x", p, {"data": "/pfs/data/a b"})
     assert "mount --bind /tmp/x/pfs /pfs" in text and "data='/pfs/data/a b'" in text and "python3 run.py" in text
+
+
+def test_docker_argv_mounts_the_dir_at_pfs() -> None:
+    p = cmd_debug.Plan(cmd=["python3", "/app/run.py"], cwd="/app", image="example/edges:1")
+    argv = cmd_debug.docker_argv("/tmp/x/pfs", p, {"PACH_JOB_ID": "j1"}, interactive=False)
+    assert argv == ["docker", "run", "--rm", "-i", "-v", "/tmp/x/pfs:/pfs", "-w", "/app",
+                    "-e", "PACH_JOB_ID=j1", "example/edges:1"]
