@@ -19,7 +19,8 @@ SYSTEM_PACKAGES=(python3 python3-venv python3-dev gcc pkg-config fuse3 libfuse3-
 # (pps/runners/docker.py); the tests need both (tests/conftest.py starts dockerd if needed).
 DOCKER_PACKAGES=(busybox-static)
 # The stats example's image is built from a Debian rootfs (examples/stats/build.sh, tested).
-TEST_PACKAGES=(mmdebstrap cgroupfs-mount iproute2)
+# `pachctl completion zsh|fish` scripts are checked by the shells themselves (tests/test_completion.py).
+TEST_PACKAGES=(mmdebstrap cgroupfs-mount iproute2 zsh fish)
 # The Kubernetes tests run the generated manifests for real under podman's Kubernetes YAML
 # engine (tests/test_kube_podman.py: `podman kube play`), with runc as its runtime (crun is
 # not needed) and catatonit as the pods' init; the pachy image is built by

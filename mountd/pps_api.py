@@ -476,6 +476,12 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
     async def list_secrets():
         return await run(s.store.list_secrets)
 
+    @app.get("/v1/secrets/{name}", response_model=pps_models.Secret, responses=failures(NotFound))
+    async def inspect_secret(name: str):
+        # The values, for `pachctl debug datum --show-secrets`. This widens no access:
+        # whoever may call the API can read every secret through a pipeline anyway.
+        return pps_models.Secret(name=name, data=await run(s.store.get_secret, name))
+
     @app.delete("/v1/secrets/{name}", responses=failures(NotFound, Conflict, NoSpace))
     async def delete_secret(name: str):
         await run(s.store.delete_secret, name)

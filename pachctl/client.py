@@ -130,8 +130,10 @@ class Client:
             base = addr if "://" in addr else f"http://{addr}"
             transport = httpx.HTTPTransport()
             self.where = addr
+        # A short call (shell completion: 1 s) also gives up connecting that soon.
+        connect = min(10.0, timeout)
         self._http = httpx.Client(
-            transport=transport, base_url=base, headers=headers, timeout=httpx.Timeout(timeout, connect=10.0)
+            transport=transport, base_url=base, headers=headers, timeout=httpx.Timeout(timeout, connect=connect)
         )
         self._checked = False
 
@@ -687,6 +689,10 @@ class Client:
     def list_secret(self) -> list[str]:
         """Secret names only: values never come back."""
         return [s if isinstance(s, str) else s["name"] for s in self._json("GET", "/v1/secrets")]
+
+    def inspect_secret(self, name: str) -> dict[str, str]:
+        """A secret's keys and plain-text values (``debug datum --show-secrets``)."""
+        return dict(self._json("GET", f"/v1/secrets/{_seg(name)}")["data"])
 
     def delete_secret(self, name: str) -> None:
         self._request("DELETE", f"/v1/secrets/{_seg(name)}")

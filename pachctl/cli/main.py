@@ -14,7 +14,10 @@ from mountd.models import errors
 from pachctl.cli import (
     cmd_admin,
     cmd_commit,
+    cmd_completion,
+    cmd_debug,
     cmd_deploy,
+    cmd_doctor,
     cmd_file,
     cmd_job,
     cmd_mount,
@@ -26,7 +29,7 @@ from pachctl.cli import (
 from pachctl.cli.output import error
 
 VERBS = {"create", "list", "inspect", "delete", "start", "finish", "put", "get", "glob", "diff", "fork", "squash", "archive", "flush", "wait", "replay",
-         "stop", "run", "update", "restart"}
+         "stop", "run", "update", "restart", "debug"}
 NOUNS = {"repo", "commit", "branch", "file", "job", "pipeline", "datum", "secret"}
 # Options whose value is never a repo@ref argument.
 VALUE_OPTS = {"-f", "--file", "-i", "--input", "-o", "--output", "-m", "--message", "-d", "--description", "--head", "-p", "--parent", "--old", "--listen", "--token", "--store", "--home", "-n", "-j", "--job"}
@@ -64,13 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     p.add_argument("-v", "--verbose", action="store_true", help="more output on stderr")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_tui):
+    for module in (cmd_repo, cmd_commit, cmd_file, cmd_pipeline, cmd_job, cmd_secret, cmd_mount, cmd_admin, cmd_deploy, cmd_tui, cmd_doctor, cmd_debug,
+                   cmd_completion):
         module.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["__complete"]:  # hidden: the shell completion scripts ask it for candidates
+        return cmd_completion.complete_main(argv[1:])
     argv, used_2x = normalize(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
