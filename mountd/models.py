@@ -93,6 +93,9 @@ class FileInfo(BaseModel):
     size: int
     mtime: float
     chunks: int = 0
+    last_commit: str | None = Field(
+        None, description="the commit that last modified it (branch/N, or the id of a commit on no branch)"
+    )
 
 
 class PutResult(BaseModel):

@@ -112,3 +112,30 @@ def test_a_store_newer_than_this_pachy_is_refused(tmp_path: Path) -> None:
         assert "upgrade pachy" in str(exc)
     else:
         raise AssertionError("a newer schema was opened")
+
+
+def test_last_commit_that_modified_each_file(tmp_path: Path) -> None:
+    """list-file's LAST_COMMIT_MODIFIED: found by the entries themselves, even
+    where the entry's time is older than its commit (a replayed commit keeps
+    its source's entries) or the listed commit is still open."""
+    p = PFS(str(tmp_path / "home"))
+    p.create_repo("r")
+    commit(p, "r", {"a": b"1", "d/b": b"2"})  # master/0
+    commit(p, "r", {"c": b"3"})  # master/1
+    commit(p, "r", {"d/b": b"more"})  # master/2: an append under d
+    commit(p, "r", deletes=("c",))  # master/3
+    assert {f.path: f.last_commit for f in p.list_files("r", "master")} == {
+        "/a": "master/0", "/d": "master/2"}
+    assert [f.last_commit for f in p.list_files("r", "master", "d")] == ["master/2"]
+    assert p.inspect_file("r", "master/1", "a").last_commit == "master/0"
+    assert {f.path: f.last_commit for f in p.glob_files("r", "master", "**")} == {
+        "/a": "master/0", "/d": "master/2", "/d/b": "master/2"}
+
+    p.create_branch("r", "side", "master/0")
+    p.replay_commits("r", ["master/1"], "side")  # side/0: master/1's entry for c, with its old time
+    assert {f.path: f.last_commit for f in p.list_files("r", "side")}["/c"] == "side/0"
+
+    c = p.start_commit("r", "master")
+    in_commit(p, "r", c.id, lambda s: s.put_bytes("new", b"n"))
+    assert {f.path: f.last_commit for f in p.list_files("r", "master")}["/new"] == "master/4"
+    p.close()
