@@ -35,14 +35,10 @@ def last_commits(pfs, row: tuple, found: list[tuple[str, Entry]]) -> list[str | 
             walked.append(pfs._row(parent))
         return walked[i]
 
-    def entry_at(i: int, path: str) -> Entry | None:
+    def same_at(i: int, path: str, raw: bytes) -> bool:
+        """Whether commit ``i`` of the walk holds this very entry (i > 0: finished commits)."""
         r = at(i)
-        if r is None:
-            return None
-        if i == 0:
-            return pfs.lookup_row(r, path)  # the listed commit may be open: its staging counts
-        raw = pfs.tree.get(r[7], names.tree_key(path))
-        return entries.decode(raw) if raw is not None else None
+        return r is not None and pfs.tree.get(r[7], names.tree_key(path)) == raw
 
     out: list[str | None] = [None] * len(found)
     order = sorted(range(len(found)), key=lambda k: -found[k][1].mtime_ns)
@@ -54,10 +50,11 @@ def last_commits(pfs, row: tuple, found: list[tuple[str, Entry]]) -> list[str | 
         mtime = entry.mtime_ns / 1e9
         while at(guess + 1) is not None and walked[guess][5] > mtime:
             guess += 1  # back to the commit open when the entry was written
+        raw = entries.encode(entry)  # compared as stored: no decoding per lookup
         i = guess
-        while i > 0 and entry_at(i, path) != entry:
+        while i > 0 and not same_at(i, path, raw):
             i -= 1  # the times misled: the entry is newer than that commit
-        while at(i + 1) is not None and entry_at(i + 1, path) == entry:
+        while same_at(i + 1, path, raw):
             i += 1  # the parent has it too: modified earlier
         out[k] = _ref(walked[i])
     return out
