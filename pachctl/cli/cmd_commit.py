@@ -198,6 +198,8 @@ def register(sub) -> None:
     p.add_argument("-m", "--message", "--description", dest="message")
     json_flag(p)
     p = add(sub, "list-commit", "Return all commits on a repo (or a branch of it).", list_commit)
+    p.epilog = ("SIZE is what each commit wrote (new files whole, appends the appended bytes; deletes and "
+                "renames 0), as Pachyderm 1.x showed it; list-repo's SIZE is the repo's total.")
     p.add_argument("repo")
     p.add_argument("branch", nargs="?")
     p.add_argument("-n", "--number", type=int, help="only the newest N commits")

@@ -93,7 +93,11 @@ def _width(text: str) -> int:
 
 def _console(out: TextIO) -> Console:
     """A rich console on ``out``: colour only on a terminal without NO_COLOR."""
-    return Console(file=out, highlight=False, soft_wrap=False, no_color=not use_color(out), emoji=False, markup=False)
+    # No colour system at all without colour: rich's own NO_COLOR handling drops
+    # colours but keeps bold and the like.
+    color = use_color(out)
+    return Console(file=out, highlight=False, soft_wrap=False, color_system="auto" if color else None,
+                   no_color=not color, emoji=False, markup=False)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
@@ -187,7 +191,7 @@ class Progress:
         self.enabled = sys.stderr.isatty() and (total is None or total >= self.MIN_BYTES)
         self._bar: rich.progress.Progress | None = None
         if self.enabled:
-            console = Console(file=sys.stderr, no_color=not use_color(sys.stderr), highlight=False)
+            console = _console(sys.stderr)
             self._bar = rich.progress.Progress(
                 rich.progress.TextColumn("{task.description}", markup=False),
                 rich.progress.BarColumn(),
