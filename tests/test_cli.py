@@ -207,8 +207,9 @@ def test_2x_forms(pach: Pach) -> None:
     assert repos.lines[0].split() == ["NAME", "CREATED", "SIZE"]
     assert _row(repos.lines, "two")[-2:] == ["11", "B"]
     assert content.out == b"hello\nmore\n"
-    assert files.lines[0].split() == ["NAME", "TYPE", "SIZE"]
-    assert files.lines[1].split() == ["/a.txt", "file", "11", "B"]
+    assert files.lines[0].split() == ["NAME", "TYPE", "MODIFIED", "LAST_COMMIT_MODIFIED", "SIZE"]
+    row = files.lines[1].split()
+    assert row[:2] == ["/a.txt", "file"] and row[-3:] == ["master/1", "11", "B"]
     rows = [line.split() for line in commits.lines[1:]]
     assert [r[1:3] for r in rows] == [["two/master/0", "<none>"], ["two/master/1", "master/0"]]
     assert "Commit: two/master/1" in inspected.text
