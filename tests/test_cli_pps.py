@@ -328,7 +328,7 @@ def test_list_job_table_progress_and_filters(pach, fake: Fake) -> None:
     running, done = res.lines[1], res.lines[2]
     assert running.startswith("ffff0000 ") and running.endswith("0 + 0 / 2") and " - " in running
     assert done.startswith("a1b2c3d4e5f6   edges@beef01 ") and re.search(r" ago ", done)  # NOW is fixed at import
-    assert "2 seconds" in done and done.endswith("success    3 + 1 / 4")
+    assert "2 seconds" in done and done.endswith("success   3 + 1 / 4")
     assert pach("list", "job").out == res.out
     pach("list", "job", "-p", "edges", "--input", "images@master")
     assert dict(fake.last("GET", "/v1/jobs").url.params) == {"pipeline": "edges", "input": "images@master"}
