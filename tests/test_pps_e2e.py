@@ -118,7 +118,7 @@ def test_fruit_stand_through_the_cli_and_the_mount(px: Pachy, c: Client, tmp_pat
 
     # get-logs: the scheduler's lines for each job of filter.
     logs = px("get-logs", "-p", "filter").text
-    filter_jobs = [r[0] for r in rows[1:] if r[1] == "filter"]
+    filter_jobs = [r[0] for r in rows[1:] if r[1].startswith("filter@")]
     for job in filter_jobs:
         assert f"job {job} succeeded" in logs
     by_job = px("get-logs", "--job", filter_jobs[0]).text
