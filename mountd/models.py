@@ -42,7 +42,13 @@ class Commit(BaseModel):
     parent_ref: str | None = None
     started: float
     finished: float | None = None
-    size: int = 0
+    size: int = Field(0, description="bytes of the commit's whole tree (what the repo holds at this commit)")
+    written: int = Field(
+        0,
+        description="bytes of file content this commit wrote (0 while open): new files whole, appends the "
+        "appended bytes, overwrites the new file; deletes, truncations and renames 0. "
+        "list-commit's SIZE, as Pachyderm 1.x showed it",
+    )
     archived: bool = False
     description: str = ""
     provenance: list[dict] = Field(default_factory=list)
@@ -87,6 +93,9 @@ class FileInfo(BaseModel):
     size: int
     mtime: float
     chunks: int = 0
+    last_commit: str | None = Field(
+        None, description="the commit that last modified it (branch/N, or the id of a commit on no branch)"
+    )
 
 
 class PutResult(BaseModel):

@@ -31,6 +31,7 @@ from pfsfuse.chunks import (
 )
 from pfsfuse.entries import DIR, FILE, ChunkRef, Entry
 from pfsfuse.errors import Conflict, InvalidArgument, NotFound
+from pfsfuse.lastmod import last_commits
 
 ROOT = Entry(DIR, 0, 0)
 
@@ -42,9 +43,11 @@ class FileInfo:
     size: int
     mtime: float
     chunks: int = 0
+    last_commit: str | None = None  # the ref of the commit that last modified it (lastmod.py)
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime, "chunks": self.chunks}
+        return {"path": self.path, "type": self.type, "size": self.size, "mtime": self.mtime, "chunks": self.chunks,
+                "last_commit": self.last_commit}
 
 
 def _info(path: str, e: Entry, chunks: int = 0) -> FileInfo:
@@ -499,7 +502,9 @@ class FileOps:
         path = names.clean_path(path, allow_root=True)
         row = self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
-        return _info(path, e, 0 if e.is_dir else len(self.load_refs(e)))
+        info = _info(path, e, 0 if e.is_dir else len(self.load_refs(e)))
+        info.last_commit = last_commits(self, row, [(path, e)])[0]
+        return info
 
     def read_file(self, repo: str, ref: str, path: str) -> tuple[FileInfo, Iterator[bytes]]:
         """The file's info and a lazy iterator over its bytes, chunk by chunk."""
@@ -598,16 +603,21 @@ class FileOps:
         path = names.clean_path(path, allow_root=True)
         row = self.resolve(repo, ref)
         e = self._require_entry(repo, row, path)
-        if not e.is_dir:
-            return [_info(path, e)]
-        return [_info(p, c) for p, c in self._children(self.root_of(row), path, self._staging_of(row))]
+        found = [(path, e)] if not e.is_dir else list(self._children(self.root_of(row), path, self._staging_of(row)))
+        return self._with_last_commits(row, found)
+
+    def _with_last_commits(self, row: tuple, found: list[tuple[str, Entry]]) -> list[FileInfo]:
+        infos = [_info(p, e) for p, e in found]
+        for info, ref in zip(infos, last_commits(self, row, found), strict=True):
+            info.last_commit = ref
+        return infos
 
     def glob_files(self, repo: str, ref: str, pattern: str) -> list[FileInfo]:
         names.check_glob(pattern)
         row = self.resolve(repo, ref)
         parts = [p for p in pattern.strip("/").split("/") if p] or [""]
         root, staging = self.root_of(row), self._staging_of(row)
-        out: list[FileInfo] = []
+        out: list[tuple[str, Entry]] = []
 
         def match(directory: str, i: int) -> None:
             if i == len(parts):
@@ -617,7 +627,7 @@ class FileOps:
                 match(directory, i + 1)  # zero directories
                 for p, e in self._children(root, directory, staging):
                     if i + 1 == len(parts):
-                        out.append(_info(p, e))
+                        out.append((p, e))
                     if e.is_dir:
                         match(p, i)
                 return
@@ -626,7 +636,7 @@ class FileOps:
                 name = p.rpartition("/")[2]
                 if rx.match(name):
                     if i + 1 == len(parts):
-                        out.append(_info(p, e))
+                        out.append((p, e))
                     elif e.is_dir:
                         match(p, i + 1)
 
@@ -634,7 +644,7 @@ class FileOps:
             return [FileInfo("/", "dir", row[8], 0)]
         match("", 0)
         seen: set[str] = set()
-        return [f for f in out if not (f.path in seen or seen.add(f.path))]
+        return self._with_last_commits(row, [(p, e) for p, e in out if not (p in seen or seen.add(p))])
 
     def diff_files(self, repo: str, ref: str, old_ref: str | None = None) -> list[dict]:
         """What changed from ``old_ref`` (default: the parent) to ``ref``: files

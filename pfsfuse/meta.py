@@ -5,7 +5,9 @@ Tables:
   branches  (repo, name) -> head commit id
   commits   id, repo, branch, seq (the N of branch/N), parent, started,
             finished (NULL while open), root (tree root hash, set at finish),
-            size, archived, description, provenance (JSON)
+            size (bytes of the commit's whole tree), archived, description,
+            provenance (JSON), written (bytes of file content this commit
+            wrote: see written.py; 0 while open)
   staging   (commit, tree key) -> new entry value, or NULL for a deletion:
             what an open commit changed on top of its parent's tree
   chunks    chunk hash -> (pack, offset, stored, size, codec)
@@ -23,7 +25,13 @@ import threading
 
 import zstandard
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: commits.written
+
+# Schema history (connect() brings an older store up to date when it opens it):
+#   1  the first schema
+#   2  commits.written; the commits already there get it from a tree diff,
+#      once, when PFS opens the store (meta key 'written_backfill' marks that
+#      as pending, so a crash mid-way redoes it on the next open)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
@@ -50,7 +58,8 @@ CREATE TABLE IF NOT EXISTS commits(
     size INTEGER NOT NULL DEFAULT 0,
     archived INTEGER NOT NULL DEFAULT 0,
     description TEXT NOT NULL DEFAULT '',
-    provenance TEXT NOT NULL DEFAULT '[]'
+    provenance TEXT NOT NULL DEFAULT '[]',
+    written INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS commits_by_branch ON commits(repo, branch, seq);
 CREATE INDEX IF NOT EXISTS commits_by_parent ON commits(parent);
@@ -96,7 +105,36 @@ def connect(path: str) -> sqlite3.Connection:
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)
     )
+    _migrate(conn)
     return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a store written by an older pachy up to SCHEMA_VERSION, in one
+    transaction per step (a crash leaves the old schema or the new one)."""
+    version = int(conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"this store has schema {version}, newer than this pachy knows ({SCHEMA_VERSION}); "
+            "upgrade pachy to open it"
+        )
+    if version < 2:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cols = {r[1] for r in conn.execute("PRAGMA table_info(commits)")}
+            if "written" not in cols:
+                conn.execute("ALTER TABLE commits ADD COLUMN written INTEGER NOT NULL DEFAULT 0")
+                conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES('written_backfill', 'pending')")
+            conn.execute("UPDATE meta SET value='2' WHERE key='schema'")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+def written_backfill_pending(conn: sqlite3.Connection) -> bool:
+    """Whether the commits of an upgraded store still need their ``written`` (written.backfill)."""
+    return conn.execute("SELECT 1 FROM meta WHERE key='written_backfill'").fetchone() is not None
 
 
 class SqliteNodeStore:

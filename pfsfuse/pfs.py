@@ -26,9 +26,10 @@ from pfsfuse.events import EventHub
 from pfsfuse.files import FileOps
 from pfsfuse.history import History
 from pfsfuse.maintenance import Maintenance
-from pfsfuse.meta import SqliteNodeStore, connect
+from pfsfuse.meta import SqliteNodeStore, connect, written_backfill_pending
 from pfsfuse.objstore import LocalStore, ObjectStore
 from pfsfuse.refs import parse_ref
+from pfsfuse.written import WrittenTally, backfill
 
 
 @dataclass
@@ -63,6 +64,9 @@ class CommitInfo:
     description: str
     provenance: list[dict]
     children: list[str] = field(default_factory=list)
+    # Bytes of file content this commit wrote (see written.py; 0 while open),
+    # what list-commit's SIZE shows; ``size`` stays the whole tree's.
+    written: int = 0
 
     @property
     def ref(self) -> str:
@@ -75,7 +79,7 @@ class CommitInfo:
         return d
 
 
-_COMMIT_COLS = "id, repo, branch, seq, parent, started, finished, root, size, archived, description, provenance"
+_COMMIT_COLS = "id, repo, branch, seq, parent, started, finished, root, size, archived, description, provenance, written"
 
 
 class PFS(FileOps, Maintenance, History):
@@ -106,6 +110,8 @@ class PFS(FileOps, Maintenance, History):
         self.events = EventHub()
         self._tx_events: list[tuple[str, dict]] = []
         self._init_maintenance()
+        if written_backfill_pending(self.db):
+            backfill(self)  # a store from before commits.written (meta.py: schema 2)
 
     def close(self) -> None:
         with self._lock:
@@ -233,7 +239,7 @@ class PFS(FileOps, Maintenance, History):
     # -- commits: reading ---------------------------------------------------
 
     def _info(self, row: tuple, with_children: bool = False) -> CommitInfo:
-        cid, repo, branch, seq, parent, started, finished, _root, size, archived, desc, prov = row
+        cid, repo, branch, seq, parent, started, finished, _root, size, archived, desc, prov, written = row
         parent_ref = None
         if parent is not None:
             prow = self.q1("SELECT branch, seq FROM commits WHERE id=?", (parent,))
@@ -243,7 +249,7 @@ class PFS(FileOps, Maintenance, History):
             children = [r[0] for r in self.q("SELECT id FROM commits WHERE parent=? ORDER BY started", (cid,))]
         return CommitInfo(
             cid, repo, branch, seq, parent, parent_ref, started, finished, size, bool(archived),
-            desc, json.loads(prov), children,
+            desc, json.loads(prov), children, written,
         )
 
     def _row(self, cid: str) -> tuple:
@@ -460,23 +466,25 @@ class PFS(FileOps, Maintenance, History):
             staged = db.execute(
                 "SELECT key, value FROM staging WHERE commit_id=? ORDER BY key", (cid,)
             ).fetchall()
-            changes, delta = self._apply_sizes(base, staged)
+            written = WrittenTally(self.load_refs)
+            changes, delta = self._apply_sizes(base, staged, written)
             root = self.tree.update(base, changes) if changes else base
             size = (self._row(row[4])[8] if row[4] is not None else 0) + delta
             db.execute(
-                "UPDATE commits SET finished=?, root=?, size=?, description=COALESCE(?, description) WHERE id=?",
-                (time.time(), root, size, description, cid),
+                "UPDATE commits SET finished=?, root=?, size=?, written=?, description=COALESCE(?, description)"
+                " WHERE id=?",
+                (time.time(), root, size, written.total(), description, cid),
             )
             db.execute("DELETE FROM staging WHERE commit_id=?", (cid,))
             self.emit("commit.finished", repo=repo, commit=cid, branch=row[2])
         return self._info(self._row(cid))
 
     def _apply_sizes(
-        self, base: bytes | None, staged: list[tuple[bytes, bytes | None]]
+        self, base: bytes | None, staged: list[tuple[bytes, bytes | None]], written: WrittenTally | None = None
     ) -> tuple[list[tuple[bytes, bytes | None]], int]:
         """Turn staged rows into tree changes, carrying file size deltas up to
         every ancestor directory (so directory sizes stay exact without ever
-        summing a whole subtree)."""
+        summing a whole subtree); ``written`` tallies what the commit wrote."""
         now = time.time_ns()
         dir_delta: dict[str, int] = {}
         staged_dirs: dict[str, bytes | None] = {}
@@ -495,6 +503,8 @@ class PFS(FileOps, Maintenance, History):
             old_raw = self.tree.get(base, key)
             old = entries.decode(old_raw) if old_raw is not None else None
             new = entries.decode(value) if value is not None else None
+            if written is not None:
+                written.add(old, new)
             old_file_size = old.size if old is not None and not old.is_dir else 0
             if (new is not None and new.is_dir) or (new is None and old is not None and old.is_dir):
                 staged_dirs[path] = value

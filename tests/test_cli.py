@@ -121,7 +121,53 @@ def test_tutorial_create_repo_and_add_data(pach: Pach) -> None:
     out = commits.lines
     assert len(out) == 3
     assert out[2].split()[:3] == ["master", "data/master/1", "master/0"]
-    assert out[2].split()[-2:] == [str(len(SET1 + SET2)), "B"]
+    # SIZE is what each commit wrote (the seed: data/master/1 shows set2's
+    # bytes, not the file's total); list-repo keeps the repo's total.
+    assert out[2].split()[-2:] == [str(len(SET2)), "B"]
+    assert _row(pach("list-repo").lines, "data")[-2:] == [str(len(SET1 + SET2)), "B"]
+
+
+def test_go_client_walkthrough_commit_sizes_and_file_table(pach: Pach) -> None:
+    """The Go-client blog's feed.go: one commit per project, each writing its
+    own file; list-commit's SIZE is each commit's file (13, 21, 16 B), as the
+    seed prints it, list-repo's the total; list-file names the commit that
+    last modified each file."""
+    pach("create-repo", "projects")
+    for idx, project in enumerate(["docker/docker", "kubernetes/kubernetes", "hashicorp/consul"]):
+        ref = pach("start-commit", "projects", "master").text.strip()
+        pach("put-file", "projects", ref, str(idx), input=project.encode())
+        pach("finish-commit", "projects", ref)
+    commits, repos, inspect = pach.many(
+        ("list-commit", "projects"), ("list-repo",), ("inspect-commit", "projects", "master/1")
+    )
+    rows = [line.split() for line in commits.lines]
+    assert rows[0] == ["BRANCH", "REPO/ID", "PARENT", "STARTED", "FINISHED", "SIZE"]
+    assert [r[:3] + r[-2:] for r in rows[1:]] == [
+        ["master", "projects/master/0", "<none>", "13", "B"],
+        ["master", "projects/master/1", "master/0", "21", "B"],
+        ["master", "projects/master/2", "master/1", "16", "B"],
+    ]
+    # The columns line up under their headers, as in the seed.
+    for line in commits.lines[1:]:
+        assert line.index("projects/") == commits.lines[0].index("REPO/ID")
+        assert line.rstrip().endswith(" B") and line.index(" B") - 2 <= commits.lines[0].index("SIZE") + 2
+    assert _row(repos.lines, "projects")[-2:] == ["50", "B"]
+    assert "Size: 21 B" in inspect.lines and "Total size: 34 B" in inspect.lines
+
+    pach("put-file", "projects", "master", "0", "-c", input=b"+more")  # an append: 5 B written
+    commits, files, one = pach.many(
+        ("list-commit", "projects"), ("list-file", "projects", "master"), ("inspect-file", "projects", "master", "1")
+    )
+    assert commits.lines[-1].split()[-2:] == ["5", "B"]
+    rows = [line.split() for line in files.lines]
+    assert rows[0] == ["NAME", "TYPE", "MODIFIED", "LAST_COMMIT_MODIFIED", "SIZE"]
+    assert [[r[0], r[1], r[-3], r[-2], r[-1]] for r in rows[1:]] == [
+        ["/0", "file", "master/3", "18", "B"],
+        ["/1", "file", "master/1", "21", "B"],
+        ["/2", "file", "master/2", "16", "B"],
+    ]
+    assert " ".join(rows[1][2:-3]).endswith(" ago")
+    assert "Last commit modified: master/1" in one.lines
 
 
 def test_seed_pfs_io_writing_and_reading(pach: Pach) -> None:
@@ -161,8 +207,9 @@ def test_2x_forms(pach: Pach) -> None:
     assert repos.lines[0].split() == ["NAME", "CREATED", "SIZE"]
     assert _row(repos.lines, "two")[-2:] == ["11", "B"]
     assert content.out == b"hello\nmore\n"
-    assert files.lines[0].split() == ["NAME", "TYPE", "SIZE"]
-    assert files.lines[1].split() == ["/a.txt", "file", "11", "B"]
+    assert files.lines[0].split() == ["NAME", "TYPE", "MODIFIED", "LAST_COMMIT_MODIFIED", "SIZE"]
+    row = files.lines[1].split()
+    assert row[:2] == ["/a.txt", "file"] and row[-3:] == ["master/1", "11", "B"]
     rows = [line.split() for line in commits.lines[1:]]
     assert [r[1:3] for r in rows] == [["two/master/0", "<none>"], ["two/master/1", "master/0"]]
     assert "Commit: two/master/1" in inspected.text
@@ -214,7 +261,7 @@ def test_put_file_recursive_list_and_glob(pach: Pach) -> None:
     assert all(f["type"] == "file" for f in files)
     assert content.out == b"g42\n"
     assert sorted(f["path"] for f in txt.json()) == [f"/imported/a/f{i:03}.txt" for i in range(100)]
-    assert some.lines[0].split() == ["NAME", "TYPE", "SIZE"]
+    assert some.lines[0].split() == ["NAME", "TYPE", "MODIFIED", "LAST_COMMIT_MODIFIED", "SIZE"]
     assert len(some.lines) == 1 + 10
     found = everything.json()
     assert len([f for f in found if f["type"] == "file"]) == 301

@@ -66,3 +66,43 @@ def test_errors_are_red_only_on_a_terminal_without_no_color(monkeypatch) -> None
     monkeypatch.setenv("NO_COLOR", "1")
     output.error("repo 'foo' not found")
     assert tty.getvalue() == "error: repo 'foo' not found\n"
+
+
+HEADERS = ["NAME", "CREATED", "SIZE"]
+ROWS = [("data", "12 minutes ago", "874 B"), ("日本", "2 minutes ago", "12 B"), ("a\x1bb", "x", "1 B")]
+
+
+def _plain(text: str) -> list[str]:
+    import re
+
+    return [re.sub(r"\x1b\[[0-9;]*m", "", line).rstrip() for line in text.splitlines()]
+
+
+def test_tables_are_plain_on_a_pipe_and_bold_headed_on_a_terminal(monkeypatch) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    pipe = io.StringIO()
+    output.table(HEADERS, ROWS, pipe)
+    lines = pipe.getvalue().splitlines()
+    assert "\x1b" not in pipe.getvalue()  # no escape codes, and a name's ESC shown escaped
+    assert lines[2].startswith("日本     2 minutes")  # a wide name takes two cells: columns stay aligned
+    assert lines[3].startswith("a\\x1bb   x")
+    assert lines[0] == "NAME     CREATED          SIZE"
+
+    rich_tty = _Tty()  # a short table: rich's Table
+    output.table(HEADERS, ROWS, rich_tty)
+    assert "\x1b[1m" in rich_tty.getvalue()
+    assert _plain(rich_tty.getvalue()) == lines
+
+    monkeypatch.setattr(output, "RICH_TABLE_ROWS", 0)  # a long one: the direct renderer, same layout
+    direct = _Tty()
+    output.table(HEADERS, ROWS, direct)
+    assert direct.getvalue().startswith("\x1b[1m")
+    assert _plain(direct.getvalue()) == lines
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    for rows_limit in (0, 100):
+        monkeypatch.setattr(output, "RICH_TABLE_ROWS", rows_limit)
+        bare = _Tty()
+        output.table(HEADERS, ROWS, bare)
+        assert "\x1b[" not in bare.getvalue() and _plain(bare.getvalue()) == lines

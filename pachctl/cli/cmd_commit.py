@@ -50,7 +50,7 @@ def commit_table(commits: Iterable[Commit]) -> None:
             c.parent_ref or "<none>",
             ago(c.started, now),
             ago(c.finished, now),
-            human_size(c.size),
+            human_size(c.written),  # what this commit wrote, as 1.x showed it (the repo's total is list-repo's)
         )
         for c in commits
     ]
@@ -72,7 +72,8 @@ def inspect_commit(args) -> int:
             ("Started", ago(c.started)),
             ("Finished", ago(c.finished) if c.finished else "(open)"),
             ("Duration", duration),
-            ("Size", human_size(c.size)),
+            ("Size", human_size(c.written)),
+            ("Total size", human_size(c.size)),
             ("Description", c.description),
             ("Archived", "yes" if c.archived else "no"),
             ("Provenance", ", ".join(f"{p.get('repo')}@{p.get('commit')}" for p in c.provenance) or "<none>"),
@@ -197,6 +198,8 @@ def register(sub) -> None:
     p.add_argument("-m", "--message", "--description", dest="message")
     json_flag(p)
     p = add(sub, "list-commit", "Return all commits on a repo (or a branch of it).", list_commit)
+    p.epilog = ("SIZE is what each commit wrote (new files whole, appends the appended bytes; deletes and "
+                "renames 0), as Pachyderm 1.x showed it; list-repo's SIZE is the repo's total.")
     p.add_argument("repo")
     p.add_argument("branch", nargs="?")
     p.add_argument("-n", "--number", type=int, help="only the newest N commits")

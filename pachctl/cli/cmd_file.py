@@ -9,6 +9,7 @@ import posixpath
 import re
 import stat
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import httpx
 from mountd import wire
 from mountd.models import errors
 from pachctl.cli.common import add, client, json_flag
-from pachctl.cli.output import Progress, emit_json, human_size, kv, safe, table
+from pachctl.cli.output import Progress, ago, emit_json, human_size, kv, safe, table
 from pachctl.client import PIECE
 
 SMALL = 1 << 20
@@ -261,11 +262,19 @@ def get_file(args) -> int:
     return 0
 
 
+def _modified(mtime: float, now: float | None = None) -> str:
+    return ago(mtime, now) if mtime else "-"  # the root has no time of its own
+
+
 def _print_files(args, files) -> int:
     if args.json:
         emit_json(files)
     else:
-        table(["NAME", "TYPE", "SIZE"], [(f.path, f.type, human_size(f.size)) for f in files])
+        now = time.time()
+        table(
+            ["NAME", "TYPE", "MODIFIED", "LAST_COMMIT_MODIFIED", "SIZE"],  # as the 1.x seeds
+            [(f.path, f.type, _modified(f.mtime, now), f.last_commit or "-", human_size(f.size)) for f in files],
+        )
     return 0
 
 
@@ -282,7 +291,8 @@ def inspect_file(args) -> int:
     if args.json:
         emit_json(f)
         return 0
-    kv([("Path", f.path), ("Type", f.type), ("Size", human_size(f.size)), ("Chunks", f.chunks)])
+    kv([("Path", f.path), ("Type", f.type), ("Modified", _modified(f.mtime)),
+        ("Last commit modified", f.last_commit or "-"), ("Size", human_size(f.size)), ("Chunks", f.chunks)])
     return 0
 
 

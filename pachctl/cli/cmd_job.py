@@ -65,19 +65,22 @@ def list_job(args) -> int:
         emit_json(jobs)
         return 0
     now = time.time()
+    # The seeds' columns in the seeds' order (ID OUTPUT STARTED DURATION
+    # STATE), then PROGRESS. OUTPUT names the pipeline's repo, so there is no
+    # PIPELINE column; it is repo@commit (the form every command takes), as
+    # a job knows its output commit's id, not its branch/N.
     rows = [
         (
             j.id,
-            j.pipeline,
+            _commit(j.output_commit) or "-",
             ago(j.started or j.created, now),
             _duration(j.started, j.finished),
-            progress(j),
             j.state,
-            _commit(j.output_commit),
+            progress(j),
         )
         for j in jobs
     ]
-    table(["ID", "PIPELINE", "STARTED", "DURATION", "PROGRESS", "STATE", "OUTPUT"], rows)
+    table(["ID", "OUTPUT", "STARTED", "DURATION", "STATE", "PROGRESS"], rows)
     return 0
 
 

@@ -112,8 +112,9 @@ def list_pipeline(args) -> int:
         emit_json(pipelines)
         return 0
     now = time.time()
-    rows = [(p.name, p.input, _output(p), ago(p.created, now), _state(p)) for p in pipelines]
-    table(["NAME", "INPUT", "OUTPUT", "CREATED", "STATE"], rows)
+    # The seed's NAME INPUT OUTPUT STATE, in its order; CREATED after them.
+    rows = [(p.name, p.input, _output(p), _state(p), ago(p.created, now)) for p in pipelines]
+    table(["NAME", "INPUT", "OUTPUT", "STATE", "CREATED"], rows)
     return 0
 
 

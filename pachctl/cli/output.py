@@ -11,9 +11,17 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TextIO
+
+import rich.progress
+from rich.cells import cell_len
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from pfsfuse.names import CONTROL, escape
+
+HEADER_STYLE = "bold"
 
 
 def human_size(n: int | None) -> str:
@@ -70,13 +78,72 @@ def safe(value: Any) -> str:
     return escape(text) if CONTROL.search(text) else text
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out=None) -> None:
+# Tables up to this many rows go through rich's Table on a terminal (header
+# style, columns fitted to the terminal's width); rich lays out ~0.4 ms per
+# row, so longer tables, and every table written to a pipe or a file, use
+# the plain renderer below: the same layout, measured and padded directly.
+RICH_TABLE_ROWS = 100
+SEPARATOR = 3  # spaces between columns, as the seeds' tables
+
+
+def _width(text: str) -> int:
+    # Terminal cells, not characters: a CJK or emoji name takes two.
+    return len(text) if text.isascii() else cell_len(text)
+
+
+def _console(out: TextIO) -> Console:
+    """A rich console on ``out``: colour only on a terminal without NO_COLOR."""
+    # No colour system at all without colour: rich's own NO_COLOR handling drops
+    # colours but keeps bold and the like.
+    color = use_color(out)
+    return Console(file=out, highlight=False, soft_wrap=False, color_system="auto" if color else None,
+                   no_color=not color, emoji=False, markup=False)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
+    """Whitespace-aligned columns under UPPERCASE headers, no borders (as the
+    seeds print them); cells pass through ``safe``. On a terminal the header
+    is bold (unless NO_COLOR); elsewhere the text is plain, with no escape codes."""
     out = out or sys.stdout
-    cells = [[str(c) for c in headers]] + [[safe(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    cells = [[safe(c) for c in r] for r in rows]
+    tty = out.isatty()
+    if tty and len(cells) <= RICH_TABLE_ROWS:
+        console = _console(out)
+        t = Table(box=None, show_edge=False, pad_edge=False, padding=(0, SEPARATOR, 0, 0),
+                  header_style=HEADER_STYLE, collapse_padding=True)
+        for h in headers:
+            t.add_column(str(h), no_wrap=True, overflow="fold")
+        for r in cells:
+            t.add_row(*(Text(c) for c in r))
+        console.print(t)
+        return
+    _plain_table([str(h) for h in headers], cells, out, styled=tty and use_color(out))
+
+
+def _plain_table(headers: list[str], cells: list[list[str]], out: TextIO, styled: bool) -> None:
+    widths = [_width(h) for h in headers]
     for r in cells:
-        line = "   ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip()
-        out.write(line + "\n")
+        for i, c in enumerate(r):
+            w = _width(c)
+            if w > widths[i]:
+                widths[i] = w
+    gap = " " * SEPARATOR
+
+    def line(r: Sequence[str]) -> str:
+        return gap.join(c + " " * (widths[i] - _width(c)) for i, c in enumerate(r)).rstrip()
+
+    head = line(headers)
+    if styled:
+        head = _styled(_console(out), head)
+    out.write(head + "\n")
+    out.write("".join(line(r) + "\n" for r in cells))
+
+
+def _styled(console: Console, text: str) -> str:
+    """``text`` in the header style, as the escape codes rich would write for it."""
+    with console.capture() as cap:
+        console.print(Text(text, style=HEADER_STYLE), end="")
+    return cap.get()
 
 
 def kv(pairs: Sequence[tuple[str, Any]], out=None) -> None:
@@ -110,8 +177,10 @@ def error(message: str) -> None:
 
 
 class Progress:
-    """A one-line progress bar on stderr, only when it is a terminal and the
-    transfer is big enough to be worth watching."""
+    """A progress bar (rich) on stderr, only when it is a terminal and the
+    transfer is big enough to be worth watching; called with each piece's
+    byte count, closed at the end. Nothing is drawn on stdout, which may be
+    the data itself (get-file)."""
 
     MIN_BYTES = 4 << 20
 
@@ -119,33 +188,30 @@ class Progress:
         self.total = total
         self.label = label
         self.done = 0
-        self.start = time.monotonic()
-        self._last = 0.0
         self.enabled = sys.stderr.isatty() and (total is None or total >= self.MIN_BYTES)
+        self._bar: rich.progress.Progress | None = None
+        if self.enabled:
+            console = _console(sys.stderr)
+            self._bar = rich.progress.Progress(
+                rich.progress.TextColumn("{task.description}", markup=False),
+                rich.progress.BarColumn(),
+                rich.progress.TaskProgressColumn(),
+                rich.progress.DownloadColumn(binary_units=True),
+                rich.progress.TransferSpeedColumn(),
+                rich.progress.TimeRemainingColumn(),
+                console=console,
+                transient=False,
+                refresh_per_second=10,
+            )
+            self._task = self._bar.add_task(safe(label), total=total)
+            self._bar.start()
 
     def __call__(self, n: int) -> None:
         self.done += n
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self._last < 0.1:
-            return
-        self._last = now
-        self._draw(now)
-
-    def _draw(self, now: float) -> None:
-        rate = self.done / max(now - self.start, 1e-6)
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * 30)
-            text = f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {human_size(self.done)} {human_size(int(rate))}/s"
-        else:
-            text = f"\r{self.label} {human_size(self.done)} {human_size(int(rate))}/s"
-        sys.stderr.write(text[:200])
-        sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
 
     def close(self) -> None:
-        if self.enabled and self.done:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.stop()  # draws the last state and leaves it on its own line
+            self._bar = None
