@@ -142,7 +142,7 @@ class Daemon:
             json.dump(creds, f)
         self.log = work / "mountd.log"
         cmd = [sys.executable, "-m", "bench.mountd_scale", "serve", str(cred_file), "--",
-               "--home", str(self.home), "--listen", self.address, "--token", self.token]
+               "--home", str(self.home), "--listen", self.address, f"--token={self.token}"]  # a token may begin with "-"
         env = {**os.environ, "PACHY_MAX_WORKERS": "4"}  # the batched pipeline's task sizing: as on 2 cores
         env["PACHY_WORKER_FASTLANE"] = "1" if fastlane else "0"  # 0: the worker routes through hypercorn+FastAPI
         with open(self.log, "ab") as out:

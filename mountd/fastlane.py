@@ -199,6 +199,11 @@ async def _read_batch(routes: WorkerRoutes, request: _Request, _query: dict[str,
     raw = await request.body()
     if not raw:
         raise RequestValidationError([{"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}])
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype and not (ctype == "application/json" or (ctype.startswith("application/") and ctype.endswith("+json"))):
+        # As FastAPI: a body not declared JSON is not parsed as JSON, and bytes are no object.
+        raise RequestValidationError([{"type": "model_attributes_type", "loc": ("body",), "input": raw,
+                                       "msg": "Input should be a valid dictionary or object to extract fields from"}])
     try:
         body = pps_models.ReadBatch.model_validate_json(raw)
     except ValidationError as exc:
