@@ -92,6 +92,23 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
         minted = json.load(f)  # [[pipeline, worker id, credential], ...]
     runner = BenchRunner(workers={hashlib.sha256(c.encode()).digest(): (p, w) for p, w, c in minted})
     server.build_runner = lambda *_a, **_kw: runner
+    if os.environ.get("PACHY_BENCH_TRACEMALLOC"):  # SIGUSR1: the top allocation sites into that file
+        import tracemalloc
+
+        tracemalloc.start(8)
+        out = os.environ["PACHY_BENCH_TRACEMALLOC"]
+
+        def dump(_sig, _frame) -> None:
+            stats = tracemalloc.take_snapshot().statistics("traceback")
+            with open(out, "a") as f:
+                total = sum(st.size for st in stats)
+                f.write(f"--- {time.strftime('%H:%M:%S')} traced {total / 1e6:.1f} MB\n")
+                for st in stats[:12]:
+                    f.write(f"{st.size / 1e6:8.1f} MB {st.count:9,d} blocks\n")
+                    for line in st.traceback.format()[-8:]:
+                        f.write(f"    {line}\n")
+
+        signal.signal(signal.SIGUSR1, dump)
     return server.main(mountd_args)
 
 
