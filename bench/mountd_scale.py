@@ -92,6 +92,23 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
         minted = json.load(f)  # [[pipeline, worker id, credential], ...]
     runner = BenchRunner(workers={hashlib.sha256(c.encode()).digest(): (p, w) for p, w, c in minted})
     server.build_runner = lambda *_a, **_kw: runner
+    if os.environ.get("PACHY_BENCH_TRACEMALLOC"):  # SIGUSR1: the top allocation sites into that file
+        import tracemalloc
+
+        tracemalloc.start(8)
+        out = os.environ["PACHY_BENCH_TRACEMALLOC"]
+
+        def dump(_sig, _frame) -> None:
+            stats = tracemalloc.take_snapshot().statistics("traceback")
+            with open(out, "a") as f:
+                total = sum(st.size for st in stats)
+                f.write(f"--- {time.strftime('%H:%M:%S')} traced {total / 1e6:.1f} MB\n")
+                for st in stats[:12]:
+                    f.write(f"{st.size / 1e6:8.1f} MB {st.count:9,d} blocks\n")
+                    for line in st.traceback.format()[-8:]:
+                        f.write(f"    {line}\n")
+
+        signal.signal(signal.SIGUSR1, dump)
     return server.main(mountd_args)
 
 
@@ -127,7 +144,8 @@ def serve_bare(listen: str) -> int:
 class Daemon:
     """The bench's mountd: TCP on loopback with a token, a BenchRunner for ``creds``."""
 
-    def __init__(self, work: pathlib.Path, creds: list[tuple[str, str, str]], profile: str | None = None):
+    def __init__(self, work: pathlib.Path, creds: list[tuple[str, str, str]], profile: str | None = None,
+                 fastlane: bool = True):
         self.home = work / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.token = secrets.token_urlsafe(24)
@@ -141,8 +159,9 @@ class Daemon:
             json.dump(creds, f)
         self.log = work / "mountd.log"
         cmd = [sys.executable, "-m", "bench.mountd_scale", "serve", str(cred_file), "--",
-               "--home", str(self.home), "--listen", self.address, "--token", self.token]
+               "--home", str(self.home), "--listen", self.address, f"--token={self.token}"]  # a token may begin with "-"
         env = {**os.environ, "PACHY_MAX_WORKERS": "4"}  # the batched pipeline's task sizing: as on 2 cores
+        env["PACHY_WORKER_FASTLANE"] = "1" if fastlane else "0"  # 0: the worker routes through hypercorn+FastAPI
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
                                          cwd=BENCH.parent)
@@ -257,28 +276,35 @@ def result_body(task: dict, output: int) -> bytes:
     return b"".join(records)
 
 
-async def one_worker(conn: Conn, pipeline: str, worker: str, wait: float, output: int, out: dict) -> None:
-    """Take tasks and post results until a poll comes back empty (the job's queue is drained)."""
+async def one_worker(conn: Conn, pipeline: str, worker: str, wait: float, output: int, out: dict,
+                     piggyback: bool = False) -> None:
+    """Take tasks and post results until a poll comes back empty (the job's queue is drained);
+    ``piggyback``: each result asks for the next task in its answer (``next=true``, as the shim)."""
     nxt = f"/v1/workers/{pipeline}/next?worker={worker}&wait={wait:g}"
+    then = "&next=true" if piggyback else ""
+    task = None
     while True:
         t0 = time.monotonic()
-        status, body = await conn.post(nxt)
-        if status == 204:
-            return
-        if status != 200:
-            raise RuntimeError(f"{worker}: next answered {status}: {body[:200]!r}")
-        task = json.loads(body)
-        status, answer = await conn.post(f"/v1/workers/tasks/{task['task_id']}/result?worker={worker}",
+        if task is None:  # piggyback: only when the last result's answer brought none
+            status, body = await conn.post(nxt)
+            if status == 204:
+                return
+            if status != 200:
+                raise RuntimeError(f"{worker}: next answered {status}: {body[:200]!r}")
+            task = json.loads(body)
+        status, answer = await conn.post(f"/v1/workers/tasks/{task['task_id']}/result?worker={worker}{then}",
                                          result_body(task, output))
         t1 = time.monotonic()
         if status != 200:
             raise RuntimeError(f"{worker}: result answered {status}: {answer[:200]!r}")
+        done, answer = task, json.loads(answer)
+        task = answer.get("next")
         out["first"] = min(out["first"], t0)
         out["last"] = max(out["last"], t1)
         out["latency"].append(t1 - t0)
-        out["tasks"].append(task["task_id"])
-        out["units"] += len(task["units"])
-        out["accepted"] += json.loads(answer)["accepted"]
+        out["tasks"].append(done["task_id"])
+        out["units"] += len(done["units"])
+        out["accepted"] += answer["accepted"]
 
 
 async def bare_worker(conn: Conn, count: int, out: dict) -> None:
@@ -296,7 +322,7 @@ async def bare_worker(conn: Conn, count: int, out: dict) -> None:
 
 
 def client_process(address: str, token: str, creds: list[tuple[str, str, str]], wait: float, output: int,
-                   pipe, bare: int = 0) -> None:
+                   pipe, bare: int = 0, piggyback: bool = False) -> None:
     """One client process: its share of the workers, started when the parent says go
     (``bare``: that many requests per worker to the bare server instead)."""
 
@@ -313,7 +339,7 @@ def client_process(address: str, token: str, creds: list[tuple[str, str, str]], 
             if bare:
                 await asyncio.gather(*(bare_worker(conn, bare, out) for conn in conns))
             else:
-                await asyncio.gather(*(one_worker(conn, p, w, wait, output, out)
+                await asyncio.gather(*(one_worker(conn, p, w, wait, output, out, piggyback)
                                        for conn, (p, w, _c) in zip(conns, creds, strict=True)))
         finally:
             for conn in conns:
@@ -370,7 +396,7 @@ def setup(d: Daemon) -> None:
 
 
 def measure(d: Daemon, pipeline: str, creds: list[tuple[str, str, str]], n: int, procs: int, *,
-            output: int = 0, tag: str = "") -> dict:
+            output: int = 0, tag: str = "", piggyback: bool = False) -> dict:
     """One job of ``n`` datums served by the simulated workers ``creds``; its figures."""
     ctx = multiprocessing.get_context("spawn")
     procs = max(1, min(procs, len(creds)))
@@ -378,7 +404,8 @@ def measure(d: Daemon, pipeline: str, creds: list[tuple[str, str, str]], n: int,
     pipes, children = [], []
     for share in shares:
         mine, theirs = ctx.Pipe()
-        p = ctx.Process(target=client_process, args=(d.address, d.token, share, 1.0, output, theirs), daemon=True)
+        p = ctx.Process(target=client_process, args=(d.address, d.token, share, 1.0, output, theirs, 0, piggyback),
+                        daemon=True)
         p.start()
         pipes.append(mine)
         children.append(p)
@@ -428,7 +455,7 @@ def measure(d: Daemon, pipeline: str, creds: list[tuple[str, str, str]], n: int,
     }
     res["exactly_once"] = (res["duplicates"] == 0 and res["accepted"] == units == n == done.data_processed
                            and done.state == "success")
-    log(f"{pipeline}, {len(creds)} workers: {res['rate']:,.0f} round trips/s, {res['datums_s']:,.0f} datums/s, "
+    log(f"{pipeline}, {len(creds)} workers{' (piggyback)' * piggyback}: {res['rate']:,.0f} round trips/s, {res['datums_s']:,.0f} datums/s, "
         f"p50 {res['p50'] * 1e3:.1f} ms, p99 {res['p99'] * 1e3:.1f} ms; daemon {res['daemon_cores']:.2f} cores, "
         f"clients {res['clients_cores']:.2f}, rest {res['other_cores']:.2f}; exactly once: {res['exactly_once']}")
     return res
@@ -554,6 +581,8 @@ def run(work: pathlib.Path, args: argparse.Namespace) -> tuple[list[tuple[str, .
             r = raw["output"] = measure(d, PIPELINE, mine[:fig], args.n, args.procs, output=args.output,
                                         tag=f"out-{fig}")
             rows.append(row(f"{fig} workers, a {args.output}-byte output file per datum", r, base))
+        r = raw["piggyback"] = measure(d, PIPELINE, mine[:fig], args.n, args.procs, tag=f"then-{fig}", piggyback=True)
+        rows.append(row(f"{fig} workers, each result answered with the next task (next=true, as the shim)", r, base))
         r = raw["batched"] = measure(d, BATCHED, batched[:fig], args.n * 2, args.procs, tag=f"batched-{fig}")
         per = r["units"] / max(1, r["round_trips"])
         rows.append(row(f"{fig} workers, the scheduler's own task sizing ({per:.0f} datums a task)", r, None,
@@ -566,6 +595,15 @@ def run(work: pathlib.Path, args: argparse.Namespace) -> tuple[list[tuple[str, .
                      f"meta.sqlite {m['total_bytes'] / 1e6:.0f} MB", "-"))
     finally:
         d.stop()
+    if args.baseline:  # the same workload with every worker request through hypercorn + FastAPI
+        d = Daemon(work / "baseline", mine[:fig], fastlane=False)
+        try:
+            setup(d)
+            measure(d, PIPELINE, mine[:2], 200, 1, tag="warm")
+            r = raw["baseline"] = measure(d, PIPELINE, mine[:fig], args.n, args.procs, tag=f"base-{fig}")
+            rows.append(row(f"{fig} workers, fast lane off (PACHY_WORKER_FASTLANE=0: hypercorn + FastAPI)", r, base))
+        finally:
+            d.stop()
     # The ceiling: the same HTTP server with an app that does nothing, the same clients.
     b = raw["bare"] = measure_bare(work, fig, max(200, args.n // fig))
     rows.append(("HTTP server alone (hypercorn on trio, empty app), " f"{fig} connections",
@@ -593,6 +631,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="client processes for 10 or more workers (default 1)")
     p.add_argument("--output", type=int, default=16, help="bytes of output per datum in the extra run (0: none)")
     p.add_argument("--quick", action="store_true", help="n=3000")
+    p.add_argument("--baseline", action="store_true",
+                   help="also measure the most workers with the worker fast lane off (a second daemon)")
     p.add_argument("--py-spy", metavar="OUT",
                    help="record the daemon with py-spy (collapsed stacks of the thread holding the GIL; slows it)")
     p.add_argument("--json", metavar="OUT", help="the figures as JSON (default bench/out/mountd_scale.json)")

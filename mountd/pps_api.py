@@ -4,18 +4,12 @@ and the worker endpoints the shim uses (pps/WORKERS.md)."""
 from __future__ import annotations
 
 import json
-import struct
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from typing import NamedTuple
 
-import msgpack
 import trio
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
 
-from mountd import models, pps_models, wire
+from mountd import models, pps_models
 from mountd.app import (
     BINARY_ANSWER,
     BINARY_BODY,
@@ -23,12 +17,10 @@ from mountd.app import (
     CONTENT,
     CREATE,
     LOOKUP,
-    drain,
     failures,
-    pump,
     run,
 )
-from mountd.ingest import WireIngest
+from mountd.worker_routes import WorkerRoutes
 from pfsfuse.errors import (
     Conflict,
     Forbidden,
@@ -39,39 +31,11 @@ from pfsfuse.errors import (
     TimedOut,
     Unauthorized,
 )
-from pfsfuse.files import PinSession
 from pfsfuse.pfs import PFS
 from pps.scheduler import Scheduler
 from pps.store import JobRow, PipelineRow
 
 WORKER = (Unauthorized, Forbidden)  # every worker route: no credential, or outside its pipeline or task
-_U64 = struct.Struct(">Q")
-_U32 = struct.Struct(">I")
-WORKER_HEADER = "X-Pachy-Worker"  # shim.link sends it; the daemon must not import the shim
-
-
-class Worker(NamedTuple):
-    pipeline: str
-    worker: str
-
-
-def task_commits(payload: dict) -> set[tuple[str, str]]:
-    """The (repo, commit) pairs a task's worker may read: its units' inputs and 1.x prev."""
-    pairs = {(f.get("repo"), f.get("commit")) for u in payload.get("units") or [] for f in u.get("files") or []}
-    prev = payload.get("prev")
-    if isinstance(prev, dict):
-        pairs.add((prev.get("repo"), prev.get("commit")))
-    return pairs
-
-
-def _find_job(s: Scheduler, job_id: str) -> JobRow | None:
-    try:
-        return s.store.get_job(job_id)
-    except PfsError:  # unknown, or an ambiguous prefix
-        return None
-SMALL = 1 << 20  # bytes of a batch read handed over per thread hop
-SMALL_RESULT = 256 << 10  # a task result up to this is read whole, then stored in one thread hop
-
 
 _ALIASES = {("BLOCK", "DIFF"): "map", ("FILE", "NONE"): "reduce", ("REPO", "NONE"): "global"}
 
@@ -133,113 +97,6 @@ def job_model(row: JobRow, trouble: str = "") -> pps_models.Job:
         stats_commit=pps_models.OutputCommit(repo=row.output_repo, branch="stats", commit=row.stats_commit)
         if row.stats_commit else None,
     )
-
-
-class ResultIngest(WireIngest):
-    """A task's result stream (WORKERS.md): each ``U`` record opens a unit whose
-    outputs are pinned under their own owner as they stream in (one pin session
-    for the whole task)."""
-
-    what = "result stream"
-
-    def __init__(self, pfs: PFS, job_id: str):
-        super().__init__(tags=wire.RESULT_TAGS)
-        self.pfs, self.job_id = pfs, job_id
-        self.results: list[dict] = []
-        self._nonce = uuid.uuid4().hex[:8]
-        self._session: PinSession | None = None
-        self._unit: dict | None = None
-
-    def _pins(self) -> PinSession:
-        if self._unit is None:
-            raise InvalidArgument("result stream: an output record before any unit record")
-        if self._session is None:
-            self._session = self.pfs.pin_session()
-        if self._unit["owner"] is None:
-            self._unit["owner"] = f"job/{self.job_id}/{self._unit['unit_id']}/{self._nonce}"
-        self._session.owner = self._unit["owner"]
-        return self._session
-
-    def put_target(self, header: dict) -> tuple[PinSession, str]:
-        return self._pins(), "append" if header.get("append") else "put"
-
-    def other(self, tag: bytes, header: dict) -> None:
-        if tag == wire.UNIT:
-            # The owner of the unit's pins is the daemon's to name, never the worker's.
-            self._unit = dict(header) | {"owner": None}
-            self.results.append(self._unit)
-        else:
-            self._pins().mark("mkdir" if tag == wire.MKDIR else "delete", header.get("path", ""))
-
-    def close(self) -> list[dict]:
-        self.end_of_stream()
-        if self._session is not None:
-            self._session.commit()
-            self._session = None
-        return self.results
-
-    def abort(self) -> None:
-        if self._session is not None:
-            self._session.close()
-        for r in self.results:
-            if r.get("owner"):
-                self.pfs.unpin(r["owner"])
-
-
-def unit_records(body: bytes) -> list[dict] | None:
-    """The results of a result stream made of unit records only (no outputs), as
-    ``ResultIngest`` would give them; None if it holds anything else."""
-    results = []
-    pos, end = 0, len(body)
-    try:
-        while pos < end:
-            if body[pos : pos + 1] != wire.UNIT:
-                return None
-            n = _U32.unpack_from(body, pos + 1)[0]
-            if pos + 5 + n > end:
-                return None
-            header = msgpack.unpackb(body[pos + 5 : pos + 5 + n], raw=False)
-            if not isinstance(header, dict):
-                return None
-            results.append(header | {"owner": None})  # no outputs, so nothing pinned
-            pos += 5 + n
-    except (struct.error, ValueError, msgpack.UnpackException):
-        return None  # malformed: ResultIngest says how
-    return results
-
-
-def _accepted(n: int) -> Response:
-    return Response(b'{"accepted":%d}' % n, media_type="application/json")
-
-
-class _Replay:
-    """A request body of which the first pieces were read already: ``pump`` reads
-    them again, then the rest of the stream."""
-
-    def __init__(self, head: list[bytes], rest: AsyncIterator[bytes]):
-        self.head, self.rest = head, rest
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        for piece in self.head:
-            yield piece
-        async for piece in self.rest:
-            yield piece
-
-
-def parse_log_lines(body: bytes) -> list[dict]:
-    """``POST /v1/workers/logs``: one JSON object per line, each checked (a
-    malformed line is the caller's error, not the daemon's)."""
-    lines = []
-    for number, text in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
-        if not text.strip():
-            continue
-        try:
-            lines.append(pps_models.WorkerLogLine.model_validate_json(text).model_dump())
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise InvalidArgument(f"malformed log line {number}: {where + ': ' if where else ''}{first['msg']}") from None
-    return lines
 
 
 # One WorkerLogLine per line (NDJSON has no schema of its own; the items' is the useful one).
@@ -488,206 +345,35 @@ def add_pps_routes(app: FastAPI, pfs: PFS, s: Scheduler) -> None:
         return {}
 
     # -- workers (the shim) ------------------------------------------------------
-    # Every worker endpoint wants the credential its runner gave the worker
-    # (header X-Pachy-Worker) and answers only about that worker's pipeline and
-    # tasks: a task (with its secrets) goes only to the pipeline's own workers.
-
-    def worker_of(request: Request) -> Worker:
-        credential = request.headers.get(WORKER_HEADER, "")
-        found = s.runner.authenticate(credential) if credential else None
-        if found is None:
-            raise Unauthorized(
-                "worker endpoints answer only workers this daemon started, with the credential it gave them "
-                f"({WORKER_HEADER}); a worker of an earlier run of the daemon must exit"
-            )
-        return Worker(*found)
-
-    def own_pipeline(w: Worker, pipeline: str) -> None:
-        if pipeline != w.pipeline:
-            raise Forbidden(f"worker '{w.worker}' serves pipeline '{w.pipeline}', not '{pipeline}'")
+    # The logic is mountd/worker_routes.py's (the fast lane, mountd/fastlane.py, serves the
+    # same handlers); these routes document them and serve what the fast lane hands over.
+    w = app.state.worker_routes = WorkerRoutes(pfs, s, poll_limiter)
 
     @app.post(
         "/v1/workers/{pipeline}/next",
         responses={204: {"description": "no task within `wait` seconds"}, **failures(*WORKER, NotFound)},
     )
     async def next_task(request: Request, pipeline: str, worker: str = "", wait: float = 20.0):
-        w = worker_of(request)
-        own_pipeline(w, pipeline)
-        if worker and worker != w.worker:
-            raise Forbidden(f"this credential was issued to worker '{w.worker}', not '{worker}'")
-        # Under load a task is waiting: taken at once on the event loop (a deque under a lock
-        # held for microseconds), with no thread hop and no SQLite. A queued task means its
-        # pipeline exists (deleting a pipeline drops its tasks).
-        task = s.queue.take(pipeline, w.worker, 0)
-        if task is None:
-            if await run(s.store.find_pipeline, pipeline) is None:
-                # Deleted (perhaps while the runner was starting this worker): it must exit.
-                raise NotFound(f"pipeline '{pipeline}' not found")
-            task = await trio.to_thread.run_sync(s.queue.take, pipeline, w.worker, min(wait, 60.0),
-                                                 abandon_on_cancel=True, limiter=poll_limiter)
-            if task is None:
-                return Response(status_code=204)
-        if task.encoded is None:  # once per task, as FastAPI would encode the dict (not per lease)
-            task.encoded = json.dumps(task.payload, ensure_ascii=False, allow_nan=False,
-                                      separators=(",", ":")).encode()
-        return Response(task.encoded, media_type="application/json")
+        return await w.next_task(request, pipeline, worker, wait)
 
     @app.post("/v1/workers/{pipeline}/still", responses=failures(*WORKER, NotFound))
     async def still_current(request: Request, pipeline: str, task: str):
         """A spout or service worker asks whether to keep running its task."""
-        own_pipeline(worker_of(request), pipeline)
-        return {"current": await run(s.still_current, pipeline, task)}
+        return await w.still_current(request, pipeline, task)
 
     @app.post("/v1/workers/read", responses={200: BINARY_ANSWER, **failures(*WORKER, *CONTENT)})
     async def read_batch(request: Request, body: pps_models.ReadBatch):
-        w = worker_of(request)
-        items = [it.model_dump() for it in body.items]
-        lease = s.queue.leased(w.worker)
-        allowed = task_commits(lease.payload) if lease is not None and lease.pipeline == w.pipeline else set()
-        for it in items:
-            if (it["repo"], it["commit"]) not in allowed:
-                raise Forbidden(
-                    f"worker '{w.worker}' may read only the inputs of the task it holds, not "
-                    f"{it['repo']}@{it['commit']}"
-                )
-
-        def chunks() -> Iterator[bytes]:
-            rows: dict[tuple[str, str], tuple] = {}  # a task reads many files of few commits
-            for it in items:
-                key = (it["repo"], it["commit"])
-                if key not in rows:
-                    rows[key] = pfs.resolve(*key)
-                n, pieces = pfs.read_range(it["repo"], it["commit"], it["path"], int(it.get("offset", 0)),
-                                           int(it.get("length", -1)), row=rows[key])
-                yield _U64.pack(n)
-                yield from pieces
-
-        gen = chunks()
-
-        def batch() -> list[bytes]:
-            """Pieces worth ~1 MiB per thread hop: a task of small files is one hop, not two per file."""
-            out, size = [], 0
-            for piece in gen:
-                out.append(piece)
-                size += len(piece)
-                if size >= SMALL:
-                    break
-            return out
-
-        first = await run(batch)  # errors (a missing file) answer before the 200
-
-        async def body():
-            pieces = first
-            while pieces:
-                if all(len(p) < 65536 for p in pieces):
-                    yield b"".join(pieces)
-                else:
-                    for p in pieces:
-                        yield p
-                pieces = await run(batch)
-
-        return StreamingResponse(body(), media_type="application/octet-stream")
+        return await w.read_batch(request, body)
 
     @app.post("/v1/workers/tasks/{task_id}/result", responses=failures(*WORKER, *CHANGE), openapi_extra=BINARY_BODY)
-    async def task_result(request: Request, task_id: str, worker: str = ""):
-        w = worker_of(request)
-        held = s.queue.get(task_id)
-        if held is not None and (held.pipeline != w.pipeline or held.worker != w.worker):
-            await drain(request)
-            raise Forbidden(f"task '{task_id}' is not held by worker '{w.worker}'")
-        found = s.job_for_task(task_id)  # in memory, locks held for microseconds: no thread hop
-        if found is None:
-            await drain(request)
-            raise NotFound(f"task '{task_id}' is not running (its job ended, or another worker finished it)")
-        ingest = ResultIngest(pfs, found[1].row.id)
-
-        def failed(exc: BaseException) -> None:
-            ingest.abort()
-            if isinstance(exc, NoSpace | InvalidArgument) or getattr(exc, "errno", None) in (28, 122):
-                # Not the worker's fault, and trying again elsewhere would fail alike.
-                reason = exc.message if isinstance(exc, PfsError) else f"no space left on device: {exc}"
-                s.task_failed(task_id, f"storing the outputs failed: {reason}")
-
-        def store_and_record(body: bytes) -> int:
-            try:
-                ingest.feed(body)
-                results = ingest.close()
-            except (PfsError, OSError) as exc:
-                failed(exc)
-                raise
-            except BaseException:
-                ingest.abort()
-                raise
-            return len(results) if s.task_result(task_id, results) else 0
-
-        async def record_units(units: list[dict]) -> Response:
-            """Results without outputs: nothing to store, so no thread hop; the writer thread
-            records them with others' (one fsync for all) and wakes this request."""
-            token = trio.lowlevel.current_trio_token()
-            written = trio.Event()
-            failure: list[BaseException | None] = []
-
-            def done(error: BaseException | None) -> None:
-                failure.append(error)
-                token.run_sync_soon(written.set)
-
-            if not s.submit_result(task_id, units, done):
-                return _accepted(0)
-            await written.wait()
-            if failure[0] is not None:
-                raise failure[0]
-            return _accepted(len(units))
-
-        # Most results are a few unit records and small files: read whole on the event loop,
-        # then stored and recorded in one thread hop (none without outputs). A bigger one
-        # streams into the ingest.
-        stream = request.stream()
-        head: list[bytes] = []
-        size = 0
-        async for piece in stream:
-            head.append(piece)
-            size += len(piece)
-            if size > SMALL_RESULT:
-                break
-        else:
-            body = b"".join(head)
-            units = unit_records(body)
-            if units is not None:
-                return await record_units(units)
-            return _accepted(await run(store_and_record, body))
-        try:
-            await pump(_Replay(head, stream), ingest.feed)
-            results = await run(ingest.close)
-        except (PfsError, OSError) as exc:
-            await run(failed, exc)
-            raise
-        except BaseException:
-            await run(ingest.abort)
-            raise
-        accepted = await run(s.task_result, task_id, results)
-        return _accepted(len(results) if accepted else 0)
+    async def task_result(request: Request, task_id: str, worker: str = "", next: bool = False):
+        """``next=true``: answer ``{"accepted": n, "next": task or null}``, the worker's next
+        task if one is waiting (pps/WORKERS.md)."""
+        return await w.task_result(request, task_id, worker, next)
 
     @app.post("/v1/workers/logs", responses=failures(*WORKER, InvalidArgument, NoSpace), openapi_extra=NDJSON_BODY)
     async def worker_logs(request: Request):
-        w = worker_of(request)
-        lines = parse_log_lines(await request.body())
-
-        def write() -> None:
-            jobs: dict[str, bool] = {}  # job id -> is it this worker's pipeline's?
-            mine = []
-            for line in lines:
-                job = line.get("job")
-                if job is not None:
-                    if job not in jobs:
-                        row = _find_job(s, str(job))
-                        jobs[job] = row is not None and row.id == job and row.pipeline == w.pipeline
-                    if not jobs[job]:
-                        continue  # a line for another pipeline's job: not this worker's to write
-                mine.append(line | {"pipeline": w.pipeline, "worker": w.worker})
-            s.logs.write(mine)
-
-        await run(write)
-        return {}
+        return await w.worker_logs(request)
 
     # Workers' requests are the daemon's most frequent: their routes are tried first, so a
     # worker's request is not matched against every other route's pattern on the way.

@@ -156,6 +156,23 @@ class Link:
         )
         return int(resp.json().get("accepted", 0))
 
+    def upload_result_and_next(self, task_id: str, worker: str, records: Iterable[bytes]) -> tuple[int, dict | None]:
+        """``upload_result``, and the worker's next task in the same answer if one is waiting
+        (``?next=true``; None otherwise, or from a daemon that predates it): one exchange
+        per task under load instead of two."""
+        url = f"/v1/workers/tasks/{_seg(task_id)}/result"
+        resp = self._call(
+            lambda: self._http.post(
+                url,
+                params={"worker": worker, "next": "true"},
+                content=coalesce(records),
+                headers={"content-type": "application/octet-stream"},
+                timeout=httpx.Timeout(None, connect=10.0),
+            )
+        )
+        answer = resp.json()
+        return int(answer.get("accepted", 0)), answer.get("next") or None
+
     def post_logs(self, lines: list[dict]) -> None:
         body = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
         self._call(

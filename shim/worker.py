@@ -89,6 +89,8 @@ class Worker:
         # A runner whose units see their directory without binds (an agent in a container
         # links /pfs to it) sets this: lazy inputs are then symlinks into the mount.
         self.lazy_links = False
+        # The next task, when the daemon answered the last result with it (pps/WORKERS.md).
+        self._then: dict | None = None
 
     # -- signals --------------------------------------------------------------
 
@@ -132,7 +134,9 @@ class Worker:
         try:
             self._shielded = False
             while not self.stopping:
-                raw = self._retry(lambda: self.link.next_task(self.pipeline, self.worker, self.wait))
+                raw, self._then = self._then, None  # the task that came with the last result, if any
+                if raw is None:
+                    raw = self._retry(lambda: self.link.next_task(self.pipeline, self.worker, self.wait))
                 if raw is None:
                     continue
                 try:
@@ -408,7 +412,11 @@ class Worker:
                     yield from encode_actions(actions)
 
         try:
-            self._retry(lambda: self.link.upload_result(task_id, self.worker, records()))
+            upload_and_next = getattr(self.link, "upload_result_and_next", None)
+            if upload_and_next is not None and not self.stopping:
+                _accepted, self._then = self._retry(lambda: upload_and_next(task_id, self.worker, records()))
+            else:
+                self._retry(lambda: self.link.upload_result(task_id, self.worker, records()))
         except errors.Unreachable:
             raise
         except errors.PfsError as exc:
