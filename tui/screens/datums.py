@@ -13,6 +13,7 @@ from textual.binding import Binding
 from mountd.pps_models import Datum
 from pachctl.cli.output import human_size
 from tui import actions
+from tui.fmt import short_id
 from tui.messages import LiveEvent
 from tui.screens.ppsbase import PpsTable, duration, now, state_text
 
@@ -50,16 +51,19 @@ class DatumsScreen(PpsTable):
 
     def row(self, d: Datum) -> Sequence[Any]:
         inputs = ", ".join(f"{f.input}:{f.path}" for f in d.files)
-        return (self.app.show_id(d.id), state_text(d.state), duration(d.started, d.finished, now(self.app)),
+        return (short_id(self.app.show_id(d.id)), state_text(d.state), duration(d.started, d.finished, now(self.app)),
                 inputs if len(inputs) <= 60 else inputs[:57] + "...")
 
     def detail(self, d: Datum) -> str:
-        lines = [f"{f.input}  {f.repo}@{self.app.show_id(f.commit)}:{f.path}  {human_size(f.size)}" for f in d.files[:FILES_SHOWN]]
+        lines = [f"datum {self.app.show_id(d.id)}"]
+        lines += [f"{f.input}  {f.repo}@{self.app.show_id(f.commit)}:{f.path}  {human_size(f.size)}" for f in d.files[:FILES_SHOWN]]
         if len(d.files) > FILES_SHOWN:
             lines.append(f"... and {len(d.files) - FILES_SHOWN} more")
         if d.reason:
             lines.append(f"reason: {d.reason}")
-        return "\n".join(lines) or "no input files"
+        if not d.files:
+            lines.append("no input files")
+        return "\n".join(lines)
 
     def action_cycle_state(self) -> None:
         self.state = STATES[(STATES.index(self.state) + 1) % len(STATES)] if self.state in STATES else None

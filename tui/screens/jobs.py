@@ -14,6 +14,7 @@ from textual.widgets import DataTable
 
 from mountd.pps_models import Job
 from tui import actions
+from tui.fmt import short_id
 from tui.messages import LiveEvent
 from tui.screens.ppsbase import PpsTable, ago, duration, now, progress_bar, state_text
 
@@ -47,14 +48,15 @@ class JobsScreen(PpsTable):
 
     def row(self, j: Job) -> Sequence[Any]:
         at = now(self.app)
-        return (self.app.show_id(j.id), j.pipeline, ago(j.started or j.created, at), duration(j.started, j.finished, at),
+        # 12 characters as in the commits screen (the detail pane below has the whole id).
+        return (short_id(self.app.show_id(j.id)), j.pipeline, ago(j.started or j.created, at), duration(j.started, j.finished, at),
                 progress_bar(j.data_processed, j.data_skipped, j.data_total, j.data_failed), state_text(j.state))
 
     def detail(self, j: Job) -> str:
         show = self.app.show_id
         inputs = ", ".join(f"{c.repo}@{show(c.commit)}" for c in j.input_commits) or "none"
         out = f"{j.output_commit.repo}@{show(j.output_commit.commit)}" if j.output_commit else "none"
-        text = f"input {inputs}\noutput {out}"
+        text = f"job {show(j.id)}\ninput {inputs}\noutput {out}"
         return text + (f"\nreason: {j.reason}" if j.reason else "")
 
     # -- paging --------------------------------------------------------------------
