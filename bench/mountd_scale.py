@@ -92,17 +92,20 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
         minted = json.load(f)  # [[pipeline, worker id, credential], ...]
     runner = BenchRunner(workers={hashlib.sha256(c.encode()).digest(): (p, w) for p, w, c in minted})
     server.build_runner = lambda *_a, **_kw: runner
-    if os.environ.get("PACHY_BENCH_TRACEMALLOC"):  # SIGUSR1: the top allocation sites into that file
+    out = os.environ.get("PACHY_BENCH_TRACEMALLOC") or os.environ.get("PACHY_BENCH_MEMSTAT")
+    if out:  # SIGUSR1: RSS, SQLite's heap and (TRACEMALLOC) the top allocation sites into that file
         import tracemalloc
 
-        tracemalloc.start(8)
-        out = os.environ["PACHY_BENCH_TRACEMALLOC"]
+        if os.environ.get("PACHY_BENCH_TRACEMALLOC"):
+            tracemalloc.start(8)
 
         def dump(_sig, _frame) -> None:
-            stats = tracemalloc.take_snapshot().statistics("traceback")
+            stats = tracemalloc.take_snapshot().statistics("traceback") if tracemalloc.is_tracing() else []
+            with open("/proc/self/status") as st_file:
+                vm = {k: v.strip() for k, _, v in (ln.partition(":") for ln in st_file) if k.startswith(("Rss", "VmHWM"))}
             with open(out, "a") as f:
-                total = sum(st.size for st in stats)
-                f.write(f"--- {time.strftime('%H:%M:%S')} traced {total / 1e6:.1f} MB\n")
+                f.write(f"--- {time.strftime('%H:%M:%S')} traced {sum(st.size for st in stats) / 1e6:.1f} MB; "
+                        f"SQLite heap {_sqlite_heap() / 1e6:.1f} MB; {vm}\n")
                 for st in stats[:12]:
                     f.write(f"{st.size / 1e6:8.1f} MB {st.count:9,d} blocks\n")
                     for line in st.traceback.format()[-8:]:
@@ -110,6 +113,19 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
 
         signal.signal(signal.SIGUSR1, dump)
     return server.main(mountd_args)
+
+
+def _sqlite_heap() -> int:
+    """Bytes SQLite has allocated in this process (its page caches, mostly)."""
+    import ctypes
+    import sqlite3  # noqa: F401 -- loads the library the lookup below finds
+
+    try:
+        lib = ctypes.CDLL("libsqlite3.so.0")
+        lib.sqlite3_memory_used.restype = ctypes.c_int64
+        return lib.sqlite3_memory_used()
+    except OSError:
+        return -1
 
 
 def serve_bare(listen: str) -> int:

@@ -9,7 +9,6 @@ into the API's error answer."""
 
 from __future__ import annotations
 
-import json
 import struct
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -36,15 +35,6 @@ WORKER_HEADER = "X-Pachy-Worker"  # shim.link sends it; the daemon must not impo
 class Worker(NamedTuple):
     pipeline: str
     worker: str
-
-
-def task_commits(payload: dict) -> set[tuple[str, str]]:
-    """The (repo, commit) pairs a task's worker may read: its units' inputs and 1.x prev."""
-    pairs = {(f.get("repo"), f.get("commit")) for u in payload.get("units") or [] for f in u.get("files") or []}
-    prev = payload.get("prev")
-    if isinstance(prev, dict):
-        pairs.add((prev.get("repo"), prev.get("commit")))
-    return pairs
 
 
 def _find_job(s: Scheduler, job_id: str) -> JobRow | None:
@@ -199,14 +189,6 @@ class WorkerRoutes:
         if pipeline != w.pipeline:
             raise Forbidden(f"worker '{w.worker}' serves pipeline '{w.pipeline}', not '{pipeline}'")
 
-    @staticmethod
-    def encoded(task) -> bytes:
-        """A task's JSON, made once per task (as FastAPI would encode the dict), not per lease."""
-        if task.encoded is None:
-            task.encoded = json.dumps(task.payload, ensure_ascii=False, allow_nan=False,
-                                      separators=(",", ":")).encode()
-        return task.encoded
-
     async def next_task(self, request: WorkerRequest, pipeline: str, worker: str = "", wait: float = 20.0) -> Response:
         s = self.s
         w = self.worker_of(request)
@@ -225,7 +207,7 @@ class WorkerRoutes:
                                                  abandon_on_cancel=True, limiter=self.poll_limiter)
             if task is None:
                 return Response(status_code=204)
-        return Response(self.encoded(task), media_type="application/json")
+        return Response(task.encoded, media_type="application/json")
 
     async def still_current(self, request: WorkerRequest, pipeline: str, task: str) -> Response:
         """A spout or service worker asks whether to keep running its task."""
@@ -238,7 +220,7 @@ class WorkerRoutes:
         w = self.worker_of(request)
         items = [it.model_dump() for it in body.items]
         lease = s.queue.leased(w.worker)
-        allowed = task_commits(lease.payload) if lease is not None and lease.pipeline == w.pipeline else set()
+        allowed = lease.commits if lease is not None and lease.pipeline == w.pipeline else set()
         for it in items:
             if (it["repo"], it["commit"]) not in allowed:
                 raise Forbidden(
@@ -304,7 +286,7 @@ class WorkerRoutes:
                 return Response(b'{"accepted":%d}' % n, media_type="application/json")
             # Only a task waiting now: the result's answer is not held back for a poll.
             task = s.queue.take(w.pipeline, w.worker, 0)
-            nxt = self.encoded(task) if task is not None else b"null"
+            nxt = task.encoded if task is not None else b"null"
             return Response(b'{"accepted":%d,"next":%s}' % (n, nxt), media_type="application/json")
 
         def failed(exc: BaseException) -> None:

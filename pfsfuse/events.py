@@ -36,9 +36,10 @@ Stored = tuple[int, str, str | None, str | None, str | None, str]  # seq, kind, 
 _SEQ = operator.itemgetter(0)
 LOG = "log"
 # A 100,000-line log burst fits in the log ring whole; the other ring holds
-# hours of a busy daemon's commit/job/datum changes. Stored events are one
-# JSON line each (a few hundred bytes), so both rings full are ~50 MB.
-MAIN_SIZE = 1 << 16
+# 32,768 commit/job/datum changes (a job of 20,000 datums at full speed is
+# ~10 s of them). Stored events are one JSON line each (~370 bytes with the
+# tuple), so the rings full are ~12 MB and ~45 MB of the daemon's memory.
+MAIN_SIZE = 1 << 15
 LOG_SIZE = 1 << 17
 
 

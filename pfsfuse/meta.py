@@ -100,7 +100,9 @@ def connect(path: str) -> sqlite3.Connection:
     # FULL: a finished commit survives power loss, not just a killed process.
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=OFF")
-    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+    # 16 MiB page cache: the OS caches the file too; 64 MiB cost RSS and measured no faster
+    # (bench/mountd_scale.py: 3,734 vs 3,571 round trips/s at 100 workers).
+    conn.execute("PRAGMA cache_size=-16384")
     conn.executescript(_SCHEMA)
     conn.execute(
         "INSERT OR IGNORE INTO meta(key, value) VALUES('schema', ?)", (str(SCHEMA_VERSION),)

@@ -98,7 +98,7 @@ def expand(template: str, path: str, groups: Sequence[str]) -> str:
         return groups[k - 1] if k else path
     return _REF.sub(sub, template)
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """One glob match: the datum root, every file at or below it, the capture groups."""
     path: str
@@ -128,11 +128,16 @@ def _tree(entries: Iterable[Entry]) -> tuple[list[tuple[str, bool]], list[str], 
 def glob_match(pattern: str, paths: Iterable[Entry]) -> list[Match]:
     """The commit entries (path, is_dir) the glob matches, in path order (choices 1-3);
     a directory match covers every file below it. Unlisted parent dirs are implied."""
+    return list(iter_glob_match(pattern, paths))
+
+def iter_glob_match(pattern: str, paths: Iterable[Entry]) -> Iterator[Match]:
+    """``glob_match`` one match at a time."""
     rx = compile_glob(pattern)
     items, files, nonempty = _tree(paths)
     if rx is None:
-        return [Match("/", tuple(files), (), True)] if nonempty else []
-    out = []
+        if nonempty:
+            yield Match("/", tuple(files), (), True)
+        return
     for path, is_dir in items:
         if (m := rx.fullmatch(path)) is None:
             continue
@@ -140,8 +145,7 @@ def glob_match(pattern: str, paths: Iterable[Entry]) -> list[Match]:
             under = tuple(files[bisect_left(files, path + "/") : bisect_left(files, path + "0")])
         else:
             under = (path,)
-        out.append(Match(path, under, tuple(s or "" for s in m.groups()), is_dir))
-    return out
+        yield Match(path, under, tuple(s or "" for s in m.groups()), is_dir)
 
 @dataclass(frozen=True)
 class PfsNode:
@@ -204,7 +208,7 @@ def validate(node: Node) -> set[str]:
         seen |= names
     return seen
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DatumInput:
     """One input's share of a datum: what ``/pfs/<name>`` shows for it."""
     name: str
@@ -222,7 +226,7 @@ class DatumInput:
     lazy: bool
     digest: str  # hash of salt, name, repo, path and every (file, content hash)
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Datum:
     """An immutable datum; ``datum_id`` hashes its entries' digests in order (choice 5)."""
     datum_id: str
@@ -255,13 +259,19 @@ def pfs_datums(
 ) -> list[Datum]:
     """One datum per glob match; ``file_hashes[(repo, path)]`` is each file's content hash.
     ``salt`` (e.g. a hash of the spec) enters every id: changing it reprocesses all."""
+    return list(iter_pfs_datums(node, files, file_hashes, salt=salt))
+
+def iter_pfs_datums(
+    node: PfsNode, files: Listing, file_hashes: Hashes | None = None, *, salt: str = ""
+) -> Iterator[Datum]:
+    """``pfs_datums`` one datum at a time."""
     validate(node)
     name, repo = node.input_name, node.repo
-    out = []
-    for m in glob_match(node.glob, files.entries):
+    hashes = file_hashes if file_hashes is not None else {}
+    for m in iter_glob_match(node.glob, files.entries):
         parts = [salt, name, repo, m.path]
         for f in m.files:
-            if (h := (file_hashes or {}).get((repo, f))) is None:
+            if (h := hashes.get((repo, f))) is None:
                 raise KeyError(f"no content hash for {repo}:{f}")
             parts += (f, h)
         jk = expand(node.join_on, m.path, m.groups) if node.join_on else None
@@ -270,8 +280,7 @@ def pfs_datums(
             name, repo, node.branch, files.commit, m.path, m.files, m.is_dir, m.groups,
             jk, gk, node.outer_join, node.empty_files, node.lazy, _h(parts),
         )
-        out.append(_datum((entry,)))
-    return out
+        yield _datum((entry,))
 
 def cross(*lists: Sequence[Datum]) -> list[Datum]:
     """Cartesian product, the first input varying slowest; an empty input empties it."""
@@ -324,6 +333,12 @@ def group(lists: Sequence[Sequence[Datum]], group_by: Templates = None) -> list[
             table.setdefault(_key(d, "group_key", tpl[i]), []).extend(d.inputs)
     return [_datum(tuple(entries)) for entries in table.values()]
 
+def _listing_of(listing: Mapping[Any, Listing], node: PfsNode) -> Listing:
+    lst = listing.get((node.repo, node.branch)) or listing.get(node.repo)
+    if lst is None:
+        raise KeyError(f"no listing for repo {node.repo!r} (branch {node.branch!r})")
+    return lst
+
 def datums_for(
     input_tree: Node, listing: Mapping[Any, Listing], file_hashes: Hashes | None = None, *, salt=""
 ) -> list[Datum]:
@@ -332,16 +347,32 @@ def datums_for(
 
     def ev(node: Node) -> list[Datum]:
         if isinstance(node, PfsNode):
-            lst = listing.get((node.repo, node.branch)) or listing.get(node.repo)
-            if lst is None:
-                raise KeyError(f"no listing for repo {node.repo!r} (branch {node.branch!r})")
-            return pfs_datums(node, lst, file_hashes, salt=salt)
+            return pfs_datums(node, _listing_of(listing, node), file_hashes, salt=salt)
         kids = [ev(c) for c in node.inputs]
         if isinstance(node, CrossNode | UnionNode):
             return (cross if isinstance(node, CrossNode) else union)(*kids)
         return join(kids) if isinstance(node, JoinNode) else group(kids)
 
     return ev(input_tree)
+
+def iter_datums(
+    input_tree: Node, listing: Mapping[Any, Listing], file_hashes: Hashes | None = None, *, salt=""
+) -> Iterator[Datum]:
+    """``datums_for`` one datum at a time. A pfs input, or a union of them, streams: the
+    common case, where a job's datums are as many as its input's files. Cross, join and
+    group need their inputs' datums whole, so those are evaluated first."""
+    validate(input_tree)
+
+    def it(node: Node) -> Iterator[Datum]:
+        if isinstance(node, PfsNode):
+            yield from iter_pfs_datums(node, _listing_of(listing, node), file_hashes, salt=salt)
+        elif isinstance(node, UnionNode):
+            for child in node.inputs:
+                yield from it(child)
+        else:
+            yield from datums_for(node, listing, file_hashes, salt=salt)
+
+    return it(input_tree)
 
 class Plan(NamedTuple):
     to_run: list[Datum]

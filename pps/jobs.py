@@ -10,9 +10,11 @@ commit (which starts from the previous one). Every other previous unit is
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import product
-from typing import Any
+from typing import Any, NamedTuple
 
 from pfsfuse import names
 from pfsfuse.entries import Entry
@@ -46,7 +48,7 @@ class LeafCommit:
         return {"name": self.name, "repo": self.repo, "branch": self.branch, "commit": self.commit}
 
 
-@dataclass
+@dataclass(slots=True)
 class Unit:
     unit_id: str
     datums: list[str]
@@ -59,12 +61,20 @@ class Unit:
         return wire.Unit(self.unit_id, self.datums, self.env, self.files, self.dirs)
 
 
+class Skipped(NamedTuple):
+    """A datum a past job did, carried forward: its row as list-datum shows it."""
+
+    datum: str
+    unit: str
+    files: str  # JSON, as the datum row stores it: one skipped datum of a big input costs ~200 bytes
+
+
 @dataclass
 class JobPlan:
     inputs: list[LeafCommit]
     to_run: list[Unit]
-    skipped: list[tuple[str, str, list[dict]]]  # (datum, unit, files) carried forward
-    kept_units: dict[str, list[str]]
+    skipped: list[Skipped]
+    kept: int  # how many previous units are kept whole (their datums skipped)
     dropped_units: list[str]
     total: int
 
@@ -112,15 +122,47 @@ class Tree:
 
     def __init__(self, pfs, repo: str, commit: str):
         row = pfs.resolve(repo, commit)
-        self.entries: list[tuple[str, bool]] = []
+        self.entries: list[dm.Entry] = []  # a file as its bare path, a dir as (path, True)
         self.sizes: dict[str, int] = {}
         self.keys: dict[str, str] = {}
         for path, e in pfs.walk_tree(pfs.root_of(row), ""):
             p = "/" + path
-            self.entries.append((p, e.is_dir))
-            if not e.is_dir:
+            if e.is_dir:
+                self.entries.append((p, True))
+            else:
+                self.entries.append(p)
                 self.sizes[p] = e.size
                 self.keys[p] = content_of(e)
+
+
+class _ByRepo(Mapping):
+    """``(repo, path) -> value`` over the input trees' own dicts (``keys`` or ``sizes``),
+    so a plan holds each file's facts once, not again in a table keyed by pairs.
+    A repo read at two commits answers from the later leaf first, as one merged
+    table would."""
+
+    def __init__(self, trees: list[tuple[str, Tree]], attr: str):
+        self._by_repo: dict[str, list[dict]] = {}
+        for repo, tree in reversed(trees):
+            self._by_repo.setdefault(repo, []).append(getattr(tree, attr))
+
+    def __getitem__(self, key: tuple[str, str]):
+        for table in self._by_repo.get(key[0], ()):
+            if key[1] in table:
+                return table[key[1]]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        seen: set[tuple[str, str]] = set()
+        for repo, tables in self._by_repo.items():
+            for table in tables:
+                for p in table:
+                    if (repo, p) not in seen:
+                        seen.add((repo, p))
+                        yield repo, p
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def to_node(node: Input) -> dm.Node:
@@ -141,42 +183,66 @@ def _pfs_path(name: str, path: str) -> str:
     return f"/pfs/{name}" if path in ("", "/") else f"/pfs/{name}{path}"
 
 
-def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit], previous: dict[str, list[str]],
-            *, reprocess: bool = False) -> JobPlan:
+def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit],
+            previous: Mapping[str, list[str]] | Iterable[tuple[str, list[str]]], *,
+            reprocess: bool = False) -> JobPlan:
+    """One pass over the datums as they are generated: a datum a kept previous unit
+    did becomes a ``Skipped`` row at once and is not held; only the datums to run
+    are. ``previous`` is the last successful job's units (unit -> datums), or pairs
+    of them as ``PpsStore.iter_units`` pages them."""
     trees: dict[tuple[str, str], Tree] = {}
     listing: dict[Any, dm.Listing] = {}
-    hashes: dict[tuple[str, str], str] = {}
-    sizes: dict[tuple[str, str], int] = {}
+    order: list[tuple[str, Tree]] = []
     for leaf in inputs:
         key = (leaf.repo, leaf.commit)
         if key not in trees:
             trees[key] = Tree(pfs, leaf.repo, leaf.commit)
         t = trees[key]
+        order.append((leaf.repo, t))
         listing[(leaf.repo, leaf.branch or "master")] = dm.Listing(leaf.commit, t.entries)
         listing.setdefault(leaf.repo, listing[(leaf.repo, leaf.branch or "master")])  # a trigger's branch
-        for p, k in t.keys.items():
-            hashes[(leaf.repo, p)] = k
-            sizes[(leaf.repo, p)] = t.sizes[p]
-    current: dict[str, dm.Datum] = {}
-    for d in dm.datums_for(to_node(spec.input), listing, hashes, salt=salt):
-        current.setdefault(d.datum_id, d)
-    kept: dict[str, list[str]] = {}
+    hashes, sizes = _ByRepo(order, "keys"), _ByRepo(order, "sizes")
+    # A unit of one datum is named by that datum (the usual case: chunk number 1); a bigger
+    # unit is kept only if all of its datums are still there, so those are held until the end.
+    unit_of: dict[str, str] = {}
+    multi: dict[str, int] = {}  # unit of several datums -> how many
+    items = previous.items() if isinstance(previous, Mapping) else previous
     dropped: list[str] = []
-    covered: set[str] = set()
-    if not reprocess:
-        for unit, ds in previous.items():
-            if all(d in current for d in ds):
-                kept[unit] = ds
-                covered.update(ds)
-            else:
-                dropped.append(unit)
-    else:
-        dropped = list(previous)
-    skipped = []
-    for unit, ds in kept.items():
-        for d in ds:
-            skipped.append((d, unit, _datum_files(current[d], sizes)))
-    todo = [d for d in current.values() if d.datum_id not in covered]
+    for unit, ds in items:
+        if reprocess:
+            dropped.append(unit)
+        elif ds == [unit]:
+            unit_of[unit] = unit
+        else:
+            multi[unit] = len(ds)
+            for d in ds:
+                unit_of[d] = unit
+    seen: set[str] = set()
+    skipped: list[Skipped] = []
+    todo: list[tuple[int, dm.Datum]] = []
+    held: dict[str, list[tuple[int, dm.Datum]]] = {}
+    for at, d in enumerate(dm.iter_datums(to_node(spec.input), listing, hashes, salt=salt)):
+        if d.datum_id in seen:
+            continue
+        seen.add(d.datum_id)
+        unit = unit_of.get(d.datum_id)
+        if unit is None:
+            todo.append((at, d))
+        elif unit in multi:
+            held.setdefault(unit, []).append((at, d))
+        else:
+            skipped.append(Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))))
+    kept = len(skipped)
+    for unit, ds in held.items():
+        if len(ds) == multi[unit]:
+            kept += 1
+            skipped += [Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))) for _at, d in ds]
+        else:
+            todo += ds
+    dropped += [u for d, u in unit_of.items() if u == d and u not in multi and d not in seen]
+    dropped += [u for u in multi if len(held.get(u, ())) != multi[u]]
+    if held:
+        todo.sort(key=lambda pair: pair[0])
     chunk = spec.chunk_spec
     number = chunk.number if chunk and chunk.number > 0 else (0 if chunk and chunk.size_bytes else 1)
     size_limit = chunk.size_bytes if chunk else 0
@@ -190,21 +256,21 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit], previo
             units.append(_unit_v2(batch, sizes))
         batch, batch_bytes = [], 0
 
-    for d in todo:
+    for _at, d in todo:
         batch.append(d)
         batch_bytes += sum(sizes.get((e.repo, f), 0) for e in d.inputs for f in e.files)
         if (number and len(batch) >= number) or (size_limit and batch_bytes >= size_limit):
             flush()
     flush()
-    return JobPlan(inputs, units, skipped, kept, dropped, len(current))
+    return JobPlan(inputs, units, skipped, kept, dropped, len(seen))
 
 
-def _datum_files(d: dm.Datum, sizes: dict[tuple[str, str], int]) -> list[dict]:
+def _datum_files(d: dm.Datum, sizes: Mapping[tuple[str, str], int]) -> list[dict]:
     return [{"input": e.name, "repo": e.repo, "commit": e.commit, "path": f, "size": sizes.get((e.repo, f), 0)}
             for e in d.inputs for f in e.files]
 
 
-def _unit_v2(batch: list[dm.Datum], sizes: dict[tuple[str, str], int]) -> Unit:
+def _unit_v2(batch: list[dm.Datum], sizes: Mapping[tuple[str, str], int]) -> Unit:
     ids = [d.datum_id for d in batch]
     unit = Unit(ids[0] if len(ids) == 1 else _h(ids), ids)
     for d in batch:
@@ -367,4 +433,4 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
         datum_files = [{"input": f.input, "repo": f.repo, "commit": f.commit, "path": f.path, "size": f.size}
                        for f in files]
         units.append(Unit(did, [did], files, dirs, env, {did: datum_files}))
-    return JobPlan(inputs, units, [], {}, [], len(units))
+    return JobPlan(inputs, units, [], 0, [], len(units))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,11 +336,12 @@ class PpsStore:
     # -- datums --------------------------------------------------------------
 
     @staticmethod
-    def insert_datums(db, job: str, rows: list[tuple[str, str, int, str, list[dict]]]) -> None:
-        """rows: (datum, unit, ord, state, files)."""
+    def insert_datums(db, job: str, rows: Iterable[tuple[str, str, int, str, list[dict] | str]]) -> None:
+        """rows: (datum, unit, ord, state, files), files as a list or already as JSON;
+        written as they come (a big job's rows are never all in memory)."""
         db.executemany(
             "INSERT OR REPLACE INTO pps_datums(job, datum, unit, ord, state, files) VALUES(?,?,?,?,?,?)",
-            [(job, d, u, o, s, json.dumps(f)) for d, u, o, s, f in rows],
+            ((job, d, u, o, s, f if isinstance(f, str) else json.dumps(f)) for d, u, o, s, f in rows),
         )
 
     @staticmethod
@@ -376,6 +378,18 @@ class PpsStore:
     def units(self, pipeline: str) -> dict[str, list[str]]:
         return {u: json.loads(d) for u, d in self.pfs.q("SELECT unit, datums FROM pps_units WHERE pipeline=?",
                                                         (pipeline,))}
+
+    def iter_units(self, pipeline: str, page: int = 5000) -> Iterator[tuple[str, list[str]]]:
+        """``units`` a page at a time, in unit order (a big pipeline's units are never all loaded)."""
+        after = ""
+        while True:
+            rows = self.pfs.q("SELECT unit, datums FROM pps_units WHERE pipeline=? AND unit>? ORDER BY unit LIMIT ?",
+                              (pipeline, after, page))
+            for unit, datums in rows:
+                yield unit, json.loads(datums)
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
 
     def paths_of(self, pipeline: str, unit: str) -> list[str]:
         return [r[0] for r in self.pfs.q("SELECT path FROM pps_paths WHERE pipeline=? AND unit=?",

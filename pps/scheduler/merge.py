@@ -110,7 +110,7 @@ class Merging(Base):
         first_datum = {u: job.units[u].datums[0] for u in new_paths}
         outputs = {first_datum[u]: ps for u, ps in new_paths.items()}
         dropped = set(job.plan.dropped_units)
-        kept = job.plan.kept_units  # only paths of kept (skipped) units can be owned by another unit
+        kept = job.plan.kept  # only paths of kept (skipped) units can be owned by another unit
         for u, ps in new_paths.items() if kept else ():
             for p in ps:
                 owner = self.store.owner_of(job.row.pipeline, p)

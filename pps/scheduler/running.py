@@ -18,11 +18,14 @@ from pps import wire
 from pps.datums import OutputCollisionError
 from pps.queue import Task
 from pps.scheduler.results import Done, Pending
-from pps.scheduler.state import RERUN_REASON, ActiveJob, Base, Trigger
+from pps.scheduler.state import RERUN_REASON, ActiveJob, Base, Trigger, give_back_memory
 from pps.spec import PipelineSpec
 from pps.spec import Secret as SpecSecret
 from pps.spec import Transform as SpecTransform
 from pps.store import JobRow, PipelineRow
+
+# A plan this big (datums of the input) leaves tens of MB freed but kept by the allocator.
+BIG_PLAN = 10_000
 
 
 class Running(Base):
@@ -41,16 +44,17 @@ class Running(Base):
             trig = self._next_trigger(row, spec)
             if trig is None:
                 return
-            if spec.generation == 1:
-                plan = jp.plan_v1(self.pfs, spec, trig.inputs, trig.trigger)
-            else:
-                previous = self.store.units(row.name)
-                plan = jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, previous,
-                                  reprocess=spec.reprocess_spec == "every_job")
-            self._start_job(row, spec, trig, plan)
+            # No name holds the plan here: _start_job drops its bulk once written (a big input's).
+            self._start_job(row, spec, trig, self._plan(row, spec, trig))
         finally:
             with self._lock:
                 self._starting.discard(row.name)
+
+    def _plan(self, row: PipelineRow, spec: PipelineSpec, trig: Trigger) -> jp.JobPlan | None:
+        if spec.generation == 1:
+            return jp.plan_v1(self.pfs, spec, trig.inputs, trig.trigger)
+        return jp.plan_v2(self.pfs, spec, row.salt, trig.inputs, self.store.iter_units(row.name),
+                          reprocess=spec.reprocess_spec == "every_job")
 
     def _long_running(self, row: PipelineRow, spec: PipelineSpec) -> None:
         """A spout or service runs as one task a worker keeps; a service's task is
@@ -87,7 +91,7 @@ class Running(Base):
             transform=_transform(t, with_err=False),
             secrets=[self._secret(sec) for sec in t.secrets],
             datum_timeout=None, datum_tries=1, prev=None,
-            env={"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], {}, [], 0).env,
+            env={"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], 0, [], 0).env,
             units=[unit],
             output=wire.Output(row.name, spec.output_branch),
             spout_overwrite=spec.spout is not None and spec.spout.overwrite,
@@ -124,21 +128,23 @@ class Running(Base):
                      [lc.to_dict() for lc in trig.inputs], trig.trigger, spec.name, spec.output_branch, out.id,
                      provenance=prov)
         if plan is None:  # 1.x: nothing new and not run_empty: an empty output commit, no datums
-            plan = jp.JobPlan(trig.inputs, [], [], {}, [], 0)
+            plan = jp.JobPlan(trig.inputs, [], [], 0, [], 0)
         job.total = plan.total
         job.skipped = len(plan.skipped)
-        datum_rows = []
-        order = 0
-        for unit in plan.to_run:
-            for d in unit.datums:
-                datum_rows.append((d, unit.unit_id, order, "starting", unit.datum_files.get(d, [])))
+
+        def datum_rows(plan: jp.JobPlan):  # to run, then skipped (list-datum's order), made as written
+            order = 0
+            for unit in plan.to_run:
+                for d in unit.datums:
+                    yield d, unit.unit_id, order, "starting", unit.datum_files.get(d, [])
+                    order += 1
+            for s in plan.skipped:
+                yield s.datum, s.unit, order, "skipped", s.files
                 order += 1
-        for d, unit_id, files in plan.skipped:
-            datum_rows.append((d, unit_id, order, "skipped", files))
-            order += 1
+
         with self.pfs.tx() as db:
             self.store.insert_job(db, job)
-            self.store.insert_datums(db, job_id, datum_rows)
+            self.store.insert_datums(db, job_id, datum_rows(plan))
             for repo, branch, seq in trig.cursors:
                 self.store.set_cursor(db, row.name, repo, branch, seq)
             self._job_event(job)
@@ -147,7 +153,6 @@ class Running(Base):
         # their rows now; nothing later reads them, so the job does not hold them while it runs
         # (they were most of the daemon's memory on a big input: bench/mountd_scale.py).
         plan = dataclasses.replace(plan, skipped=[])
-        datum_rows = []
         active = ActiveJob(job, spec, plan, {u.unit_id: u for u in plan.to_run})
         if spec.job_timeout:
             active.deadline = time.monotonic() + spec.job_timeout
@@ -162,6 +167,13 @@ class Running(Base):
         except NotFound as exc:  # a secret deleted since create-pipeline: fail, do not wait forever
             self._fail(active, f"cannot run the job: {exc.message}")
             return
+        # The tasks carry the units' files and env now; the job keeps only which datums each unit has.
+        slim = [jp.Unit(u.unit_id, u.datums) for u in plan.to_run]
+        active.plan = dataclasses.replace(active.plan, to_run=slim)
+        active.units = {u.unit_id: u for u in slim}
+        del plan, slim
+        if job.total >= BIG_PLAN:
+            give_back_memory()
         self.queue.put(tasks)
         self._changed_now()
         self._maybe_complete(active)
