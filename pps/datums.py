@@ -108,8 +108,22 @@ class Match:
 
 Entry = tuple[str, bool] | str  # (path, is_dir), or a bare path meaning a file
 
+class SortedTree(NamedTuple):
+    """Entries as the matcher needs them: sorted (path, is_dir) below the root with every
+    parent dir, the sorted files, and whether there is a root. A caller that lists a
+    whole tree makes it once (``of``) and passes it as a listing's entries."""
+    items: list[tuple[str, bool]]
+    files: list[str]
+    nonempty: bool
+
+    @classmethod
+    def of(cls, entries: Iterable[Entry]) -> SortedTree:
+        return cls(*_tree(entries))
+
 def _tree(entries: Iterable[Entry]) -> tuple[list[tuple[str, bool]], list[str], bool]:
     """Sorted (path, is_dir) below the root with implied parent dirs, sorted files, any root."""
+    if isinstance(entries, SortedTree):
+        return entries
     kinds: dict[str, bool] = {}
     root = False
     for e in entries:
@@ -252,7 +266,7 @@ Templates = Sequence[str | None] | None
 class Listing:
     """One input commit: its id and its (path, is_dir) entries."""
     commit: str
-    entries: Sequence[Entry]
+    entries: Sequence[Entry] | SortedTree
 
 def pfs_datums(
     node: PfsNode, files: Listing, file_hashes: Hashes | None = None, *, salt: str = ""

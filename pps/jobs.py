@@ -55,7 +55,7 @@ class Unit:
     files: list[wire.FileSpec] = field(default_factory=list)
     dirs: list[wire.Dir] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    datum_files: dict[str, list[dict]] = field(default_factory=dict)  # per datum, as list-datum shows them
+    datum_files: dict[str, str] = field(default_factory=dict)  # per datum, its row's files as JSON
 
     def to_wire(self) -> wire.Unit:
         return wire.Unit(self.unit_id, self.datums, self.env, self.files, self.dirs)
@@ -118,21 +118,22 @@ def content_of(e: Entry) -> str:
 
 
 class Tree:
-    """One input commit's files: paths, dirs, sizes and content keys (one walk)."""
+    """One input commit's files: paths, dirs, sizes and content keys (one walk).
+    ``entries`` is already what the glob matcher works on (every path sorted, with
+    its dirs), so it is not copied again per job."""
 
     def __init__(self, pfs, repo: str, commit: str):
         row = pfs.resolve(repo, commit)
-        self.entries: list[dm.Entry] = []  # a file as its bare path, a dir as (path, True)
+        items: list[tuple[str, bool]] = []
         self.sizes: dict[str, int] = {}
         self.keys: dict[str, str] = {}
         for path, e in pfs.walk_tree(pfs.root_of(row), ""):
             p = "/" + path
-            if e.is_dir:
-                self.entries.append((p, True))
-            else:
-                self.entries.append(p)
+            items.append((p, e.is_dir))
+            if not e.is_dir:
                 self.sizes[p] = e.size
                 self.keys[p] = content_of(e)
+        self.entries = dm.SortedTree.of(items)
 
 
 class _ByRepo(Mapping):
@@ -241,8 +242,14 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit],
             todo += ds
     dropped += [u for d, u in unit_of.items() if u == d and u not in multi and d not in seen]
     dropped += [u for u in multi if len(held.get(u, ())) != multi[u]]
+    total = len(seen)
+    # Units are built from sizes alone: what only matching and skipping needed goes now,
+    # before the units are (this plan's peak is the larger of the two stages).
     if held:
         todo.sort(key=lambda pair: pair[0])
+    del unit_of, seen, held, listing, hashes
+    for t in trees.values():
+        t.keys, t.entries = {}, dm.SortedTree([], [], False)
     chunk = spec.chunk_spec
     number = chunk.number if chunk and chunk.number > 0 else (0 if chunk and chunk.size_bytes else 1)
     size_limit = chunk.size_bytes if chunk else 0
@@ -262,7 +269,7 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit],
         if (number and len(batch) >= number) or (size_limit and batch_bytes >= size_limit):
             flush()
     flush()
-    return JobPlan(inputs, units, skipped, kept, dropped, len(seen))
+    return JobPlan(inputs, units, skipped, kept, dropped, total)
 
 
 def _datum_files(d: dm.Datum, sizes: Mapping[tuple[str, str], int]) -> list[dict]:
@@ -274,7 +281,7 @@ def _unit_v2(batch: list[dm.Datum], sizes: Mapping[tuple[str, str], int]) -> Uni
     ids = [d.datum_id for d in batch]
     unit = Unit(ids[0] if len(ids) == 1 else _h(ids), ids)
     for d in batch:
-        unit.datum_files[d.datum_id] = _datum_files(d, sizes)
+        unit.datum_files[d.datum_id] = json.dumps(_datum_files(d, sizes))
         for e in d.inputs:
             for f in e.files:
                 unit.files.append(wire.FileSpec(e.name, f, e.repo, e.commit, f, size=sizes.get((e.repo, f), 0),
@@ -432,5 +439,5 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
         dirs = [wire.Dir(lc.name, "/") for lc, _ in combo]
         datum_files = [{"input": f.input, "repo": f.repo, "commit": f.commit, "path": f.path, "size": f.size}
                        for f in files]
-        units.append(Unit(did, [did], files, dirs, env, {did: datum_files}))
+        units.append(Unit(did, [did], files, dirs, env, {did: json.dumps(datum_files)}))
     return JobPlan(inputs, units, [], 0, [], len(units))

@@ -136,7 +136,7 @@ class Running(Base):
             order = 0
             for unit in plan.to_run:
                 for d in unit.datums:
-                    yield d, unit.unit_id, order, "starting", unit.datum_files.get(d, [])
+                    yield d, unit.unit_id, order, "starting", unit.datum_files.get(d, "[]")
                     order += 1
             for s in plan.skipped:
                 yield s.datum, s.unit, order, "skipped", s.files
