@@ -368,7 +368,11 @@ def test_snapshot_confirm(snap_compare, tui_store):
     async def run_before(pilot) -> None:
         await until(pilot, lambda: isinstance(app.screen, ReposScreen) and app.screen.table.row_count == 3)
         app.run_worker(app.confirm("Delete repo 'images' and all its commits?"))
-        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        # Mounted and settled (the safe answer focused), not merely pushed: under load the
+        # first frame of the dialog can come before its focus does.
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen) and app.focused is not None
+                    and app.focused.id == "no")
+        await pilot.wait_for_scheduled_animations()
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
