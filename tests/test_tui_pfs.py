@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from pachctl.client import Client
 from tests.clihelp import PACHCTL, run
 from tests.tuihelp import SIZE, anyio_backend, bulk_commits, make_app, tui_store_fixture, until  # noqa: F401 (fixtures)
 from tui.app import PachyApp
@@ -236,8 +235,6 @@ async def test_long_history_fetches_pages_as_the_cursor_nears_the_end(daemon):
 
 
 async def test_a_commit_made_while_the_app_runs_appears_without_a_key(tui_store):
-    if not hasattr(Client, "events"):
-        pytest.skip("Client.events is not on this branch yet (helper 'events' builds it)")
     c = tui_store.client
     c.create_repo("live")
     try:
