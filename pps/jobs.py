@@ -9,6 +9,7 @@ commit (which starts from the previous one). Every other previous unit is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -119,21 +120,25 @@ def content_of(e: Entry) -> str:
 
 class Tree:
     """One input commit's files: paths, dirs, sizes and content keys (one walk).
-    ``entries`` is already what the glob matcher works on (every path sorted, with
-    its dirs), so it is not copied again per job."""
+    ``entries`` is what the glob matcher works on (every path sorted, with its
+    dirs), made once when first asked (1.x plans and services need only sizes)."""
 
     def __init__(self, pfs, repo: str, commit: str):
         row = pfs.resolve(repo, commit)
-        items: list[tuple[str, bool]] = []
+        self._items: list[tuple[str, bool]] = []
         self.sizes: dict[str, int] = {}
         self.keys: dict[str, str] = {}
         for path, e in pfs.walk_tree(pfs.root_of(row), ""):
             p = "/" + path
-            items.append((p, e.is_dir))
+            self._items.append((p, e.is_dir))
             if not e.is_dir:
                 self.sizes[p] = e.size
                 self.keys[p] = content_of(e)
-        self.entries = dm.SortedTree.of(items)
+
+    @functools.cached_property
+    def entries(self) -> dm.SortedTree:
+        items, self._items = self._items, []
+        return dm.SortedTree.of(items)
 
 
 class _ByRepo(Mapping):
