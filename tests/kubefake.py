@@ -445,8 +445,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
     def _serve(self, method: str) -> None:
+        # A request is recorded once it has been handled (a watch: once it starts streaming),
+        # so a test that waits on fake.count() sees the object as that request left it.
+        try:
+            self._handle(method)
+        finally:
+            if "watch=" not in self.path:
+                self.fake.requests.append((method, self.path))
+
+    def _handle(self, method: str) -> None:
         fake = self.fake
-        fake.requests.append((method, self.path))
         if urlsplit(self.path).path in ("/version", "/version/"):
             self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0-fake", "platform": "fake"})
             return
@@ -467,6 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         ns_key = "" if resource in CLUSTER_SCOPED else (ns or "default")
         if verb == "watch":
+            fake.requests.append((method, self.path))
             self._stream(resource, ns if resource not in CLUSTER_SCOPED else None, query)
             return
         with fake._cond:

@@ -278,6 +278,13 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+def _unobserved_update(sts: dict | None) -> bool:
+    """Whether ``sts`` holds a spec its controller has not acted on yet."""
+    if sts is None:
+        return False
+    return sts["metadata"]["generation"] > (sts.get("status") or {}).get("observedGeneration", 0)
+
+
 def test_apply_wait_ready_redeploy_and_undeploy(env, fake, kubeconfig):
     proc = _deploy_in_background(env, "local", "--kubeconfig", str(kubeconfig), "--timeout", "30")
     # The fake runs no controllers: once the StatefulSet exists, play its controller
@@ -302,7 +309,10 @@ def test_apply_wait_ready_redeploy_and_undeploy(env, fake, kubeconfig):
     fake.requests.clear()
     proc = _deploy_in_background(env, "local", "--kubeconfig", str(kubeconfig), "--timeout", "30",
                                  "--registry", "registry.example.com")
-    wait_for(lambda: fake.count("PUT", "/statefulsets/pachd"), timeout=30, what="the StatefulSet's update")
+    # Play the controller only once the new spec is stored: a pass run before that would act
+    # on the old spec and leave observedGeneration behind for good.
+    wait_for(lambda: _unobserved_update(fake.get("statefulsets", NS, "pachd")), timeout=30,
+             what="the StatefulSet's update to be stored")
     fake.run_controllers()
     rc, out, err = _finish(proc)
     assert rc == 0, err
