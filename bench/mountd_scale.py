@@ -106,6 +106,9 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
             with open(out, "a") as f:
                 f.write(f"--- {time.strftime('%H:%M:%S')} traced {sum(st.size for st in stats) / 1e6:.1f} MB; "
                         f"SQLite heap {_sqlite_heap() / 1e6:.1f} MB; {vm}\n")
+                if not stats:  # MEMSTAT: how full pymalloc's arenas are, and what objects there are most of
+                    f.write(_pymalloc_summary() + "\n")
+                    f.write(_census() + "\n")
                 for st in stats[:12]:
                     f.write(f"{st.size / 1e6:8.1f} MB {st.count:9,d} blocks\n")
                     for line in st.traceback.format()[-8:]:
@@ -113,6 +116,39 @@ def serve(credentials_file: str, mountd_args: list[str]) -> int:
 
         signal.signal(signal.SIGUSR1, dump)
     return server.main(mountd_args)
+
+
+def _pymalloc_summary() -> str:
+    """pymalloc's own figures (sys._debugmallocstats, which writes to fd 2): arenas held
+    and bytes in live blocks; the difference is RSS that no object uses (fragmentation)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as tmp:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    keep = ("arenas allocated current", "bytes in allocated blocks", "bytes in available blocks")
+    return "pymalloc: " + "; ".join(" ".join(ln.split()) for ln in text.splitlines() if any(k in ln for k in keep))
+
+
+def _census(top: int = 12) -> str:
+    """The commonest object types the garbage collector tracks, and their shallow bytes."""
+    import gc
+    from collections import Counter
+
+    count, size = Counter(), Counter()
+    for o in gc.get_objects():
+        name = type(o).__name__
+        count[name] += 1
+        size[name] += sys.getsizeof(o)
+    return "objects: " + ", ".join(f"{n} {c:,} ({size[n] / 1e6:.1f} MB)" for n, c in count.most_common(top))
 
 
 def _sqlite_heap() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import product
@@ -70,11 +71,44 @@ class Skipped(NamedTuple):
     files: str  # JSON, as the datum row stores it: one skipped datum of a big input costs ~200 bytes
 
 
+# Skipped rows past this many bytes go to a temporary file (a few thousand rows stay in memory).
+SPILL = 1 << 20
+
+
+class SkippedRows:
+    """A plan's skipped datums, spilled to a temporary file as they are made: on a big
+    input they are most of a plan (85,000 rows would be ~30 MB as Python objects) and
+    they are read once, in order, when the job's datum rows are written."""
+
+    def __init__(self, rows: Iterable[Skipped] = ()):
+        self._file = tempfile.SpooledTemporaryFile(max_size=SPILL)  # noqa: SIM115 - closed by close()
+        self._count = 0
+        for row in rows:
+            self.add(row)
+
+    def add(self, row: Skipped) -> None:
+        # A tab and a newline delimit safely: ids are hex and the files JSON escapes both.
+        self._file.write(f"{row.datum}\t{row.unit}\t{row.files}\n".encode())
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[Skipped]:
+        self._file.seek(0)
+        for line in self._file:
+            datum, unit, files = line.decode().rstrip("\n").split("\t", 2)
+            yield Skipped(datum, unit, files)
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class JobPlan:
     inputs: list[LeafCommit]
     to_run: list[Unit]
-    skipped: list[Skipped]
+    skipped: SkippedRows | list[Skipped]
     kept: int  # how many previous units are kept whole (their datums skipped)
     dropped_units: list[str]
     total: int
@@ -224,7 +258,7 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit],
             for d in ds:
                 unit_of[d] = unit
     seen: set[str] = set()
-    skipped: list[Skipped] = []
+    skipped = SkippedRows()
     todo: list[tuple[int, dm.Datum]] = []
     held: dict[str, list[tuple[int, dm.Datum]]] = {}
     for at, d in enumerate(dm.iter_datums(to_node(spec.input), listing, hashes, salt=salt)):
@@ -237,12 +271,13 @@ def plan_v2(pfs, spec: PipelineSpec, salt: str, inputs: list[LeafCommit],
         elif unit in multi:
             held.setdefault(unit, []).append((at, d))
         else:
-            skipped.append(Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))))
+            skipped.add(Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))))
     kept = len(skipped)
     for unit, ds in held.items():
         if len(ds) == multi[unit]:
             kept += 1
-            skipped += [Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))) for _at, d in ds]
+            for _at, d in ds:
+                skipped.add(Skipped(d.datum_id, unit, json.dumps(_datum_files(d, sizes))))
         else:
             todo += ds
     dropped += [u for d, u in unit_of.items() if u == d and u not in multi and d not in seen]

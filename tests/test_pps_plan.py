@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pps import datums as dm
 from pps import jobs as jp
 from pps.spec import parse_spec
@@ -34,10 +36,22 @@ def test_v2_skips_unchanged_datums_and_drops_changed_units(pfs) -> None:
     units = {u.unit_id: u.datums for u in first.to_run}
     c2 = _commit(pfs, "d", {"b": b"more", "e": b"5"}, deletes=("c",))
     second = jp.plan_v2(pfs, spec, "salt", [jp.LeafCommit("d", "d", "master", c2)], units)
-    assert len(second.skipped) == 1  # a
+    (skipped,) = second.skipped  # a
+    assert [f["path"] for f in json.loads(skipped.files)] == ["/a"] and skipped.unit == skipped.datum
     assert {f.path for u in second.to_run for f in u.files} == {"/b", "/e"}
     assert len(second.dropped_units) == 2  # b (changed) and c (deleted)
-    assert jp.plan_v2(pfs, spec, "other salt", lc, units).skipped == []
+    assert len(jp.plan_v2(pfs, spec, "other salt", lc, units).skipped) == 0
+
+
+def test_skipped_rows_spill_to_disk_and_come_back_as_made() -> None:
+    """A big plan's skipped rows leave memory past SPILL bytes; paths with tabs,
+    newlines and non-ASCII come back exactly (their JSON escapes them)."""
+    rows = [jp.Skipped(f"{i:032x}", f"{i // 3:032x}", json.dumps([{"path": f"/t\tab\nl-é-{i}"}]))
+            for i in range(30_000)]
+    spool = jp.SkippedRows(rows)
+    assert spool._file._rolled  # on disk, not in memory
+    assert len(spool) == 30_000 and list(spool) == rows and list(spool) == rows  # read twice
+    spool.close()
 
 
 def test_v2_chunk_spec_groups_datums_and_env(pfs) -> None:

@@ -83,6 +83,9 @@ class ResultWriter:
                     return
                 batch, self._pending = self._pending, []
             self._apply(batch)
+            # Not held while waiting: a batch's Pendings hold their job (its units, its
+            # results), which would outlive the job until the next result came.
+            del batch
 
     def _apply(self, batch: list[Pending]) -> None:
         try:

@@ -142,16 +142,19 @@ class Running(Base):
                 yield s.datum, s.unit, order, "skipped", s.files
                 order += 1
 
-        with self.pfs.tx() as db:
-            self.store.insert_job(db, job)
-            self.store.insert_datums(db, job_id, datum_rows(plan))
-            for repo, branch, seq in trig.cursors:
-                self.store.set_cursor(db, row.name, repo, branch, seq)
-            self._job_event(job)
+        try:
+            with self.pfs.tx() as db:
+                self.store.insert_job(db, job)
+                self.store.insert_datums(db, job_id, datum_rows(plan))
+                for repo, branch, seq in trig.cursors:
+                    self.store.set_cursor(db, row.name, repo, branch, seq)
+                self._job_event(job)
+        finally:
+            if isinstance(plan.skipped, jp.SkippedRows):
+                plan.skipped.close()
         skipped = len(plan.skipped)
         # The skipped datums (every datum of the input a past job did, with its files) are in
-        # their rows now; nothing later reads them, so the job does not hold them while it runs
-        # (they were most of the daemon's memory on a big input: bench/mountd_scale.py).
+        # their rows now; nothing later reads them.
         plan = dataclasses.replace(plan, skipped=[])
         active = ActiveJob(job, spec, plan, {u.unit_id: u for u in plan.to_run})
         if spec.job_timeout:
