@@ -28,6 +28,7 @@ from mountd.app import build_app
 from mountd.home import secure_home
 from mountd.mounts import MountManager
 from pfsfuse.errors import InvalidArgument, PfsError
+from pfsfuse.memory import limit_arenas
 from pfsfuse.objstore import open_store
 from pfsfuse.pfs import PFS
 from pps.runners.auto import CHOICES, build_runner
@@ -157,6 +158,7 @@ def _calm_gc() -> None:
 def main(argv: list[str] | None = None) -> int:
     # hypercorn reads 64 KiB at a time; uploads stream far faster in 1 MiB reads.
     hypercorn.trio.tcp_server.MAX_RECV = 1 << 20
+    limit_arenas()  # before any thread: see pfsfuse/memory.py
     args = parse_args(argv)
     home = os.path.abspath(args.home) if args.home else default_home()
     # Everything the daemon creates is private to its user (the metadata holds

@@ -10,9 +10,10 @@ import json
 import time
 
 from pfsfuse.errors import PfsError
+from pfsfuse.memory import give_back_memory
 from pps.datums import OutputCollisionError, check_output_collisions
 from pps.egress import egress
-from pps.scheduler.state import ActiveJob, Base
+from pps.scheduler.state import BIG_JOB, ActiveJob, Base
 from pps.store import JobRow
 
 
@@ -79,6 +80,9 @@ class Merging(Base):
         self.logs.note(row.pipeline, row.id, f"job {row.id} succeeded: {row.processed} processed, "
                                              f"{row.skipped} skipped")
         self.notify()
+        if len(order) >= BIG_JOB:
+            del pinned, new_paths, ws  # what the merge held, freed before the heap is trimmed
+            give_back_memory()
 
     def _write_stats(self, row: JobRow) -> str | None:
         """enable_stats: a commit on the output repo's ``stats`` branch with, per datum

@@ -13,19 +13,17 @@ import time
 import uuid
 
 from pfsfuse.errors import Conflict, NotFound, PfsError
+from pfsfuse.memory import give_back_memory
 from pps import jobs as jp
 from pps import wire
 from pps.datums import OutputCollisionError
 from pps.queue import Task
 from pps.scheduler.results import Done, Pending
-from pps.scheduler.state import RERUN_REASON, ActiveJob, Base, Trigger, give_back_memory
+from pps.scheduler.state import BIG_JOB, RERUN_REASON, ActiveJob, Base, Trigger
 from pps.spec import PipelineSpec
 from pps.spec import Secret as SpecSecret
 from pps.spec import Transform as SpecTransform
 from pps.store import JobRow, PipelineRow
-
-# A plan this big (datums of the input) leaves tens of MB freed but kept by the allocator.
-BIG_PLAN = 10_000
 
 
 class Running(Base):
@@ -175,7 +173,7 @@ class Running(Base):
         active.plan = dataclasses.replace(active.plan, to_run=slim)
         active.units = {u.unit_id: u for u in slim}
         del plan, slim
-        if job.total >= BIG_PLAN:
+        if job.total >= BIG_JOB:
             give_back_memory()
         self.queue.put(tasks)
         self._changed_now()

@@ -8,8 +8,6 @@ they reach each other's methods through ``self`` as the one object they make.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -35,23 +33,9 @@ RERUN_REASON = "the daemon stopped while the job ran; it runs again"
 # A stopping daemon gives its workers this long before SIGKILL: above a service's own
 # SIGTERM grace (shim.longrun, 3 s), and short enough that a stop ends within 5 s.
 STOP_GRACE = 3.5
-
-
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to ask
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
-def give_back_memory() -> None:
-    """Hand the heap's free pages back to the system. glibc keeps what a big plan freed
-    (tens of MB for an input of 100,000 files) mapped; the daemon lives long, so ask."""
-    if _TRIM is not None:
-        _TRIM(0)
+# A job this big (datums) leaves tens of MB freed but kept by the allocator once
+# planned, and again once merged: pfsfuse.memory.give_back_memory then.
+BIG_JOB = 10_000
 
 
 @dataclass
