@@ -4,7 +4,9 @@ no HTTP, no worker processes)."""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,12 +86,15 @@ def test_a_commit_becomes_a_job_its_tasks_and_worker_requests(pfs: PFS, tmp_path
     assert tasks[0].env["PACH_JOB_ID"] == job.id and tasks[0].env["PACH_OUTPUT_COMMIT_ID"] == job.output_commit
 
     # The workers report every unit done (outputs none): the next tick merges and finishes the job.
+    running = weakref.ref(s.active["wc"])
     for t in tasks:
         assert s.task_result(t.task_id, [{"unit_id": u.unit_id, "state": "success", "tries": 1} for u in t.units])
     assert s.store.get_job(job.id).state == "running"  # the scheduler's thread completes it, on its tick
     s.tick()
     done = s.store.get_job(job.id)
     assert (done.state, done.processed) == ("success", 2)
+    gc.collect()
+    assert running() is None  # nothing holds a finished job's units and results (the daemon's memory)
     out = pfs.inspect_commit("wc", job.output_commit)
     assert out.finished is not None and any(p["commit"] == cid for p in out.provenance)
     assert s.flush([("data", cid)], timeout=5) == ([job.output_commit], [])
