@@ -108,19 +108,23 @@ class SkippedRows:
 class JobPlan:
     inputs: list[LeafCommit]
     to_run: list[Unit]
-    skipped: SkippedRows | list[Skipped]
+    skipped: SkippedRows
     kept: int  # how many previous units are kept whole (their datums skipped)
     dropped_units: list[str]
     total: int
 
     @property
     def env(self) -> dict[str, str]:
-        """PACH_<REPO>_COMMIT_ID for every input repo (1.x docs 9.3.3)."""
-        out = {}
-        for leaf in self.inputs:
-            key = "".join(c if c.isalnum() else "_" for c in leaf.repo.upper())
-            out[f"PACH_{key}_COMMIT_ID"] = leaf.commit
-        return out
+        return input_env(self.inputs)
+
+
+def input_env(inputs: list[LeafCommit]) -> dict[str, str]:
+    """PACH_<REPO>_COMMIT_ID for every input repo (1.x docs 9.3.3)."""
+    out = {}
+    for leaf in inputs:
+        key = "".join(c if c.isalnum() else "_" for c in leaf.repo.upper())
+        out[f"PACH_{key}_COMMIT_ID"] = leaf.commit
+    return out
 
 
 def leaves(spec: PipelineSpec) -> list[PfsInput | CronInput | GitInput]:
@@ -480,4 +484,4 @@ def plan_v1(pfs, spec: PipelineSpec, inputs: list[LeafCommit], trigger: str | No
         datum_files = [{"input": f.input, "repo": f.repo, "commit": f.commit, "path": f.path, "size": f.size}
                        for f in files]
         units.append(Unit(did, [did], files, dirs, env, {did: json.dumps(datum_files)}))
-    return JobPlan(inputs, units, [], 0, [], len(units))
+    return JobPlan(inputs, units, SkippedRows(), 0, [], len(units))

@@ -336,12 +336,12 @@ class PpsStore:
     # -- datums --------------------------------------------------------------
 
     @staticmethod
-    def insert_datums(db, job: str, rows: Iterable[tuple[str, str, int, str, list[dict] | str]]) -> None:
-        """rows: (datum, unit, ord, state, files), files as a list or already as JSON;
-        written as they come (a big job's rows are never all in memory)."""
+    def insert_datums(db, job: str, rows: Iterable[tuple[str, str, int, str, str]]) -> None:
+        """rows: (datum, unit, ord, state, files as JSON), written as they come (a big
+        job's rows are never all in memory)."""
         db.executemany(
             "INSERT OR REPLACE INTO pps_datums(job, datum, unit, ord, state, files) VALUES(?,?,?,?,?,?)",
-            ((job, d, u, o, s, f if isinstance(f, str) else json.dumps(f)) for d, u, o, s, f in rows),
+            ((job, d, u, o, s, f) for d, u, o, s, f in rows),
         )
 
     @staticmethod
@@ -374,10 +374,6 @@ class PpsStore:
         return _datum(job, rows[0])
 
     # -- units and output paths (2.x carry-forward) ----------------------------
-
-    def units(self, pipeline: str) -> dict[str, list[str]]:
-        return {u: json.loads(d) for u, d in self.pfs.q("SELECT unit, datums FROM pps_units WHERE pipeline=?",
-                                                        (pipeline,))}
 
     def iter_units(self, pipeline: str, page: int = 5000) -> Iterator[tuple[str, list[str]]]:
         """``units`` a page at a time, in unit order (a big pipeline's units are never all loaded)."""

@@ -115,6 +115,11 @@ class _Fetch:
         self.ahead, self.epoch = ahead, ahead.epoch if ahead is not None else 0
 
 
+def _span(run: list[ChunkLocation]) -> int:
+    """Bytes of the pack one read of ``run`` covers."""
+    return run[-1].offset + run[-1].stored - run[0].offset
+
+
 class ChunkCache:
     """Plain chunks by hash, at most ``max_bytes`` (buffers counted whole,
     runs being read included); concurrent readers of one chunk share a single
@@ -228,7 +233,7 @@ class ChunkCache:
         chunks nobody is still to read, and none while a reader waits for room;
         a reader waiting for a chunk may have any cached chunk's room, but not
         that of runs being read (unless nothing is)."""
-        span = run[-1].offset + run[-1].stored - run[0].offset
+        span = _span(run)
         need = self.pool.length(span)
         if demand:
             if self._loading and self._loading + need > self.max_bytes:
@@ -274,7 +279,7 @@ class ChunkCache:
     def _keep(self, run: list[ChunkLocation], fetch: _Fetch, buf: mmap.mmap, results: list) -> None:
         """A run just read: its chunks into the cache (views of ``buf`` when
         the run is large), kept for the reader it was read for."""
-        span = run[-1].offset + run[-1].stored - run[0].offset
+        span = _span(run)
         slab = _Slab(buf, 1)  # held by this frame until every view is in
         base = _address(buf)
         for loc, data in zip(run, results, strict=True):

@@ -89,7 +89,7 @@ class Running(Base):
             transform=_transform(t, with_err=False),
             secrets=[self._secret(sec) for sec in t.secrets],
             datum_timeout=None, datum_tries=1, prev=None,
-            env={"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.JobPlan(inputs, [], [], 0, [], 0).env,
+            env={"PACH_JOB_ID": "", "PACH_OUTPUT_COMMIT_ID": ""} | jp.input_env(inputs),
             units=[unit],
             output=wire.Output(row.name, spec.output_branch),
             spout_overwrite=spec.spout is not None and spec.spout.overwrite,
@@ -126,7 +126,7 @@ class Running(Base):
                      [lc.to_dict() for lc in trig.inputs], trig.trigger, spec.name, spec.output_branch, out.id,
                      provenance=prov)
         if plan is None:  # 1.x: nothing new and not run_empty: an empty output commit, no datums
-            plan = jp.JobPlan(trig.inputs, [], [], 0, [], 0)
+            plan = jp.JobPlan(trig.inputs, [], jp.SkippedRows(), 0, [], 0)
         job.total = plan.total
         job.skipped = len(plan.skipped)
 
@@ -148,12 +148,9 @@ class Running(Base):
                     self.store.set_cursor(db, row.name, repo, branch, seq)
                 self._job_event(job)
         finally:
-            if isinstance(plan.skipped, jp.SkippedRows):
-                plan.skipped.close()
-        skipped = len(plan.skipped)
-        # The skipped datums (every datum of the input a past job did, with its files) are in
-        # their rows now; nothing later reads them.
-        plan = dataclasses.replace(plan, skipped=[])
+            # The skipped datums (every datum of the input a past job did, with its files) are
+            # in their rows now; nothing later reads them.
+            plan.skipped.close()
         active = ActiveJob(job, spec, plan, {u.unit_id: u for u in plan.to_run})
         if spec.job_timeout:
             active.deadline = time.monotonic() + spec.job_timeout
@@ -162,7 +159,7 @@ class Running(Base):
         if row.state == "failure":
             self.store.set_pipeline_state(row.name, "running", "")
         self.logs.note(row.name, job_id, f"started job {job_id}: {len(plan.to_run)} unit(s) to run, "
-                                         f"{skipped} datum(s) skipped")
+                                         f"{job.skipped} datum(s) skipped")
         try:
             tasks = self._tasks(active)
         except NotFound as exc:  # a secret deleted since create-pipeline: fail, do not wait forever
